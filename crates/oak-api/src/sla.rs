@@ -1,0 +1,740 @@
+//! The SLA descriptor, version 2.0 (oakestra-core.md §3), and its validation.
+//!
+//! Validation walks the raw JSON first and collects *every* problem with the path of the field
+//! (`applications[0].microservices[1].port`), so a user fixes a descriptor in one round trip.
+//! Only a document without violations is turned into the typed [`Sla`]. Unknown fields are
+//! kept (in `extra`) and returned verbatim, as the original does.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// The only descriptor version accepted.
+pub const SLA_VERSION: &str = "v2.0";
+
+/// Service IPs (round-robin, closest) and Instance IPs live here (oakestra-net.md §2).
+pub const SERVICE_SUBNET_V4: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 30, 0, 0), 16);
+/// The IPv6 semantic subnet.
+pub const SERVICE_SUBNET_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0xfdff, 0, 0, 0, 0, 0, 0, 0), 16);
+
+/// Constraint types a descriptor may name.
+pub const CONSTRAINT_TYPES: [&str; 5] = ["direct", "latency", "geo", "addons", "clusters"];
+
+/// One problem in a descriptor: which field, and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Violation {
+    /// JSON path of the field, e.g. `applications[0].microservices[1].port`.
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// A descriptor that failed validation. Never empty.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", render(.violations))]
+pub struct SlaError {
+    pub violations: Vec<Violation>,
+}
+
+fn render(v: &[Violation]) -> String {
+    let mut out = String::from("invalid SLA: ");
+    for (i, x) in v.iter().enumerate() {
+        if i > 0 {
+            out.push_str("; ");
+        }
+        out.push_str(&x.to_string());
+    }
+    out
+}
+
+/// A whole descriptor: one or more applications, each with its services.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sla {
+    pub sla_version: String,
+    #[serde(rename = "customerID")]
+    pub customer_id: String,
+    pub applications: Vec<ApplicationSpec>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One application of a descriptor. `applicationID` is not part of the spec: it is assigned.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApplicationSpec {
+    pub application_name: String,
+    pub application_namespace: String,
+    #[serde(default)]
+    pub application_desc: String,
+    pub microservices: Vec<MicroserviceSpec>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One service ("microservice", "job") of an application. `microserviceID` is assigned.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MicroserviceSpec {
+    pub microservice_name: String,
+    pub microservice_namespace: String,
+    /// `container`, `unikernel`, or the name of a containerd runtime on the workers.
+    pub virtualization: String,
+    /// Image reference (containers) or kernel URLs (unikernels).
+    pub code: String,
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub environment: Vec<String>,
+    /// MiB.
+    #[serde(default, deserialize_with = "de_count")]
+    pub memory: u64,
+    /// CPU cores; fractions are allowed.
+    #[serde(default)]
+    pub vcpus: f64,
+    #[serde(default, deserialize_with = "de_count")]
+    pub vgpus: u64,
+    #[serde(default, deserialize_with = "de_count")]
+    pub vtpus: u64,
+    #[serde(default, deserialize_with = "de_count")]
+    pub bandwidth_in: u64,
+    #[serde(default, deserialize_with = "de_count")]
+    pub bandwidth_out: u64,
+    /// MiB.
+    #[serde(default, deserialize_with = "de_count")]
+    pub storage: u64,
+    /// `[host:]container[/tcp|udp]`, several joined by `;`. See [`parse_ports`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    #[serde(default)]
+    pub one_shot: bool,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Addresses>,
+    #[serde(default)]
+    pub constraints: Vec<Constraint>,
+    #[serde(default)]
+    pub connectivity: Vec<Connectivity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arch: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl MicroserviceSpec {
+    /// The port mappings; the descriptor was validated, so this cannot fail on a parsed spec.
+    pub fn ports(&self) -> Vec<PortMapping> {
+        self.port
+            .as_deref()
+            .and_then(|p| parse_ports(p).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Semantic addresses asked for in the descriptor.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Addresses {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rr_ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rr_ip_v6: Option<Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closest_ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closest_ip_v6: Option<Ipv6Addr>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A placement constraint. Only the fields of its `type` are meaningful.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Constraint {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(flatten)]
+    pub fields: Map<String, Value>,
+}
+
+/// A service-to-service requirement (kept for LDP; not scheduled on yet).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Connectivity {
+    pub target_microservice_id: String,
+    pub con_constraints: Vec<Value>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A CSI volume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Volume {
+    pub volume_id: String,
+    pub csi_driver: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_path: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Transport of a port mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// One `[host:]container[/proto]` entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub host: Option<u16>,
+    pub container: u16,
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(h) = self.host {
+            write!(f, "{h}:")?;
+        }
+        let proto = match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        write!(f, "{}/{proto}", self.container)
+    }
+}
+
+/// Parses the SLA's `port` syntax: `[host:]container[/tcp|udp]` joined by `;`. An empty
+/// string means no ports. A host port may be used once per protocol.
+pub fn parse_ports(s: &str) -> Result<Vec<PortMapping>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<PortMapping> = Vec::new();
+    for (i, entry) in s.split(';').enumerate() {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            return Err(format!("entry {} is empty; expected [host:]container[/tcp|udp]", i + 1));
+        }
+        let (ports, proto) = match entry.split_once('/') {
+            Some((p, proto)) => {
+                let proto = match proto.to_ascii_lowercase().as_str() {
+                    "tcp" => Protocol::Tcp,
+                    "udp" => Protocol::Udp,
+                    _ => return Err(format!("\"{entry}\": protocol must be tcp or udp")),
+                };
+                (p, proto)
+            }
+            None => (entry, Protocol::Tcp),
+        };
+        let (host, container) = match ports.split_once(':') {
+            Some((h, c)) => (Some(port_number(h, entry)?), port_number(c, entry)?),
+            None => (None, port_number(ports, entry)?),
+        };
+        let m = PortMapping { host, container, protocol: proto };
+        if let Some(h) = host
+            && out.iter().any(|o| o.host == Some(h) && o.protocol == proto)
+        {
+            return Err(format!("\"{entry}\": host port {h} is mapped twice"));
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+fn port_number(s: &str, entry: &str) -> Result<u16, String> {
+    match s.trim().parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("\"{entry}\": \"{s}\" is not a port number (1-65535)")),
+    }
+}
+
+/// True when `name` matches `^[a-zA-Z0-9]{1,30}$`, the rule for application and service
+/// names and namespaces.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=30).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// `addr` lies in the semantic IPv4 subnet 10.30.0.0/16.
+pub fn in_service_subnet_v4(addr: Ipv4Addr) -> bool {
+    let (net, len) = SERVICE_SUBNET_V4;
+    u32::from(addr) >> (32 - len) == u32::from(net) >> (32 - len)
+}
+
+/// `addr` lies in the semantic IPv6 subnet fdff::/16.
+pub fn in_service_subnet_v6(addr: Ipv6Addr) -> bool {
+    let (net, len) = SERVICE_SUBNET_V6;
+    u128::from(addr) >> (128 - len) == u128::from(net) >> (128 - len)
+}
+
+fn de_count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    as_count(&n).ok_or_else(|| serde::de::Error::custom("expected a non-negative integer"))
+}
+
+fn as_count(n: &serde_json::Number) -> Option<u64> {
+    if let Some(u) = n.as_u64() {
+        return Some(u);
+    }
+    match n.as_f64() {
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 9.0e15 => Some(f as u64),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation
+
+/// Validates and parses a whole descriptor.
+pub fn parse_sla(doc: &Value) -> Result<Sla, SlaError> {
+    let mut v = Validator::default();
+    v.sla(doc);
+    v.finish()?;
+    let mut doc = doc.clone();
+    strip_assigned_ids(&mut doc);
+    serde_json::from_value(doc).map_err(|e| SlaError {
+        violations: vec![Violation { field: String::new(), message: e.to_string() }],
+    })
+}
+
+/// Validates and parses one service description, as taken by a service update. `path` prefixes
+/// the field names in violations.
+pub fn parse_microservice(doc: &Value, path: &str) -> Result<MicroserviceSpec, SlaError> {
+    let mut v = Validator::default();
+    v.microservice(doc, path);
+    v.finish()?;
+    let mut doc = doc.clone();
+    if let Some(m) = doc.as_object_mut() {
+        m.remove("microserviceID");
+    }
+    serde_json::from_value(doc).map_err(|e| SlaError {
+        violations: vec![Violation { field: path.to_owned(), message: e.to_string() }],
+    })
+}
+
+/// Ids in a descriptor are ignored on create (the server assigns them); removing them keeps
+/// them out of `extra`, where they would clash with the assigned ones.
+fn strip_assigned_ids(doc: &mut Value) {
+    let Some(apps) = doc.get_mut("applications").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for app in apps {
+        if let Some(a) = app.as_object_mut() {
+            a.remove("applicationID");
+            a.remove("userId");
+            if let Some(ms) = a.get_mut("microservices").and_then(Value::as_array_mut) {
+                for m in ms {
+                    if let Some(m) = m.as_object_mut() {
+                        m.remove("microserviceID");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    violations: Vec<Violation>,
+    /// Semantic addresses asked for so far: (address, field).
+    addresses: Vec<(String, String)>,
+}
+
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() { field.to_owned() } else { format!("{path}.{field}") }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl Validator {
+    fn finish(self) -> Result<(), SlaError> {
+        if self.violations.is_empty() {
+            Ok(())
+        } else {
+            Err(SlaError { violations: self.violations })
+        }
+    }
+
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.violations.push(Violation { field: field.into(), message: message.into() });
+    }
+
+    fn required<'a>(&mut self, obj: &'a Map<String, Value>, path: &str, key: &str) -> Option<&'a Value> {
+        let v = obj.get(key);
+        if v.is_none() {
+            self.push(join(path, key), "required field is missing");
+        }
+        v
+    }
+
+    fn string<'a>(&mut self, v: &'a Value, field: &str) -> Option<&'a str> {
+        match v {
+            Value::String(s) => Some(s),
+            other => {
+                self.push(field, format!("must be a string, got {}", type_name(other)));
+                None
+            }
+        }
+    }
+
+    fn opt_string<'a>(&mut self, obj: &'a Map<String, Value>, path: &str, key: &str) -> Option<&'a str> {
+        obj.get(key).and_then(|v| self.string(v, &join(path, key)))
+    }
+
+    fn name(&mut self, obj: &Map<String, Value>, path: &str, key: &str) -> Option<String> {
+        let field = join(path, key);
+        let s = self.required(obj, path, key).and_then(|v| self.string(v, &field))?;
+        if is_valid_name(s) {
+            Some(s.to_owned())
+        } else {
+            self.push(field, format!("must match ^[a-zA-Z0-9]{{1,30}}$, got {s:?}"));
+            None
+        }
+    }
+
+    fn array<'a>(&mut self, v: &'a Value, field: &str) -> Option<&'a Vec<Value>> {
+        match v {
+            Value::Array(a) => Some(a),
+            other => {
+                self.push(field, format!("must be an array, got {}", type_name(other)));
+                None
+            }
+        }
+    }
+
+    fn object<'a>(&mut self, v: &'a Value, field: &str) -> Option<&'a Map<String, Value>> {
+        match v {
+            Value::Object(o) => Some(o),
+            other => {
+                let what = if field.is_empty() { "the SLA" } else { "must be" };
+                let msg = if field.is_empty() {
+                    format!("{what} must be a JSON object, got {}", type_name(other))
+                } else {
+                    format!("{what} an object, got {}", type_name(other))
+                };
+                self.push(field, msg);
+                None
+            }
+        }
+    }
+
+    fn string_array(&mut self, obj: &Map<String, Value>, path: &str, key: &str) -> Option<Vec<String>> {
+        let field = join(path, key);
+        let arr = self.array(obj.get(key)?, &field)?;
+        let mut out = Vec::with_capacity(arr.len());
+        for (i, item) in arr.iter().enumerate() {
+            if let Some(s) = self.string(item, &format!("{field}[{i}]")) {
+                out.push(s.to_owned());
+            }
+        }
+        Some(out)
+    }
+
+    fn count(&mut self, obj: &Map<String, Value>, path: &str, key: &str) {
+        let Some(v) = obj.get(key) else { return };
+        let ok = matches!(v, Value::Number(n) if as_count(n).is_some());
+        if !ok {
+            self.push(join(path, key), format!("must be a non-negative integer, got {v}"));
+        }
+    }
+
+    fn number(&mut self, obj: &Map<String, Value>, path: &str, key: &str, required: bool) -> Option<f64> {
+        let Some(v) = obj.get(key) else {
+            if required {
+                self.push(join(path, key), "required field is missing");
+            }
+            return None;
+        };
+        match v.as_f64() {
+            Some(f) if f.is_finite() => Some(f),
+            _ => {
+                self.push(join(path, key), format!("must be a number, got {}", type_name(v)));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, obj: &Map<String, Value>, path: &str, key: &str) {
+        if let Some(v) = obj.get(key)
+            && !v.is_boolean()
+        {
+            self.push(join(path, key), format!("must be true or false, got {}", type_name(v)));
+        }
+    }
+
+    fn sla(&mut self, doc: &Value) {
+        let Some(obj) = self.object(doc, "") else { return };
+        if let Some(v) = self.required(obj, "", "sla_version")
+            && let Some(s) = self.string(v, "sla_version")
+            && s != SLA_VERSION
+        {
+            self.push("sla_version", format!("unsupported version {s:?}; only \"{SLA_VERSION}\" is accepted"));
+        }
+        if let Some(v) = self.required(obj, "", "customerID") {
+            self.string(v, "customerID");
+        }
+        self.string_array(obj, "", "args");
+        let Some(apps) = self.required(obj, "", "applications") else { return };
+        let Some(apps) = self.array(apps, "applications") else { return };
+        if apps.is_empty() {
+            self.push("applications", "must contain at least one application");
+        }
+        let mut seen = BTreeSet::new();
+        for (i, app) in apps.iter().enumerate() {
+            let path = format!("applications[{i}]");
+            if let Some(key) = self.application(app, &path)
+                && !seen.insert(key.clone())
+            {
+                self.push(
+                    join(&path, "application_name"),
+                    format!("application {}/{} appears twice in this SLA", key.0, key.1),
+                );
+            }
+        }
+    }
+
+    /// Returns (name, namespace) when both are valid.
+    fn application(&mut self, app: &Value, path: &str) -> Option<(String, String)> {
+        let obj = self.object(app, path)?;
+        let name = self.name(obj, path, "application_name");
+        let ns = self.name(obj, path, "application_namespace");
+        self.opt_string(obj, path, "application_desc");
+        self.opt_string(obj, path, "applicationID");
+        if let Some(ms) = self.required(obj, path, "microservices") {
+            let field = join(path, "microservices");
+            if let Some(ms) = self.array(ms, &field) {
+                let mut seen = BTreeSet::new();
+                for (j, m) in ms.iter().enumerate() {
+                    let mpath = format!("{field}[{j}]");
+                    if let Some(key) = self.microservice(m, &mpath)
+                        && !seen.insert(key.clone())
+                    {
+                        self.push(
+                            join(&mpath, "microservice_name"),
+                            format!("service {}/{} appears twice in this application", key.0, key.1),
+                        );
+                    }
+                }
+            }
+        }
+        Some((name?, ns?))
+    }
+
+    fn microservice(&mut self, m: &Value, path: &str) -> Option<(String, String)> {
+        let obj = self.object(m, path)?;
+        if let Some(id) = self.opt_string(obj, path, "microserviceID")
+            && !id.is_empty()
+        {
+            self.push(join(path, "microserviceID"), "must be empty: the server assigns service ids");
+        }
+        let name = self.name(obj, path, "microservice_name");
+        let ns = self.name(obj, path, "microservice_namespace");
+        if let Some(v) = self.required(obj, path, "virtualization") {
+            let field = join(path, "virtualization");
+            if let Some(s) = self.string(v, &field) {
+                let ok = (1..=64).contains(&s.len())
+                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                if !ok {
+                    self.push(field, format!("must be a runtime name such as \"container\" or \"unikernel\", got {s:?}"));
+                }
+            }
+        }
+        if let Some(v) = self.required(obj, path, "code") {
+            let field = join(path, "code");
+            if let Some(s) = self.string(v, &field)
+                && s.trim().is_empty()
+            {
+                self.push(field, "must name an image or code location");
+            }
+        }
+        self.string_array(obj, path, "cmd");
+        if let Some(env) = self.string_array(obj, path, "environment") {
+            for (i, e) in env.iter().enumerate() {
+                match e.split_once('=') {
+                    Some((k, _)) if !k.is_empty() => {}
+                    _ => self.push(format!("{}[{i}]", join(path, "environment")), format!("must be KEY=VALUE, got {e:?}")),
+                }
+            }
+        }
+        for key in ["memory", "vgpus", "vtpus", "bandwidth_in", "bandwidth_out", "storage"] {
+            self.count(obj, path, key);
+        }
+        if let Some(c) = self.number(obj, path, "vcpus", false)
+            && c < 0.0
+        {
+            self.push(join(path, "vcpus"), "must not be negative");
+        }
+        if let Some(p) = self.opt_string(obj, path, "port")
+            && let Err(e) = parse_ports(p)
+        {
+            self.push(join(path, "port"), e);
+        }
+        self.boolean(obj, path, "one_shot");
+        self.boolean(obj, path, "privileged");
+        self.opt_string(obj, path, "platform");
+        self.string_array(obj, path, "arch");
+        if let Some(a) = obj.get("addresses") {
+            self.addresses(a, &join(path, "addresses"));
+        }
+        if let Some(c) = obj.get("constraints") {
+            let field = join(path, "constraints");
+            if let Some(cs) = self.array(c, &field) {
+                for (i, c) in cs.iter().enumerate() {
+                    self.constraint(c, &format!("{field}[{i}]"));
+                }
+            }
+        }
+        if let Some(c) = obj.get("connectivity") {
+            let field = join(path, "connectivity");
+            if let Some(cs) = self.array(c, &field) {
+                for (i, c) in cs.iter().enumerate() {
+                    self.connectivity(c, &format!("{field}[{i}]"));
+                }
+            }
+        }
+        if let Some(vols) = obj.get("volumes") {
+            let field = join(path, "volumes");
+            if let Some(vols) = self.array(vols, &field) {
+                for (i, vol) in vols.iter().enumerate() {
+                    let vpath = format!("{field}[{i}]");
+                    if let Some(o) = self.object(vol, &vpath) {
+                        for key in ["volume_id", "csi_driver"] {
+                            if let Some(v) = self.required(o, &vpath, key) {
+                                self.string(v, &join(&vpath, key));
+                            }
+                        }
+                        self.opt_string(o, &vpath, "mount_path");
+                    }
+                }
+            }
+        }
+        Some((name?, ns?))
+    }
+
+    fn addresses(&mut self, a: &Value, path: &str) {
+        let Some(obj) = self.object(a, path) else { return };
+        for key in ["rr_ip", "closest_ip"] {
+            let field = join(path, key);
+            let Some(s) = self.opt_string(obj, path, key) else { continue };
+            match s.parse::<Ipv4Addr>() {
+                Ok(ip) if in_service_subnet_v4(ip) => self.address(ip.to_string(), field),
+                Ok(ip) => self.push(field, format!("{ip} is outside the service subnet 10.30.0.0/16")),
+                Err(_) => self.push(field, format!("{s:?} is not an IPv4 address")),
+            }
+        }
+        for key in ["rr_ip_v6", "closest_ip_v6"] {
+            let field = join(path, key);
+            let Some(s) = self.opt_string(obj, path, key) else { continue };
+            match s.parse::<Ipv6Addr>() {
+                Ok(ip) if in_service_subnet_v6(ip) => self.address(ip.to_string(), field),
+                Ok(ip) => self.push(field, format!("{ip} is outside the service subnet fdff::/16")),
+                Err(_) => self.push(field, format!("{s:?} is not an IPv6 address")),
+            }
+        }
+    }
+
+    fn address(&mut self, addr: String, field: String) {
+        if let Some((_, other)) = self.addresses.iter().find(|(a, _)| *a == addr) {
+            let msg = format!("{addr} is already used by {other} in this SLA");
+            self.push(field, msg);
+        } else {
+            self.addresses.push((addr, field));
+        }
+    }
+
+    fn constraint(&mut self, c: &Value, path: &str) {
+        let Some(obj) = self.object(c, path) else { return };
+        let Some(t) = self.required(obj, path, "type") else { return };
+        let Some(t) = self.string(t, &join(path, "type")) else { return };
+        match t {
+            "direct" => {
+                self.opt_string(obj, path, "cluster");
+                self.opt_string(obj, path, "node");
+            }
+            "latency" => {
+                self.opt_string(obj, path, "area");
+                self.number(obj, path, "threshold", false);
+                self.number(obj, path, "rigidness", false);
+                self.number(obj, path, "convergence_time", false);
+            }
+            "geo" => {
+                if let Some(v) = self.required(obj, path, "location") {
+                    let field = join(path, "location");
+                    if let Some(s) = self.string(v, &field)
+                        && parse_location(s).is_none()
+                    {
+                        self.push(field, format!("must be \"lat,long\" in degrees, got {s:?}"));
+                    }
+                }
+                if let Some(t) = self.number(obj, path, "threshold", true)
+                    && t < 0.0
+                {
+                    self.push(join(path, "threshold"), "must not be negative");
+                }
+            }
+            "addons" => {
+                self.string_array(obj, path, "needs");
+            }
+            "clusters" => {
+                self.string_array(obj, path, "allowed");
+            }
+            other => self.push(
+                join(path, "type"),
+                format!("unknown constraint type {other:?}; expected one of {}", CONSTRAINT_TYPES.join(", ")),
+            ),
+        }
+    }
+
+    fn connectivity(&mut self, c: &Value, path: &str) {
+        let Some(obj) = self.object(c, path) else { return };
+        if let Some(v) = self.required(obj, path, "target_microservice_id") {
+            self.string(v, &join(path, "target_microservice_id"));
+        }
+        let Some(cs) = self.required(obj, path, "con_constraints") else { return };
+        let field = join(path, "con_constraints");
+        let Some(cs) = self.array(cs, &field) else { return };
+        for (i, c) in cs.iter().enumerate() {
+            let cpath = format!("{field}[{i}]");
+            let Some(o) = self.object(c, &cpath) else { continue };
+            if let Some(t) = self.required(o, &cpath, "type") {
+                self.string(t, &join(&cpath, "type"));
+            }
+            for key in ["threshold", "rigidness", "convergence_time"] {
+                self.number(o, &cpath, key, true);
+            }
+        }
+    }
+}
+
+/// Parses `"lat,long"` in degrees.
+pub fn parse_location(s: &str) -> Option<(f64, f64)> {
+    let (lat, long) = s.split_once(',')?;
+    let lat: f64 = lat.trim().parse().ok()?;
+    let long: f64 = long.trim().parse().ok()?;
+    ((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&long)).then_some((lat, long))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,234 @@
+use super::*;
+use proptest::prelude::*;
+use serde_json::json;
+use std::path::PathBuf;
+
+fn shared_sla_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/sla")
+}
+
+fn fixtures() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![shared_sla_dir()];
+    while let Some(d) = dirs.pop() {
+        let entries = std::fs::read_dir(&d).unwrap_or_else(|e| panic!("cannot read {}: {e}", d.display()));
+        for e in entries {
+            let p = e.unwrap_or_else(|e| panic!("{e}")).path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "json") {
+                let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                out.push((p.file_name().unwrap_or_default().to_string_lossy().into_owned(), v));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// What each fixture must produce. A file not listed here is judged by its name: `flawed`
+/// ones must be rejected, all others accepted.
+const EXPECTED_REJECTIONS: &[(&str, &str)] = &[
+    ("sla_flawed_1.json", "sla_version: required field is missing"),
+    ("sla_flawed_2.json", "applications[0].microservices[0].microservice_name: must be a string, got a number"),
+    ("sla_flawed_3.json", "sla_version: required field is missing"),
+    ("sla_flawed_4.json", "applications[0].microservices[0].connectivity[0].con_constraints[0].type: required field is missing"),
+    ("sla_flawed_5.json", "applications[0].microservices[0].microservice_name: must match ^[a-zA-Z0-9]{1,30}$, got \"test.special.char\""),
+    // The original's schema test accepts this file, but its network plugin then refuses the
+    // service at deployment (rr_ip must be 10.30.x.y, oakestra-net.md §2). We refuse it up front.
+    ("sla_correct_1.json", "applications[0].microservices[0].addresses.rr_ip: 192.168.178.4 is outside the service subnet 10.30.0.0/16"),
+];
+
+#[test]
+fn every_shared_fixture_is_judged() {
+    let all = fixtures();
+    assert!(all.len() >= 13, "expected the shared SLA fixtures, found {}", all.len());
+    for (name, doc) in &all {
+        let expected = EXPECTED_REJECTIONS.iter().find(|(n, _)| n == name).map(|(_, m)| *m);
+        match (parse_sla(doc), expected) {
+            (Ok(sla), None) => {
+                assert!(!name.contains("flawed"), "{name} must be rejected");
+                assert!(!sla.applications.is_empty(), "{name}");
+            }
+            (Ok(_), Some(msg)) => panic!("{name} was accepted, expected: {msg}"),
+            (Err(e), None) => panic!("{name} was rejected: {e}"),
+            (Err(e), Some(msg)) => {
+                let all: Vec<String> = e.violations.iter().map(ToString::to_string).collect();
+                assert!(all.iter().any(|v| v == msg), "{name}: expected {msg:?} among {all:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn unknown_fields_are_kept() {
+    let doc = json!({
+        "sla_version": "v2.0", "customerID": "Admin", "future": 1,
+        "applications": [{
+            "application_name": "a", "application_namespace": "b", "note": "x",
+            "microservices": [{
+                "microservice_name": "s", "microservice_namespace": "n",
+                "virtualization": "container", "code": "busybox", "added_files": [], "state": ""
+            }]
+        }]
+    });
+    let sla = parse_sla(&doc).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(sla.extra.get("future"), Some(&json!(1)));
+    assert_eq!(sla.applications[0].extra.get("note"), Some(&json!("x")));
+    assert_eq!(sla.applications[0].microservices[0].extra.get("state"), Some(&json!("")));
+}
+
+fn one_service(fields: Value) -> Value {
+    let mut m = json!({
+        "microservice_name": "s", "microservice_namespace": "n",
+        "virtualization": "container", "code": "busybox"
+    });
+    if let (Some(m), Some(f)) = (m.as_object_mut(), fields.as_object()) {
+        for (k, v) in f {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    json!({"sla_version": "v2.0", "customerID": "Admin",
+           "applications": [{"application_name": "a", "application_namespace": "b", "microservices": [m]}]})
+}
+
+#[test]
+fn field_rules() {
+    let p = "applications[0].microservices[0]";
+    let cases: Vec<(Value, Option<String>)> = vec![
+        (json!({}), None),
+        (json!({"port": "6080:80/tcp;9000/udp;70"}), None),
+        (json!({"port": ""}), None),
+        (json!({"port": "80:80;80:81"}), Some(format!("{p}.port: \"80:81\": host port 80 is mapped twice"))),
+        (json!({"port": "70000"}), Some(format!("{p}.port: \"70000\": \"70000\" is not a port number (1-65535)"))),
+        (json!({"port": "80/sctp"}), Some(format!("{p}.port: \"80/sctp\": protocol must be tcp or udp"))),
+        (json!({"port": 80}), Some(format!("{p}.port: must be a string, got a number"))),
+        (json!({"memory": -1}), Some(format!("{p}.memory: must be a non-negative integer, got -1"))),
+        (json!({"memory": 1.5}), Some(format!("{p}.memory: must be a non-negative integer, got 1.5"))),
+        (json!({"memory": 100.0, "vcpus": 0.5}), None),
+        (json!({"vcpus": -2}), Some(format!("{p}.vcpus: must not be negative"))),
+        (json!({"addresses": {"rr_ip": "10.30.1.2", "closest_ip": "10.30.1.3"}}), None),
+        (json!({"addresses": {"rr_ip": "10.31.1.2"}}), Some(format!("{p}.addresses.rr_ip: 10.31.1.2 is outside the service subnet 10.30.0.0/16"))),
+        (json!({"addresses": {"rr_ip": "banana"}}), Some(format!("{p}.addresses.rr_ip: \"banana\" is not an IPv4 address"))),
+        (json!({"addresses": {"rr_ip": "10.30.1.2", "closest_ip": "10.30.1.2"}}), Some(format!("{p}.addresses.closest_ip: 10.30.1.2 is already used by {p}.addresses.rr_ip in this SLA"))),
+        (json!({"addresses": {"rr_ip_v6": "fdff:2000::1"}}), None),
+        (json!({"addresses": {"rr_ip_v6": "fe80::1"}}), Some(format!("{p}.addresses.rr_ip_v6: fe80::1 is outside the service subnet fdff::/16"))),
+        (json!({"constraints": [{"type": "direct", "cluster": "c1", "node": "w1;w2"}]}), None),
+        (json!({"constraints": [{"type": "teleport"}]}), Some(format!("{p}.constraints[0].type: unknown constraint type \"teleport\"; expected one of direct, latency, geo, addons, clusters"))),
+        (json!({"constraints": [{"cluster": "x"}]}), Some(format!("{p}.constraints[0].type: required field is missing"))),
+        (json!({"constraints": [{"type": "geo", "location": "48.1,11.5", "threshold": 10}]}), None),
+        (json!({"constraints": [{"type": "geo", "location": "148.1,11.5", "threshold": 10}]}), Some(format!("{p}.constraints[0].location: must be \"lat,long\" in degrees, got \"148.1,11.5\""))),
+        (json!({"environment": ["A=1", "B"]}), Some(format!("{p}.environment[1]: must be KEY=VALUE, got \"B\""))),
+        (json!({"cmd": ["sh", 1]}), Some(format!("{p}.cmd[1]: must be a string, got a number"))),
+        (json!({"microserviceID": "abc"}), Some(format!("{p}.microserviceID: must be empty: the server assigns service ids"))),
+        (json!({"microservice_name": ""}), Some(format!("{p}.microservice_name: must match ^[a-zA-Z0-9]{{1,30}}$, got \"\""))),
+        (json!({"microservice_name": "a234567890123456789012345678901"}), Some(format!("{p}.microservice_name: must match ^[a-zA-Z0-9]{{1,30}}$, got \"a234567890123456789012345678901\""))),
+        (json!({"virtualization": "con tainer"}), Some(format!("{p}.virtualization: must be a runtime name such as \"container\" or \"unikernel\", got \"con tainer\""))),
+        (json!({"one_shot": "yes"}), Some(format!("{p}.one_shot: must be true or false, got a string"))),
+        (json!({"volumes": [{"volume_id": "v"}]}), Some(format!("{p}.volumes[0].csi_driver: required field is missing"))),
+    ];
+    for (fields, expected) in cases {
+        let doc = one_service(fields.clone());
+        match (parse_sla(&doc), expected) {
+            (Ok(_), None) => {}
+            (Ok(_), Some(m)) => panic!("{fields} accepted, expected {m}"),
+            (Err(e), None) => panic!("{fields} rejected: {e}"),
+            (Err(e), Some(m)) => {
+                let got: Vec<String> = e.violations.iter().map(ToString::to_string).collect();
+                assert_eq!(got, vec![m], "{fields}");
+            }
+        }
+    }
+}
+
+#[test]
+fn top_level_rules() {
+    let cases = vec![
+        (json!([]), "the SLA must be a JSON object, got an array"),
+        (json!({"sla_version": "v1.0", "customerID": "x", "applications": []}), "sla_version: unsupported version \"v1.0\"; only \"v2.0\" is accepted"),
+        (json!({"sla_version": "v2.0", "customerID": "x", "applications": []}), "applications: must contain at least one application"),
+        (json!({"sla_version": "v2.0", "applications": [{"application_name": "a", "application_namespace": "b", "microservices": []}]}), "customerID: required field is missing"),
+        (json!({"sla_version": "v2.0", "customerID": "x", "applications": [
+            {"application_name": "a", "application_namespace": "b", "microservices": []},
+            {"application_name": "a", "application_namespace": "b", "microservices": []}]}),
+            "applications[1].application_name: application a/b appears twice in this SLA"),
+    ];
+    for (doc, msg) in cases {
+        let e = parse_sla(&doc).err().unwrap_or_else(|| panic!("{doc} accepted"));
+        let got: Vec<String> = e.violations.iter().map(ToString::to_string).collect();
+        assert!(got.iter().any(|g| g == msg), "{doc}: {got:?}");
+    }
+}
+
+#[test]
+fn addresses_must_be_unique_across_applications() {
+    let svc = |n: &str, ip: &str| json!({"microservice_name": n, "microservice_namespace": "n",
+        "virtualization": "container", "code": "x", "addresses": {"rr_ip": ip}});
+    let doc = json!({"sla_version": "v2.0", "customerID": "x", "applications": [
+        {"application_name": "a", "application_namespace": "b", "microservices": [svc("s1", "10.30.0.7")]},
+        {"application_name": "c", "application_namespace": "b", "microservices": [svc("s2", "10.30.0.7")]}]});
+    let e = parse_sla(&doc).err().unwrap_or_else(|| panic!("accepted"));
+    assert_eq!(e.violations[0].field, "applications[1].microservices[0].addresses.rr_ip");
+}
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<f64>().prop_map(|f| json!(f)),
+        "[a-z0-9.:;/ ]{0,12}".prop_map(Value::String),
+        prop_oneof![Just("v2.0"), Just("10.30.1.1"), Just("80:80/tcp"), Just("direct"), Just("geo")]
+            .prop_map(|s| Value::String(s.to_owned())),
+    ];
+    leaf.prop_recursive(5, 64, 8, |inner| {
+        let keys = prop_oneof![
+            Just("sla_version"), Just("customerID"), Just("applications"), Just("microservices"),
+            Just("application_name"), Just("application_namespace"), Just("microservice_name"),
+            Just("microservice_namespace"), Just("virtualization"), Just("code"), Just("port"),
+            Just("addresses"), Just("rr_ip"), Just("constraints"), Just("type"), Just("connectivity"),
+            Just("con_constraints"), Just("memory"), Just("vcpus"), Just("environment"), Just("volumes"),
+            Just("location"), Just("threshold"),
+        ];
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(keys.prop_map(str::to_owned), inner, 0..8)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_json_never_panics(doc in arb_json()) {
+        let _ = parse_sla(&doc);
+        let _ = parse_microservice(&doc, "m");
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        if let Ok(doc) = serde_json::from_slice::<Value>(&bytes) {
+            let _ = parse_sla(&doc);
+        }
+    }
+
+    #[test]
+    fn ports_round_trip(maps in prop::collection::vec((prop::option::of(1u16..), 1u16.., any::<bool>()), 1..5)) {
+        let mut seen = std::collections::BTreeSet::new();
+        let maps: Vec<PortMapping> = maps.into_iter()
+            .map(|(h, c, udp)| PortMapping { host: h, container: c, protocol: if udp { Protocol::Udp } else { Protocol::Tcp } })
+            .filter(|m| m.host.is_none_or(|h| seen.insert((h, m.protocol))))
+            .collect();
+        let text: Vec<String> = maps.iter().map(ToString::to_string).collect();
+        let parsed = parse_ports(&text.join(";"));
+        prop_assert_eq!(parsed, Ok(maps));
+    }
+
+    #[test]
+    fn port_parser_never_panics(s in ".{0,40}") {
+        let _ = parse_ports(&s);
+    }
+}

@@ -1,0 +1,181 @@
+//! Passwords (argon2id) and tokens (HS256 JWTs signed with a per-deployment secret that is
+//! generated on first start and kept in the store).
+//!
+//! Access tokens are short-lived; refresh tokens last longer and can only be exchanged for a
+//! new access token. Both carry the user's credential generation, so changing a password
+//! revokes every token issued before.
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::Argon2;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use oak_api::{OrganizationId, UserId};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid signing secret: {0}")]
+    Secret(String),
+    #[error("cannot hash password: {0}")]
+    Hash(String),
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    #[error("a {0} token cannot be used here")]
+    WrongKind(&'static str),
+}
+
+/// What a token is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    Access,
+    Refresh,
+}
+
+impl TokenKind {
+    fn name(self) -> &'static str {
+        match self {
+            TokenKind::Access => "access",
+            TokenKind::Refresh => "refresh",
+        }
+    }
+}
+
+/// Claims of our tokens. `user`, `roles` and `organization` follow the original's claims;
+/// roles are informational, the server re-reads them from the store on every request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// User id.
+    pub sub: UserId,
+    /// User name.
+    pub user: String,
+    pub roles: Vec<String>,
+    pub organization: OrganizationId,
+    pub kind: TokenKind,
+    /// Credential generation of the user when the token was issued.
+    pub generation: u64,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+/// Issues and verifies tokens.
+pub struct TokenService {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    access_ttl_secs: u64,
+    refresh_ttl_secs: u64,
+}
+
+impl TokenService {
+    pub fn new(secret: &[u8], access_ttl_secs: u64, refresh_ttl_secs: u64) -> Result<Self, AuthError> {
+        let encoding = EncodingKey::from_secret(secret).map_err(|e| AuthError::Secret(e.to_string()))?;
+        let decoding = DecodingKey::from_secret(secret).map_err(|e| AuthError::Secret(e.to_string()))?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Ok(Self { encoding, decoding, validation, access_ttl_secs, refresh_ttl_secs })
+    }
+
+    /// Signs a token of `kind` for the user, valid from `now` (Unix seconds).
+    pub fn issue(
+        &self,
+        kind: TokenKind,
+        user: &UserId,
+        name: &str,
+        roles: Vec<String>,
+        org: &OrganizationId,
+        generation: u64,
+        now: u64,
+    ) -> Result<String, AuthError> {
+        let ttl = match kind {
+            TokenKind::Access => self.access_ttl_secs,
+            TokenKind::Refresh => self.refresh_ttl_secs,
+        };
+        let claims = Claims {
+            sub: user.clone(),
+            user: name.to_owned(),
+            roles,
+            organization: org.clone(),
+            kind,
+            generation,
+            iat: now,
+            exp: now + ttl,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| AuthError::InvalidToken(e.to_string()))
+    }
+
+    /// Checks signature, expiry and kind.
+    pub fn verify(&self, token: &str, kind: TokenKind) -> Result<Claims, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+        if data.claims.kind != kind {
+            return Err(AuthError::WrongKind(data.claims.kind.name()));
+        }
+        Ok(data.claims)
+    }
+}
+
+/// Hashes a password to an argon2id PHC string with a random salt. CPU-heavy: call it off
+/// the async executor.
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+/// True when `password` matches the PHC string. A malformed stored hash never matches.
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(h) => Argon2::default().verify_password(password.as_bytes(), &h).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The hash compared against when a user does not exist, so that a wrong user name costs as
+/// much time as a wrong password.
+pub fn dummy_hash() -> &'static str {
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Qd3vrHqMZ0MMs8jbh7d3JsBOTlMh2F9RRVJsjv8uq0M"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_verify_and_differ_by_salt() {
+        let a = hash_password("s3cret").unwrap_or_default();
+        let b = hash_password("s3cret").unwrap_or_default();
+        assert_ne!(a, b);
+        assert!(verify_password("s3cret", &a));
+        assert!(!verify_password("S3cret", &a));
+        assert!(!verify_password("s3cret", "not a hash"));
+        assert!(!verify_password("x", dummy_hash()));
+    }
+
+    #[test]
+    fn tokens_check_kind_expiry_and_signature() {
+        let t = TokenService::new(b"0123456789abcdef0123456789abcdef", 600, 3600).unwrap_or_else(|e| panic!("{e}"));
+        let uid = UserId::from("u1");
+        let org = OrganizationId::from("o1");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let access = t.issue(TokenKind::Access, &uid, "alice", vec![], &org, 3, now).unwrap_or_default();
+        let refresh = t.issue(TokenKind::Refresh, &uid, "alice", vec![], &org, 3, now).unwrap_or_default();
+        let c = t.verify(&access, TokenKind::Access).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.sub, c.generation), (uid.clone(), 3));
+        assert!(matches!(t.verify(&access, TokenKind::Refresh), Err(AuthError::WrongKind("access"))));
+        assert!(matches!(t.verify(&refresh, TokenKind::Access), Err(AuthError::WrongKind("refresh"))));
+        let old = t.issue(TokenKind::Access, &uid, "alice", vec![], &org, 3, now - 700).unwrap_or_default();
+        assert!(t.verify(&old, TokenKind::Access).is_err(), "expired");
+        let other = TokenService::new(b"another secret of thirty-two b!!", 600, 3600).unwrap_or_else(|e| panic!("{e}"));
+        assert!(other.verify(&access, TokenKind::Access).is_err(), "foreign signature");
+        let mut tampered = access.clone();
+        tampered.push('x');
+        assert!(t.verify(&tampered, TokenKind::Access).is_err());
+    }
+}

@@ -1,0 +1,260 @@
+//! Authentication, users and organizations.
+
+use super::extract::{Caller, JsonBody, authenticate, bearer};
+use super::{ApiError, AppState, route};
+use crate::auth::{self, TokenKind};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use oak_api::model::{
+    LoginRequest, LoginResponse, Message, Organization, OrganizationRequest, PasswordChange, Permissions,
+    RefreshResponse, RegisterRequest, User, UserUpdate, ROOT_ORGANIZATION,
+};
+use oak_api::{ErrorBody, ErrorCode, OrganizationId};
+
+pub(super) fn routes(r: Router<AppState>) -> Router<AppState> {
+    let r = route(r, "/api/auth/login", post(login));
+    let r = route(r, "/api/auth/refresh", post(refresh));
+    let r = route(r, "/api/auth/register", post(register));
+    let r = route(r, "/api/permission/{username}", get(permissions));
+    let r = route(r, "/api/user/{username}", get(get_user).put(update_user).delete(delete_user).post(change_password));
+    let r = route(r, "/api/user", post(reset_password).put(reset_password));
+    let r = route(r, "/api/users", get(list_users));
+    let r = route(r, "/api/users/{organization_id}", get(list_org_users));
+    let r = route(r, "/api/organization", get(list_orgs).post(create_org));
+    route(r, "/api/organization/{id}", axum::routing::put(update_org).delete(delete_org))
+}
+
+fn now_secs(state: &AppState) -> u64 {
+    state.clock.now_unix() as u64
+}
+
+/// Log in; returns an access token and a refresh token.
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody), (status = 404, description = "unknown organization", body = ErrorBody)))]
+pub(super) async fn login(State(state): State<AppState>, JsonBody(req): JsonBody<LoginRequest>) -> Result<Json<LoginResponse>, ApiError> {
+    let org_name = req.organization_name.clone().filter(|o| !o.is_empty()).unwrap_or_else(|| ROOT_ORGANIZATION.to_owned());
+    let s = state.clone();
+    state
+        .blocking(move |registry| {
+            let org = registry
+                .org_by_name(&org_name)?
+                .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("organization {org_name} not found")))?;
+            let user = registry.user_by_name(&req.username)?;
+            let hash = user.as_ref().map_or(auth::dummy_hash(), |u| u.password_hash.as_str());
+            let ok = auth::verify_password(&req.password, hash);
+            let user = match user {
+                Some(u) if ok => u,
+                _ => return Err(ApiError::unauthenticated("invalid username or password")),
+            };
+            let roles = registry.roles(&user.id, &org)?;
+            let now = now_secs(&s);
+            let issue = |kind| {
+                s.tokens
+                    .issue(kind, &user.id, &user.name, roles.clone(), &org, user.generation, now)
+                    .map_err(|e| ApiError::internal(e.to_string()))
+            };
+            Ok(Json(LoginResponse { token: issue(TokenKind::Access)?, refresh_token: issue(TokenKind::Refresh)? }))
+        })
+        .await
+}
+
+/// A refresh token, from `Authorization: Bearer` (as the original) or `{"refresh_token"}`.
+pub(super) struct RefreshCaller(super::extract::Caller);
+
+impl FromRequestParts<AppState> for RefreshCaller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        authenticate(state, bearer(parts)?, TokenKind::Refresh).map(RefreshCaller)
+    }
+}
+
+/// Exchange a refresh token (sent as the bearer token) for a new access token.
+#[utoipa::path(post, path = "/api/auth/refresh", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = RefreshResponse), (status = 401, body = ErrorBody)))]
+pub(super) async fn refresh(State(state): State<AppState>, RefreshCaller(c): RefreshCaller) -> Result<Json<RefreshResponse>, ApiError> {
+    let token = state
+        .tokens
+        .issue(TokenKind::Access, &c.user.id, &c.user.name, c.roles.clone(), &c.org, c.user.generation, now_secs(&state))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(RefreshResponse { token }))
+}
+
+fn check_password(field: &str, password: &str) -> Result<(), ApiError> {
+    if password.is_empty() || password.len() > 1024 {
+        return Err(ApiError::invalid(vec![oak_api::sla::Violation {
+            field: field.to_owned(),
+            message: "must be 1-1024 characters".into(),
+        }]));
+    }
+    Ok(())
+}
+
+async fn hash(password: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// Register a user in the caller's organization (Admin only).
+#[utoipa::path(post, path = "/api/auth/register", tag = "users", security(("bearer" = [])), request_body = RegisterRequest,
+    responses((status = 200, body = User), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn register(State(state): State<AppState>, caller: Caller, JsonBody(req): JsonBody<RegisterRequest>) -> Result<Json<User>, ApiError> {
+    caller.require_admin()?;
+    check_password("password", &req.password)?;
+    let h = hash(req.password.clone()).await?;
+    let roles = req.roles.clone().unwrap_or_else(|| vec!["Application_Provider".to_owned()]);
+    state
+        .blocking(move |r| Ok(Json(r.create_user(&caller.org, &req.name, &req.email, roles, h)?)))
+        .await
+}
+
+fn self_or_admin(caller: &Caller, username: &str) -> Result<(), ApiError> {
+    if caller.user.name == username || caller.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!("user {} may not act on user {username}", caller.user.name)))
+    }
+}
+
+/// Roles of a user in the caller's organization.
+#[utoipa::path(get, path = "/api/permission/{username}", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = Permissions), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn permissions(State(state): State<AppState>, caller: Caller, Path(username): Path<String>) -> Result<Json<Permissions>, ApiError> {
+    self_or_admin(&caller, &username)?;
+    let u = state.registry.get_user(&username, &caller.org)?;
+    Ok(Json(Permissions { roles: u.roles }))
+}
+
+/// A user (yourself, or anyone for an Admin).
+#[utoipa::path(get, path = "/api/user/{username}", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = User), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_user(State(state): State<AppState>, caller: Caller, Path(username): Path<String>) -> Result<Json<User>, ApiError> {
+    self_or_admin(&caller, &username)?;
+    Ok(Json(state.registry.get_user(&username, &caller.org)?))
+}
+
+/// Update a user's email, password or roles (Admin only).
+#[utoipa::path(put, path = "/api/user/{username}", tag = "users", security(("bearer" = [])), request_body = UserUpdate,
+    responses((status = 200, body = User), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn update_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(username): Path<String>,
+    JsonBody(up): JsonBody<UserUpdate>,
+) -> Result<Json<User>, ApiError> {
+    caller.require_admin()?;
+    let h = match &up.password {
+        Some(p) => {
+            check_password("password", p)?;
+            Some(hash(p.clone()).await?)
+        }
+        None => None,
+    };
+    state.blocking(move |r| Ok(Json(r.update_user(&username, &caller.org, &up, h)?))).await
+}
+
+/// Delete a user who owns no applications (Admin only). Returns the remaining users.
+#[utoipa::path(delete, path = "/api/user/{username}", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = [User]), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn delete_user(State(state): State<AppState>, caller: Caller, Path(username): Path<String>) -> Result<Json<Vec<User>>, ApiError> {
+    caller.require_admin()?;
+    state
+        .blocking(move |r| {
+            r.delete_user(&username, &caller.user.id)?;
+            Ok(Json(r.list_users(&caller.org, false)?))
+        })
+        .await
+}
+
+/// Change your own password; every token issued before stops working.
+#[utoipa::path(post, path = "/api/user/{username}", tag = "users", security(("bearer" = [])), request_body = PasswordChange,
+    responses((status = 200, body = Message), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn change_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(username): Path<String>,
+    JsonBody(req): JsonBody<PasswordChange>,
+) -> Result<Json<Message>, ApiError> {
+    if caller.user.name != username {
+        return Err(ApiError::forbidden(format!("user {} may only change their own password", caller.user.name)));
+    }
+    check_password("newPassword", &req.newPassword)?;
+    let stored = caller.user.password_hash.clone();
+    let old = req.oldPassword.clone();
+    let matches = tokio::task::spawn_blocking(move || auth::verify_password(&old, &stored))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    if !matches {
+        return Err(ApiError::bad_request("oldPassword does not match the current password"));
+    }
+    let h = hash(req.newPassword).await?;
+    let id = caller.user.id.clone();
+    state.blocking(move |r| Ok(r.set_password(&id, h)?)).await?;
+    Ok(Json(Message::new("password changed")))
+}
+
+/// Password reset by e-mail is not offered: an Admin sets a new password with `PUT /api/user/{username}`.
+#[utoipa::path(post, path = "/api/user", tag = "users", responses((status = 501, body = ErrorBody)))]
+pub(super) async fn reset_password() -> ApiError {
+    ApiError::new(
+        ErrorCode::NotImplemented,
+        "password reset by e-mail is not offered; an Admin sets a new password with PUT /api/user/{username}",
+    )
+}
+
+/// All users (Admin only).
+#[utoipa::path(get, path = "/api/users", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = [User]), (status = 403, body = ErrorBody)))]
+pub(super) async fn list_users(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<User>>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(state.registry.list_users(&caller.org, false)?))
+}
+
+/// Members of an organization (Admin only).
+#[utoipa::path(get, path = "/api/users/{organization_id}", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = [User]), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn list_org_users(State(state): State<AppState>, caller: Caller, Path(org): Path<String>) -> Result<Json<Vec<User>>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(state.registry.list_users(&OrganizationId(org), true)?))
+}
+
+/// All organizations (Admin only).
+#[utoipa::path(get, path = "/api/organization", tag = "organizations", security(("bearer" = [])),
+    responses((status = 200, body = [Organization]), (status = 403, body = ErrorBody)))]
+pub(super) async fn list_orgs(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<Organization>>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(state.registry.list_orgs()?))
+}
+
+/// Create an organization (Admin only).
+#[utoipa::path(post, path = "/api/organization", tag = "organizations", security(("bearer" = [])), request_body = OrganizationRequest,
+    responses((status = 200, body = Organization), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn create_org(State(state): State<AppState>, caller: Caller, JsonBody(req): JsonBody<OrganizationRequest>) -> Result<Json<Organization>, ApiError> {
+    caller.require_admin()?;
+    state.blocking(move |r| Ok(Json(r.create_org(&req)?))).await
+}
+
+/// Rename an organization or replace its members (Admin only).
+#[utoipa::path(put, path = "/api/organization/{id}", tag = "organizations", security(("bearer" = [])), request_body = OrganizationRequest,
+    responses((status = 200, body = Organization), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn update_org(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<OrganizationRequest>,
+) -> Result<Json<Organization>, ApiError> {
+    caller.require_admin()?;
+    state.blocking(move |r| Ok(Json(r.update_org(&OrganizationId(id), &req)?))).await
+}
+
+/// Delete an organization (Admin only; `root` stays).
+#[utoipa::path(delete, path = "/api/organization/{id}", tag = "organizations", security(("bearer" = [])),
+    responses((status = 200, body = Message), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn delete_org(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Message>, ApiError> {
+    caller.require_admin()?;
+    state.blocking(move |r| Ok(r.delete_org(&OrganizationId(id))?)).await?;
+    Ok(Json(Message::new("Organization deleted")))
+}

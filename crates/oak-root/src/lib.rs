@@ -1,0 +1,129 @@
+//! The root orchestrator: where users meet the system.
+//!
+//! It serves the user REST API (the original Oakestra paths and shapes, so Oakestra's own
+//! CLI works against it), authenticates users, and keeps users, organizations, applications,
+//! services and clusters in an embedded ACID store. Clusters join it in the next stage; until
+//! one is active, requested instances wait with a visible negative scheduling status.
+//!
+//! This crate must not import the other tiers (`oak-cluster`, `oak-worker`): tiers meet only
+//! through `oak-api` messages.
+
+pub mod auth;
+pub mod clock;
+pub mod http;
+pub mod registry;
+
+use clock::{Clock, SystemClock};
+use oak_store::{RedbStore, Store};
+use registry::Registry;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// The default password of the bootstrap `Admin` user when `OAK_ADMIN_PASSWORD` is unset.
+pub const DEFAULT_ADMIN_PASSWORD: &str = "Admin";
+
+/// Configuration of `oak root`.
+#[derive(Clone, Debug)]
+pub struct RootConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Password of the bootstrap `Admin` user, used only when that user is created.
+    /// `None` means the original's default, `Admin`.
+    pub admin_password: Option<String>,
+    pub access_token_ttl_secs: u64,
+    pub refresh_token_ttl_secs: u64,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl RootConfig {
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            data_dir,
+            admin_password: None,
+            access_token_ttl_secs: 10 * 60,
+            refresh_token_ttl_secs: 7 * 24 * 3600,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] oak_store::StoreError),
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error("http server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A root orchestrator with its store open, ready to serve.
+pub struct Root {
+    state: http::AppState,
+}
+
+impl Root {
+    /// Opens (or creates) the store under the data dir and bootstraps `Admin` and `root`.
+    pub fn open(config: &RootConfig) -> Result<Self, RootError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| RootError::DataDir { path: config.data_dir.display().to_string(), source })?;
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("root.redb"), registry::TABLES)?);
+        Self::with_store(config, store, Arc::new(SystemClock))
+    }
+
+    /// Builds a root over any store and clock (tests use fakes).
+    pub fn with_store(config: &RootConfig, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Self, RootError> {
+        let registry = Arc::new(Registry::new(store, clock.clone()));
+        let secret = registry.meta_or_init("jwt_secret", || {
+            let mut key = vec![0u8; 32];
+            rand::fill(&mut key[..]);
+            key
+        })?;
+        let tokens = auth::TokenService::new(&secret, config.access_token_ttl_secs, config.refresh_token_ttl_secs)?;
+        let password = config.admin_password.clone();
+        let default = password.is_none();
+        let password = password.unwrap_or_else(|| DEFAULT_ADMIN_PASSWORD.to_owned());
+        let mut hash_error = None;
+        let created = registry.bootstrap(|| match auth::hash_password(&password) {
+            Ok(h) => h,
+            Err(e) => {
+                hash_error = Some(e);
+                String::new()
+            }
+        })?;
+        if let Some(e) = hash_error {
+            return Err(e.into());
+        }
+        if default {
+            let still_default = registry
+                .user_by_name(oak_api::model::ADMIN_ROLE)?
+                .is_some_and(|u| auth::verify_password(DEFAULT_ADMIN_PASSWORD, &u.password_hash));
+            if still_default {
+                tracing::warn!(
+                    "the Admin user has the default password \"Admin\" (OAK_ADMIN_PASSWORD is unset); \
+                     set OAK_ADMIN_PASSWORD before first start, or change it with POST /api/user/Admin"
+                );
+            }
+        }
+        if created {
+            tracing::info!("created the bootstrap user Admin and organization root");
+        }
+        let state = http::AppState::new(registry, Arc::new(tokens), clock, config.max_body_bytes);
+        Ok(Self { state })
+    }
+
+    /// Serves the API on `listener` until `shutdown` completes, then drains in-flight requests.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RootError> {
+        let app = http::router(self.state);
+        axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(RootError::Serve)
+    }
+}

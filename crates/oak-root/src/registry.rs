@@ -1,0 +1,946 @@
+//! The root's state: users, organizations, applications and services, kept in the [`Store`].
+//!
+//! Every mutation runs under one writer lock: it reads what it must check (names, addresses,
+//! ownership), builds one [`Batch`] and commits it. So a request either happens entirely or
+//! not at all, and a concurrent request never sees, or races with, half of another one.
+//! Reads need no lock: the store gives consistent snapshots.
+//!
+//! Architecture invariant: an object of one user is never returned to, or changed for,
+//! another user; such requests see `NotFound`, exactly as for an id that does not exist.
+
+use crate::clock::Clock;
+use oak_api::model::{
+    self, Application, ApplicationUpdate, Instance, Member, Organization, OrganizationRequest, Service,
+    ServiceCreated, ServiceOutcome, User, UserUpdate,
+};
+use oak_api::sla::{ApplicationSpec, MicroserviceSpec, Sla, Violation};
+use oak_api::{ApplicationId, ClusterId, OrganizationId, ServiceId, Status, UserId};
+use oak_store::{Batch, Store, StoreError, Table};
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+pub(crate) const META: Table = "meta";
+const USERS: Table = "users";
+const USER_NAMES: Table = "user_names";
+const ORGS: Table = "orgs";
+const ORG_NAMES: Table = "org_names";
+const APPS: Table = "apps";
+const OWNER_APPS: Table = "owner_apps";
+const SERVICES: Table = "services";
+const ADDRESSES: Table = "addresses";
+const CLUSTERS: Table = "clusters";
+
+/// Every table the root uses; the store is opened with these.
+pub const TABLES: &[Table] =
+    &[META, USERS, USER_NAMES, ORGS, ORG_NAMES, APPS, OWNER_APPS, SERVICES, ADDRESSES, CLUSTERS];
+
+/// A cluster counts as active when it reported within this many seconds (as in the original).
+pub const CLUSTER_ACTIVE_WINDOW_SECS: f64 = 30.0;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{kind} {id} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{}", render_violations(.0))]
+    Invalid(Vec<Violation>),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored record {table}/{key} cannot be read: {reason}")]
+    Corrupt { table: Table, key: String, reason: String },
+}
+
+fn render_violations(v: &[Violation]) -> String {
+    v.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+fn not_found(kind: &'static str, id: impl ToString) -> RegistryError {
+    RegistryError::NotFound { kind, id: id.to_string() }
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> RegistryError {
+    RegistryError::Invalid(vec![Violation { field: field.into(), message: message.into() }])
+}
+
+type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// A stored user; the hash never leaves this module except to be verified.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub name: String,
+    pub email: String,
+    pub created_at: String,
+    pub password_hash: String,
+    /// Bumped when the password changes; tokens carry it, so older tokens stop working.
+    pub generation: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct OrgRecord {
+    id: OrganizationId,
+    name: String,
+    member: Vec<Member>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct AppRecord {
+    id: ApplicationId,
+    owner: UserId,
+    owner_name: String,
+    name: String,
+    namespace: String,
+    desc: String,
+    services: Vec<ServiceId>,
+    extra: Map<String, Value>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ServiceRecord {
+    id: ServiceId,
+    app: ApplicationId,
+    owner: UserId,
+    spec: MicroserviceSpec,
+    next_instance: u32,
+    status: Option<Status>,
+    status_detail: Option<String>,
+    instances: Vec<Instance>,
+}
+
+impl ServiceRecord {
+    /// Semantic addresses this service holds: (address, SLA field).
+    fn addresses(&self) -> Vec<(String, &'static str)> {
+        let Some(a) = &self.spec.addresses else { return Vec::new() };
+        let mut out = Vec::new();
+        if let Some(ip) = a.rr_ip {
+            out.push((ip.to_string(), "rr_ip"));
+        }
+        if let Some(ip) = a.closest_ip {
+            out.push((ip.to_string(), "closest_ip"));
+        }
+        if let Some(ip) = a.rr_ip_v6 {
+            out.push((ip.to_string(), "rr_ip_v6"));
+        }
+        if let Some(ip) = a.closest_ip_v6 {
+            out.push((ip.to_string(), "closest_ip_v6"));
+        }
+        out
+    }
+}
+
+/// A cluster as the root keeps it. Filled by the cluster link (next issue).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub id: ClusterId,
+    pub name: String,
+    pub location: String,
+    pub last_seen: f64,
+    pub active_nodes: u32,
+    pub virtualization: Vec<String>,
+    pub cpu_percent: f64,
+    pub memory_mb: u64,
+    pub cpu_cores: f64,
+    pub gpus: u64,
+}
+
+/// The root's registry of users, organizations, applications and services.
+pub struct Registry {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    write: Mutex<()>,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing these plain structs to JSON cannot fail (string keys, no custom impls).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock, write: Mutex::new(()) }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn load<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>> {
+        match self.store.get(table, key)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| RegistryError::Corrupt {
+                table,
+                key: key.to_owned(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn index(&self, table: Table, key: &str) -> Result<Option<String>> {
+        Ok(self.store.get(table, key)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    fn load_all<T: DeserializeOwned>(&self, table: Table, prefix: &str) -> Result<Vec<T>> {
+        self.store
+            .scan_prefix(table, prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                serde_json::from_slice(&v).map_err(|e| RegistryError::Corrupt { table, key: k, reason: e.to_string() })
+            })
+            .collect()
+    }
+
+    // ---------------------------------------------------------------- meta
+
+    /// The value of a meta key, creating it with `init` on first use.
+    pub fn meta_or_init(&self, key: &str, init: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>> {
+        let _w = self.write.lock();
+        if let Some(v) = self.store.get(META, key)? {
+            return Ok(v);
+        }
+        let v = init();
+        let mut b = Batch::new();
+        b.put(META, key, v.clone());
+        self.store.commit(b)?;
+        Ok(v)
+    }
+
+    // ---------------------------------------------------------------- users
+
+    pub fn user(&self, id: &UserId) -> Result<Option<UserRecord>> {
+        self.load(USERS, id.as_str())
+    }
+
+    pub fn user_by_name(&self, name: &str) -> Result<Option<UserRecord>> {
+        match self.index(USER_NAMES, name)? {
+            Some(id) => self.user(&UserId(id)),
+            None => Ok(None),
+        }
+    }
+
+    fn user_by_name_or_404(&self, name: &str) -> Result<UserRecord> {
+        self.user_by_name(name)?.ok_or_else(|| not_found("user", name))
+    }
+
+    pub fn org_by_name(&self, name: &str) -> Result<Option<OrganizationId>> {
+        Ok(self.index(ORG_NAMES, name)?.map(OrganizationId))
+    }
+
+    fn org(&self, id: &OrganizationId) -> Result<Option<OrgRecord>> {
+        self.load(ORGS, id.as_str())
+    }
+
+    /// The roles of `user` in `org` (empty when not a member).
+    pub fn roles(&self, user: &UserId, org: &OrganizationId) -> Result<Vec<String>> {
+        Ok(self
+            .org(org)?
+            .and_then(|o| o.member.into_iter().find(|m| m.user_id == *user))
+            .map(|m| m.roles)
+            .unwrap_or_default())
+    }
+
+    fn public_user(&self, u: &UserRecord, org: &OrganizationId) -> Result<User> {
+        Ok(User {
+            id: u.id.clone(),
+            name: u.name.clone(),
+            email: u.email.clone(),
+            created_at: u.created_at.clone(),
+            roles: self.roles(&u.id, org)?,
+        })
+    }
+
+    /// Creates the `root` organization and the `Admin` user when missing. Returns true when
+    /// the Admin user was created now.
+    pub fn bootstrap(&self, admin_password_hash: impl FnOnce() -> String) -> Result<bool> {
+        let _w = self.write.lock();
+        let mut b = Batch::new();
+        let mut org = match self.org_by_name(model::ROOT_ORGANIZATION)? {
+            Some(id) => self.org(&id)?.ok_or_else(|| not_found("organization", &id))?,
+            None => {
+                let id = OrganizationId::generate();
+                b.put(ORG_NAMES, model::ROOT_ORGANIZATION, id.as_str().as_bytes().to_vec());
+                OrgRecord { id, name: model::ROOT_ORGANIZATION.to_owned(), member: Vec::new() }
+            }
+        };
+        let created = match self.user_by_name(model::ADMIN_ROLE)? {
+            Some(_) => false,
+            None => {
+                let user = UserRecord {
+                    id: UserId::generate(),
+                    name: model::ADMIN_ROLE.to_owned(),
+                    email: String::new(),
+                    created_at: self.clock.now_rfc3339(),
+                    password_hash: admin_password_hash(),
+                    generation: 0,
+                };
+                org.member.push(Member { user_id: user.id.clone(), roles: model::ROLES.map(str::to_owned).to_vec() });
+                b.put(USER_NAMES, &user.name, user.id.as_str().as_bytes().to_vec());
+                b.put(USERS, user.id.as_str(), encode(&user));
+                true
+            }
+        };
+        b.put(ORGS, org.id.as_str(), encode(&org));
+        self.store.commit(b)?;
+        Ok(created)
+    }
+
+    fn check_roles(roles: &[String], field: &str) -> Result<()> {
+        for (i, r) in roles.iter().enumerate() {
+            if !model::ROLES.contains(&r.as_str()) {
+                return Err(invalid(
+                    format!("{field}[{i}]"),
+                    format!("unknown role {r:?}; expected one of {}", model::ROLES.join(", ")),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_user_name(name: &str) -> Result<()> {
+        let ok = (1..=64).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+        if ok {
+            Ok(())
+        } else {
+            Err(invalid("name", format!("must be 1-64 letters, digits or ._-@, got {name:?}")))
+        }
+    }
+
+    /// Registers a user in `org` with `roles`. `password_hash` is already computed.
+    pub fn create_user(
+        &self,
+        org: &OrganizationId,
+        name: &str,
+        email: &str,
+        roles: Vec<String>,
+        password_hash: String,
+    ) -> Result<User> {
+        Self::check_user_name(name)?;
+        Self::check_roles(&roles, "roles")?;
+        let _w = self.write.lock();
+        if self.user_by_name(name)?.is_some() {
+            return Err(RegistryError::Conflict(format!("user {name} already exists")));
+        }
+        let mut o = self.org(org)?.ok_or_else(|| not_found("organization", org))?;
+        let user = UserRecord {
+            id: UserId::generate(),
+            name: name.to_owned(),
+            email: email.to_owned(),
+            created_at: self.clock.now_rfc3339(),
+            password_hash,
+            generation: 0,
+        };
+        o.member.push(Member { user_id: user.id.clone(), roles });
+        let mut b = Batch::new();
+        b.put(USER_NAMES, name, user.id.as_str().as_bytes().to_vec());
+        b.put(USERS, user.id.as_str(), encode(&user));
+        b.put(ORGS, o.id.as_str(), encode(&o));
+        self.store.commit(b)?;
+        self.public_user(&user, org)
+    }
+
+    pub fn get_user(&self, name: &str, org: &OrganizationId) -> Result<User> {
+        let u = self.user_by_name_or_404(name)?;
+        self.public_user(&u, org)
+    }
+
+    pub fn list_users(&self, org: &OrganizationId, only_members: bool) -> Result<Vec<User>> {
+        let members: Option<Vec<UserId>> = if only_members {
+            let o = self.org(org)?.ok_or_else(|| not_found("organization", org))?;
+            Some(o.member.into_iter().map(|m| m.user_id).collect())
+        } else {
+            None
+        };
+        let mut out = Vec::new();
+        for u in self.load_all::<UserRecord>(USERS, "")? {
+            if members.as_ref().is_none_or(|m| m.contains(&u.id)) {
+                out.push(self.public_user(&u, org)?);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Deletes a user who owns no applications, and strips them from every organization.
+    pub fn delete_user(&self, name: &str, caller: &UserId) -> Result<()> {
+        let _w = self.write.lock();
+        let u = self.user_by_name_or_404(name)?;
+        if u.id == *caller {
+            return Err(RegistryError::Conflict(format!("user {name} cannot delete itself")));
+        }
+        let owned = self.store.scan_prefix(OWNER_APPS, &format!("{}/", u.id))?.len();
+        if owned > 0 {
+            return Err(RegistryError::Conflict(format!(
+                "user {name} still owns {owned} application(s); delete them first"
+            )));
+        }
+        let mut b = Batch::new();
+        for mut o in self.load_all::<OrgRecord>(ORGS, "")? {
+            let before = o.member.len();
+            o.member.retain(|m| m.user_id != u.id);
+            if o.member.len() != before {
+                b.put(ORGS, o.id.as_str(), encode(&o));
+            }
+        }
+        b.delete(USERS, u.id.as_str());
+        b.delete(USER_NAMES, name);
+        self.store.commit(b)?;
+        Ok(())
+    }
+
+    /// Admin update. `password_hash` is the hash of `update.password`, when given.
+    pub fn update_user(
+        &self,
+        name: &str,
+        org: &OrganizationId,
+        update: &UserUpdate,
+        password_hash: Option<String>,
+    ) -> Result<User> {
+        if let Some(roles) = &update.roles {
+            Self::check_roles(roles, "roles")?;
+        }
+        let _w = self.write.lock();
+        let mut u = self.user_by_name_or_404(name)?;
+        let mut b = Batch::new();
+        if let Some(email) = &update.email {
+            u.email = email.clone();
+        }
+        if let Some(h) = password_hash {
+            u.password_hash = h;
+            u.generation += 1;
+        }
+        if let Some(roles) = &update.roles {
+            let mut o = self.org(org)?.ok_or_else(|| not_found("organization", org))?;
+            match o.member.iter_mut().find(|m| m.user_id == u.id) {
+                Some(m) => m.roles = roles.clone(),
+                None => o.member.push(Member { user_id: u.id.clone(), roles: roles.clone() }),
+            }
+            b.put(ORGS, o.id.as_str(), encode(&o));
+        }
+        b.put(USERS, u.id.as_str(), encode(&u));
+        self.store.commit(b)?;
+        self.public_user(&u, org)
+    }
+
+    /// Replaces the password hash of `user` (checked by the caller) and revokes older tokens.
+    pub fn set_password(&self, user: &UserId, password_hash: String) -> Result<()> {
+        let _w = self.write.lock();
+        let mut u = self.user(user)?.ok_or_else(|| not_found("user", user))?;
+        u.password_hash = password_hash;
+        u.generation += 1;
+        let mut b = Batch::new();
+        b.put(USERS, u.id.as_str(), encode(&u));
+        self.store.commit(b)?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- organizations
+
+    fn public_org(o: OrgRecord) -> Organization {
+        Organization { id: o.id, name: o.name, member: o.member }
+    }
+
+    pub fn list_orgs(&self) -> Result<Vec<Organization>> {
+        let mut v: Vec<Organization> = self.load_all::<OrgRecord>(ORGS, "")?.into_iter().map(Self::public_org).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+
+    fn check_org(&self, req: &OrganizationRequest) -> Result<()> {
+        let ok = (1..=64).contains(&req.name.len())
+            && req.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+        if !ok {
+            return Err(invalid("name", format!("must be 1-64 letters, digits, _ or -, got {:?}", req.name)));
+        }
+        for (i, m) in req.member.iter().enumerate() {
+            if self.user(&m.user_id)?.is_none() {
+                return Err(invalid(format!("member[{i}].user_id"), format!("no user with id {}", m.user_id)));
+            }
+            Self::check_roles(&m.roles, &format!("member[{i}].roles"))?;
+        }
+        Ok(())
+    }
+
+    pub fn create_org(&self, req: &OrganizationRequest) -> Result<Organization> {
+        self.check_org(req)?;
+        let _w = self.write.lock();
+        if self.org_by_name(&req.name)?.is_some() {
+            return Err(RegistryError::Conflict(format!("organization {} already exists", req.name)));
+        }
+        let o = OrgRecord { id: OrganizationId::generate(), name: req.name.clone(), member: req.member.clone() };
+        let mut b = Batch::new();
+        b.put(ORG_NAMES, &o.name, o.id.as_str().as_bytes().to_vec());
+        b.put(ORGS, o.id.as_str(), encode(&o));
+        self.store.commit(b)?;
+        Ok(Self::public_org(o))
+    }
+
+    pub fn update_org(&self, id: &OrganizationId, req: &OrganizationRequest) -> Result<Organization> {
+        self.check_org(req)?;
+        let _w = self.write.lock();
+        let mut o = self.org(id)?.ok_or_else(|| not_found("organization", id))?;
+        let mut b = Batch::new();
+        if o.name != req.name {
+            if o.name == model::ROOT_ORGANIZATION {
+                return Err(RegistryError::Conflict("organization root cannot be renamed".into()));
+            }
+            if self.org_by_name(&req.name)?.is_some() {
+                return Err(RegistryError::Conflict(format!("organization {} already exists", req.name)));
+            }
+            b.delete(ORG_NAMES, &o.name);
+            b.put(ORG_NAMES, &req.name, o.id.as_str().as_bytes().to_vec());
+        }
+        o.name = req.name.clone();
+        o.member = req.member.clone();
+        b.put(ORGS, o.id.as_str(), encode(&o));
+        self.store.commit(b)?;
+        Ok(Self::public_org(o))
+    }
+
+    pub fn delete_org(&self, id: &OrganizationId) -> Result<()> {
+        let _w = self.write.lock();
+        let o = self.org(id)?.ok_or_else(|| not_found("organization", id))?;
+        if o.name == model::ROOT_ORGANIZATION {
+            return Err(RegistryError::Conflict("organization root cannot be deleted".into()));
+        }
+        let mut b = Batch::new();
+        b.delete(ORGS, id.as_str());
+        b.delete(ORG_NAMES, &o.name);
+        self.store.commit(b)?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- applications
+
+    fn public_app(a: &AppRecord) -> Application {
+        Application {
+            id: a.id.clone(),
+            application_name: a.name.clone(),
+            application_namespace: a.namespace.clone(),
+            application_desc: a.desc.clone(),
+            owner: a.owner_name.clone(),
+            microservices: a.services.clone(),
+            extra: a.extra.clone(),
+        }
+    }
+
+    fn owned_app(&self, owner: &UserId, id: &ApplicationId) -> Result<AppRecord> {
+        match self.load::<AppRecord>(APPS, id.as_str())? {
+            Some(a) if a.owner == *owner => Ok(a),
+            _ => Err(not_found("application", id)),
+        }
+    }
+
+    fn owner_apps(&self, owner: &UserId) -> Result<Vec<AppRecord>> {
+        let mut out = Vec::new();
+        for (k, _) in self.store.scan_prefix(OWNER_APPS, &format!("{owner}/"))? {
+            let id = k.rsplit('/').next().unwrap_or_default();
+            if let Some(a) = self.load::<AppRecord>(APPS, id)? {
+                out.push(a);
+            }
+        }
+        out.sort_by(|a, b| (&a.name, &a.namespace).cmp(&(&b.name, &b.namespace)));
+        Ok(out)
+    }
+
+    pub fn list_apps(&self, owner: &UserId) -> Result<Vec<Application>> {
+        Ok(self.owner_apps(owner)?.iter().map(Self::public_app).collect())
+    }
+
+    pub fn get_app(&self, owner: &UserId, id: &ApplicationId) -> Result<Application> {
+        Ok(Self::public_app(&self.owned_app(owner, id)?))
+    }
+
+    /// Creates every application of the descriptor with its services, or nothing.
+    /// Returns the ids of the created applications.
+    pub fn create_applications(&self, owner: &UserRecord, sla: Sla) -> Result<Vec<ApplicationId>> {
+        let _w = self.write.lock();
+        let existing = self.owner_apps(&owner.id)?;
+        let mut b = Batch::new();
+        let mut ids = Vec::new();
+        for (i, spec) in sla.applications.into_iter().enumerate() {
+            if existing.iter().any(|a| a.name == spec.application_name && a.namespace == spec.application_namespace) {
+                return Err(RegistryError::Conflict(format!(
+                    "application {}/{} already exists (applications[{i}])",
+                    spec.application_name, spec.application_namespace
+                )));
+            }
+            let ApplicationSpec { application_name, application_namespace, application_desc, microservices, extra } = spec;
+            let mut app = AppRecord {
+                id: ApplicationId::generate(),
+                owner: owner.id.clone(),
+                owner_name: owner.name.clone(),
+                name: application_name,
+                namespace: application_namespace,
+                desc: application_desc,
+                services: Vec::new(),
+                extra,
+            };
+            self.add_services(&mut b, &mut app, microservices, &format!("applications[{i}].microservices"))?;
+            b.put(OWNER_APPS, format!("{}/{}", owner.id, app.id), Vec::new());
+            b.put(APPS, app.id.as_str(), encode(&app));
+            ids.push(app.id);
+        }
+        self.store.commit(b)?;
+        Ok(ids)
+    }
+
+    /// Adds service records for `specs` to `app` (in `b`), checking names and addresses.
+    fn add_services(
+        &self,
+        b: &mut Batch,
+        app: &mut AppRecord,
+        specs: Vec<MicroserviceSpec>,
+        path: &str,
+    ) -> Result<Vec<ServiceRecord>> {
+        let mut names: Vec<(String, String)> = Vec::new();
+        for id in &app.services {
+            if let Some(s) = self.load::<ServiceRecord>(SERVICES, id.as_str())? {
+                names.push((s.spec.microservice_name, s.spec.microservice_namespace));
+            }
+        }
+        let mut out = Vec::new();
+        for (j, spec) in specs.into_iter().enumerate() {
+            let key = (spec.microservice_name.clone(), spec.microservice_namespace.clone());
+            if names.contains(&key) {
+                return Err(RegistryError::Conflict(format!(
+                    "service {}/{} already exists in application {} ({path}[{j}])",
+                    key.0, key.1, app.id
+                )));
+            }
+            names.push(key);
+            let svc = ServiceRecord {
+                id: ServiceId::generate(),
+                app: app.id.clone(),
+                owner: app.owner.clone(),
+                spec,
+                next_instance: 0,
+                status: None,
+                status_detail: None,
+                instances: Vec::new(),
+            };
+            for (addr, field) in svc.addresses() {
+                if let Some(holder) = self.index(ADDRESSES, &addr)? {
+                    return Err(RegistryError::Conflict(format!(
+                        "{path}[{j}].addresses.{field}: {addr} is already used by service {holder}"
+                    )));
+                }
+                b.put(ADDRESSES, addr, svc.id.as_str().as_bytes().to_vec());
+            }
+            b.put(SERVICES, svc.id.as_str(), encode(&svc));
+            app.services.push(svc.id.clone());
+            out.push(svc);
+        }
+        Ok(out)
+    }
+
+    pub fn update_app(&self, owner: &UserId, id: &ApplicationId, up: &ApplicationUpdate) -> Result<Application> {
+        for (field, v) in [("application_name", &up.application_name), ("application_namespace", &up.application_namespace)] {
+            if !oak_api::sla::is_valid_name(v) {
+                return Err(invalid(field, format!("must match ^[a-zA-Z0-9]{{1,30}}$, got {v:?}")));
+            }
+        }
+        let _w = self.write.lock();
+        let mut app = self.owned_app(owner, id)?;
+        if let Some(ms) = &up.microservices {
+            let mut a = ms.clone();
+            let mut b = app.services.clone();
+            a.sort();
+            b.sort();
+            if a != b {
+                return Err(invalid(
+                    "microservices",
+                    "services are added with POST /api/service and removed with DELETE /api/service/{id}",
+                ));
+            }
+        }
+        let renamed = app.name != up.application_name || app.namespace != up.application_namespace;
+        if renamed
+            && self.owner_apps(owner)?.iter().any(|a| {
+                a.id != app.id && a.name == up.application_name && a.namespace == up.application_namespace
+            })
+        {
+            return Err(RegistryError::Conflict(format!(
+                "application {}/{} already exists",
+                up.application_name, up.application_namespace
+            )));
+        }
+        app.name = up.application_name.clone();
+        app.namespace = up.application_namespace.clone();
+        if let Some(d) = &up.application_desc {
+            app.desc = d.clone();
+        }
+        let mut b = Batch::new();
+        b.put(APPS, app.id.as_str(), encode(&app));
+        self.store.commit(b)?;
+        Ok(Self::public_app(&app))
+    }
+
+    /// Deletes an application and all its services.
+    pub fn delete_app(&self, owner: &UserId, id: &ApplicationId) -> Result<()> {
+        let _w = self.write.lock();
+        let app = self.owned_app(owner, id)?;
+        let mut b = Batch::new();
+        for sid in &app.services {
+            if let Some(s) = self.load::<ServiceRecord>(SERVICES, sid.as_str())? {
+                Self::remove_service(&mut b, &s);
+            }
+        }
+        b.delete(APPS, id.as_str());
+        b.delete(OWNER_APPS, format!("{owner}/{id}"));
+        self.store.commit(b)?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- services
+
+    fn remove_service(b: &mut Batch, s: &ServiceRecord) {
+        for (addr, _) in s.addresses() {
+            b.delete(ADDRESSES, addr);
+        }
+        b.delete(SERVICES, s.id.as_str());
+    }
+
+    fn render_service(s: ServiceRecord, app: &AppRecord) -> Service {
+        let job_name = format!(
+            "{}.{}.{}.{}",
+            app.name, app.namespace, s.spec.microservice_name, s.spec.microservice_namespace
+        );
+        let addrs = s.spec.addresses.clone().unwrap_or_default();
+        Service {
+            id: s.id,
+            application_id: s.app,
+            job_name,
+            app_name: app.name.clone(),
+            app_ns: app.namespace.clone(),
+            service_name: s.spec.microservice_name.clone(),
+            service_ns: s.spec.microservice_namespace.clone(),
+            image: s.spec.code.clone(),
+            rr_ip: addrs.rr_ip.map(|a| a.to_string()),
+            rr_ip_v6: addrs.rr_ip_v6.map(|a| a.to_string()),
+            status: s.status,
+            status_detail: s.status_detail,
+            instance_list: s.instances,
+            next_instance_progressive_number: s.next_instance,
+            owner: app.owner_name.clone(),
+            spec: s.spec,
+        }
+    }
+
+    fn owned_service(&self, owner: &UserId, id: &ServiceId) -> Result<(ServiceRecord, AppRecord)> {
+        let s = match self.load::<ServiceRecord>(SERVICES, id.as_str())? {
+            Some(s) if s.owner == *owner => s,
+            _ => return Err(not_found("service", id)),
+        };
+        let app = self.owned_app(owner, &s.app)?;
+        Ok((s, app))
+    }
+
+    pub fn get_service(&self, owner: &UserId, id: &ServiceId) -> Result<Service> {
+        let (s, app) = self.owned_service(owner, id)?;
+        Ok(Self::render_service(s, &app))
+    }
+
+    fn services_of(&self, app: &AppRecord) -> Result<Vec<Service>> {
+        let mut out = Vec::with_capacity(app.services.len());
+        for sid in &app.services {
+            if let Some(s) = self.load::<ServiceRecord>(SERVICES, sid.as_str())? {
+                out.push(Self::render_service(s, app));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn list_services(&self, owner: &UserId, app: &ApplicationId) -> Result<Vec<Service>> {
+        self.services_of(&self.owned_app(owner, app)?)
+    }
+
+    pub fn list_all_services(&self, owner: &UserId) -> Result<Vec<Service>> {
+        let mut out = Vec::new();
+        for app in self.owner_apps(owner)? {
+            out.extend(self.services_of(&app)?);
+        }
+        Ok(out)
+    }
+
+    /// Adds the services of `app_spec` to the existing application `app_id`.
+    pub fn create_services(
+        &self,
+        owner: &UserId,
+        app_id: &ApplicationId,
+        specs: Vec<MicroserviceSpec>,
+    ) -> Result<ServiceCreated> {
+        let _w = self.write.lock();
+        let mut app = self.owned_app(owner, app_id)?;
+        let mut b = Batch::new();
+        let created = self.add_services(&mut b, &mut app, specs, "applications[0].microservices")?;
+        b.put(APPS, app.id.as_str(), encode(&app));
+        self.store.commit(b)?;
+        let Some(last) = created.last() else {
+            return Err(invalid("applications[0].microservices", "must contain at least one service"));
+        };
+        Ok(ServiceCreated {
+            job_id: last.id.clone(),
+            deployed_services: created
+                .iter()
+                .map(|s| ServiceOutcome {
+                    service_name: s.spec.microservice_name.clone(),
+                    id: Some(s.id.clone()),
+                    status: 200,
+                    message: None,
+                })
+                .collect(),
+            failed_services: Vec::new(),
+        })
+    }
+
+    /// Replaces a service's description. Running instances keep their placement.
+    pub fn update_service(&self, owner: &UserId, id: &ServiceId, spec: MicroserviceSpec) -> Result<Service> {
+        let _w = self.write.lock();
+        let (mut s, app) = self.owned_service(owner, id)?;
+        let key = (&spec.microservice_name, &spec.microservice_namespace);
+        for other in &app.services {
+            if other == id {
+                continue;
+            }
+            if let Some(o) = self.load::<ServiceRecord>(SERVICES, other.as_str())?
+                && (&o.spec.microservice_name, &o.spec.microservice_namespace) == key
+            {
+                return Err(RegistryError::Conflict(format!(
+                    "service {}/{} already exists in application {}",
+                    key.0, key.1, app.id
+                )));
+            }
+        }
+        let mut b = Batch::new();
+        let old = s.addresses();
+        for (addr, _) in &old {
+            b.delete(ADDRESSES, addr.clone());
+        }
+        s.spec = spec;
+        for (addr, field) in s.addresses() {
+            if let Some(holder) = self.index(ADDRESSES, &addr)?
+                && holder != id.as_str()
+            {
+                return Err(RegistryError::Conflict(format!(
+                    "addresses.{field}: {addr} is already used by service {holder}"
+                )));
+            }
+            b.put(ADDRESSES, addr, id.as_str().as_bytes().to_vec());
+        }
+        b.put(SERVICES, id.as_str(), encode(&s));
+        self.store.commit(b)?;
+        Ok(Self::render_service(s, &app))
+    }
+
+    /// Deletes a service and its instances, and frees its addresses.
+    pub fn delete_service(&self, owner: &UserId, id: &ServiceId) -> Result<()> {
+        let _w = self.write.lock();
+        let (s, mut app) = self.owned_service(owner, id)?;
+        let mut b = Batch::new();
+        Self::remove_service(&mut b, &s);
+        app.services.retain(|x| x != id);
+        b.put(APPS, app.id.as_str(), encode(&app));
+        self.store.commit(b)?;
+        Ok(())
+    }
+
+    /// Asks for one more instance. Without an active cluster the instance is recorded with a
+    /// negative scheduling status that says so; it is placed when a cluster can take it.
+    pub fn request_instance(&self, owner: &UserId, id: &ServiceId) -> Result<Instance> {
+        let _w = self.write.lock();
+        let (mut s, _) = self.owned_service(owner, id)?;
+        let now = self.clock.now_unix();
+        let clusters = self.load_all::<ClusterRecord>(CLUSTERS, "")?;
+        let active = clusters.iter().filter(|c| now - c.last_seen <= CLUSTER_ACTIVE_WINDOW_SECS).count();
+        let (status, detail) = if active == 0 {
+            let why = if clusters.is_empty() {
+                "no cluster has joined this root yet".to_owned()
+            } else {
+                format!("none of the {} known clusters reported in the last {CLUSTER_ACTIVE_WINDOW_SECS} s", clusters.len())
+            };
+            (Status::NoActiveClusterWithCapacity, format!("no active cluster can take it: {why}"))
+        } else {
+            (Status::Requested, "Waiting for scheduling decision".to_owned())
+        };
+        let instance = Instance {
+            instance_number: s.next_instance,
+            status,
+            status_detail: detail.clone(),
+            cluster_id: None,
+            cluster_location: None,
+            worker_id: None,
+            host_ip: None,
+            publicip: None,
+            cpu_percent: None,
+            memory_percent: None,
+            logs: None,
+            last_modified_timestamp: now,
+        };
+        s.next_instance += 1;
+        s.instances.push(instance.clone());
+        s.status = Some(status);
+        s.status_detail = Some(detail);
+        let mut b = Batch::new();
+        b.put(SERVICES, id.as_str(), encode(&s));
+        self.store.commit(b)?;
+        Ok(instance)
+    }
+
+    /// Removes instance `number` of a service.
+    pub fn remove_instance(&self, owner: &UserId, id: &ServiceId, number: u32) -> Result<()> {
+        let _w = self.write.lock();
+        let (mut s, _) = self.owned_service(owner, id)?;
+        let before = s.instances.len();
+        s.instances.retain(|i| i.instance_number != number);
+        if s.instances.len() == before {
+            return Err(not_found("instance", format!("{number} of service {id}")));
+        }
+        if s.instances.is_empty() {
+            s.status = None;
+            s.status_detail = None;
+        }
+        let mut b = Batch::new();
+        b.put(SERVICES, id.as_str(), encode(&s));
+        self.store.commit(b)?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- clusters
+
+    pub fn list_clusters(&self, active_only: bool) -> Result<Vec<model::Cluster>> {
+        let now = self.clock.now_unix();
+        let mut out: Vec<model::Cluster> = self
+            .load_all::<ClusterRecord>(CLUSTERS, "")?
+            .into_iter()
+            .map(|c| model::Cluster {
+                active: now - c.last_seen <= CLUSTER_ACTIVE_WINDOW_SECS,
+                id: c.id,
+                cluster_name: c.name,
+                cluster_location: c.location,
+                active_nodes: c.active_nodes,
+                virtualization: c.virtualization,
+                aggregated_cpu_percent: c.cpu_percent,
+                memory_in_mb: c.memory_mb,
+                total_cpu_cores: c.cpu_cores,
+                total_gpu_cores: c.gpus,
+                last_modified_timestamp: c.last_seen,
+            })
+            .filter(|c| !active_only || c.active)
+            .collect();
+        out.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,331 @@
+//! Client commands: tables for people, `--output json` for scripts.
+
+use crate::settings::{self, Credentials};
+use anyhow::Context;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use oak_api::ErrorCode;
+use oak_api::model::{Application, Cluster, Service};
+use oak_client::{ClientError, RootClient};
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Global {
+    /// Root orchestrator URL (or host:port).
+    #[arg(long, env = "OAK_ROOT", global = true)]
+    pub root: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    global: Global,
+    /// User name.
+    #[arg(long, short = 'u', default_value = "Admin")]
+    username: String,
+    /// Password; read from OAK_PASSWORD, or asked for, when not given.
+    #[arg(long, env = "OAK_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AppCommand {
+    /// Create the applications of an SLA file (with their services).
+    Create {
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+    },
+    /// List your applications.
+    List,
+    /// Delete an application with its services.
+    Delete { id: String },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ServiceCommand {
+    /// List services, of one application or of all.
+    List { app: Option<String> },
+    /// Show one service with its instances.
+    Show { id: String },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// List clusters.
+    List {
+        /// Only clusters that reported recently.
+        #[arg(long)]
+        active: bool,
+    },
+}
+
+/// A client for the resolved root, with the stored token when it belongs to that root.
+struct Session {
+    root: String,
+    creds: Option<Credentials>,
+}
+
+impl Session {
+    fn open(global: &Global) -> anyhow::Result<Self> {
+        let root = settings::resolve_root(global.root.as_deref())?;
+        let creds = std::env::var("OAK_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(|token| Credentials { root: root.clone(), token, ..Credentials::default() })
+            .or_else(|| settings::read_credentials().filter(|c| c.root == root));
+        Ok(Self { root, creds })
+    }
+
+    fn client(&self) -> RootClient {
+        let c = RootClient::new(&self.root);
+        match &self.creds {
+            Some(cr) => c.with_token(cr.token.clone()),
+            None => c,
+        }
+    }
+
+    /// Runs `op`; when the access token has expired, refreshes it once and retries.
+    async fn call<T, F, Fut>(&mut self, op: F) -> anyhow::Result<T>
+    where
+        F: Fn(RootClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        match op(self.client()).await {
+            Err(e) if e.code() == Some(ErrorCode::Unauthenticated) => {
+                let Some(cr) = self.creds.clone().filter(|c| !c.refresh_token.is_empty()) else {
+                    return Err(anyhow::anyhow!("{e}; run `oak login --root {}`", self.root));
+                };
+                let fresh = RootClient::new(&self.root)
+                    .refresh(&cr.refresh_token)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}; run `oak login --root {}`", self.root))?;
+                let updated = Credentials { token: fresh.token, ..cr };
+                settings::write_credentials(&updated)?;
+                self.creds = Some(updated);
+                Ok(op(self.client()).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn table(headers: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED).set_header(headers.to_vec());
+    t
+}
+
+pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
+    let root = settings::resolve_root(args.global.root.as_deref())?;
+    let password = match args.password {
+        Some(p) => p,
+        None => rpassword::prompt_password(format!("password for {} at {root}: ", args.username))
+            .context("cannot read the password")?,
+    };
+    let resp = RootClient::new(&root).login(&args.username, &password).await?;
+    settings::write_credentials(&Credentials {
+        root: root.clone(),
+        username: args.username.clone(),
+        token: resp.token,
+        refresh_token: resp.refresh_token,
+    })?;
+    if args.global.output == Output::Json {
+        print_json(&serde_json::json!({"root": root, "username": args.username}))
+    } else {
+        println!("logged in to {root} as {}", args.username);
+        Ok(())
+    }
+}
+
+fn apps_table(apps: &[Application]) -> Table {
+    let mut t = table(&["NAME", "NAMESPACE", "ID", "SERVICES", "DESCRIPTION"]);
+    for a in apps {
+        t.add_row(vec![
+            a.application_name.clone(),
+            a.application_namespace.clone(),
+            a.id.to_string(),
+            a.microservices.len().to_string(),
+            a.application_desc.clone(),
+        ]);
+    }
+    t
+}
+
+pub async fn app(global: Global, cmd: AppCommand) -> anyhow::Result<()> {
+    let mut s = Session::open(&global)?;
+    match cmd {
+        AppCommand::Create { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let sla: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+            let names: Vec<(String, String)> = sla
+                .get("applications")
+                .and_then(|a| a.as_array())
+                .map(|apps| {
+                    apps.iter()
+                        .map(|a| {
+                            let f = |k: &str| a.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+                            (f("application_name"), f("application_namespace"))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let all = s.call(|c| { let sla = sla.clone(); async move { c.create_applications(&sla).await } }).await?;
+            let created: Vec<Application> = all
+                .into_iter()
+                .filter(|a| names.contains(&(a.application_name.clone(), a.application_namespace.clone())))
+                .collect();
+            match global.output {
+                Output::Json => print_json(&created),
+                Output::Table => {
+                    println!("{}", apps_table(&created));
+                    Ok(())
+                }
+            }
+        }
+        AppCommand::List => {
+            let apps = s.call(|c| async move { c.applications().await }).await?;
+            match global.output {
+                Output::Json => print_json(&apps),
+                Output::Table if apps.is_empty() => {
+                    println!("no applications yet; create one with `oak app create -f SLA.json`");
+                    Ok(())
+                }
+                Output::Table => {
+                    println!("{}", apps_table(&apps));
+                    Ok(())
+                }
+            }
+        }
+        AppCommand::Delete { id } => {
+            let m = s.call(|c| { let id = id.clone(); async move { c.delete_application(&id).await } }).await?;
+            match global.output {
+                Output::Json => print_json(&m),
+                Output::Table => {
+                    println!("deleted application {id}");
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+fn status_of(s: &Service) -> String {
+    s.status.map(|x| x.to_string()).unwrap_or_else(|| "-".into())
+}
+
+pub async fn service(global: Global, cmd: ServiceCommand) -> anyhow::Result<()> {
+    let mut s = Session::open(&global)?;
+    match cmd {
+        ServiceCommand::List { app } => {
+            let svcs = s.call(|c| { let app = app.clone(); async move { c.services(app.as_deref()).await } }).await?;
+            match global.output {
+                Output::Json => print_json(&svcs),
+                Output::Table => {
+                    let mut t = table(&["NAME", "ID", "APPLICATION", "IMAGE", "STATUS", "INSTANCES"]);
+                    for v in &svcs {
+                        t.add_row(vec![
+                            format!("{}.{}", v.service_name, v.service_ns),
+                            v.id.to_string(),
+                            format!("{}.{}", v.app_name, v.app_ns),
+                            v.image.clone(),
+                            status_of(v),
+                            v.instance_list.len().to_string(),
+                        ]);
+                    }
+                    println!("{t}");
+                    Ok(())
+                }
+            }
+        }
+        ServiceCommand::Show { id } => {
+            let v = s.call(|c| { let id = id.clone(); async move { c.service(&id).await } }).await?;
+            match global.output {
+                Output::Json => print_json(&v),
+                Output::Table => {
+                    let mut t = table(&["FIELD", "VALUE"]);
+                    let ports: Vec<String> = v.spec.ports().iter().map(ToString::to_string).collect();
+                    let addrs = v.spec.addresses.clone().unwrap_or_default();
+                    let rows: Vec<(&str, String)> = vec![
+                        ("id", v.id.to_string()),
+                        ("job name", v.job_name.clone()),
+                        ("application", v.application_id.to_string()),
+                        ("image", v.image.clone()),
+                        ("runtime", v.spec.virtualization.clone()),
+                        ("command", if v.spec.cmd.is_empty() { "-".into() } else { v.spec.cmd.join(" ") }),
+                        ("memory (MiB)", v.spec.memory.to_string()),
+                        ("vcpus", v.spec.vcpus.to_string()),
+                        ("ports", if ports.is_empty() { "-".into() } else { ports.join(", ") }),
+                        ("round-robin IP", addrs.rr_ip.map(|a| a.to_string()).unwrap_or_else(|| "-".into())),
+                        ("closest IP", addrs.closest_ip.map(|a| a.to_string()).unwrap_or_else(|| "-".into())),
+                        ("status", status_of(&v)),
+                        ("detail", v.status_detail.clone().unwrap_or_else(|| "-".into())),
+                    ];
+                    for (k, val) in rows {
+                        t.add_row(vec![k.to_owned(), val]);
+                    }
+                    println!("{t}");
+                    if v.instance_list.is_empty() {
+                        println!("no instances");
+                    } else {
+                        let mut it = table(&["INSTANCE", "STATUS", "CLUSTER", "WORKER", "DETAIL"]);
+                        for i in &v.instance_list {
+                            it.add_row(vec![
+                                i.instance_number.to_string(),
+                                i.status.to_string(),
+                                i.cluster_id.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".into()),
+                                i.worker_id.clone().unwrap_or_else(|| "-".into()),
+                                i.status_detail.clone(),
+                            ]);
+                        }
+                        println!("{it}");
+                    }
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+pub async fn cluster(global: Global, cmd: ClusterCommand) -> anyhow::Result<()> {
+    let mut s = Session::open(&global)?;
+    let ClusterCommand::List { active } = cmd;
+    let clusters: Vec<Cluster> = s.call(|c| async move { c.clusters(active).await }).await?;
+    match global.output {
+        Output::Json => print_json(&clusters),
+        Output::Table if clusters.is_empty() => {
+            println!("no clusters have joined this root");
+            Ok(())
+        }
+        Output::Table => {
+            let mut t = table(&["NAME", "ID", "ACTIVE", "WORKERS", "CPU %", "MEMORY (MiB)", "RUNTIMES"]);
+            for c in &clusters {
+                t.add_row(vec![
+                    c.cluster_name.clone(),
+                    c.id.to_string(),
+                    c.active.to_string(),
+                    c.active_nodes.to_string(),
+                    format!("{:.0}", c.aggregated_cpu_percent),
+                    c.memory_in_mb.to_string(),
+                    c.virtualization.join(","),
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+    }
+}
