@@ -31,11 +31,7 @@ pub struct Violation {
 
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.field.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.field, self.message)
-        }
+        if self.field.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.field, self.message) }
     }
 }
 
@@ -136,10 +132,7 @@ pub struct MicroserviceSpec {
 impl MicroserviceSpec {
     /// The port mappings; the descriptor was validated, so this cannot fail on a parsed spec.
     pub fn ports(&self) -> Vec<PortMapping> {
-        self.port
-            .as_deref()
-            .and_then(|p| parse_ports(p).ok())
-            .unwrap_or_default()
+        self.port.as_deref().and_then(|p| parse_ports(p).ok()).unwrap_or_default()
     }
 }
 
@@ -305,9 +298,8 @@ pub fn parse_sla(doc: &Value) -> Result<Sla, SlaError> {
     v.finish()?;
     let mut doc = doc.clone();
     strip_assigned_ids(&mut doc);
-    serde_json::from_value(doc).map_err(|e| SlaError {
-        violations: vec![Violation { field: String::new(), message: e.to_string() }],
-    })
+    serde_json::from_value(doc)
+        .map_err(|e| SlaError { violations: vec![Violation { field: String::new(), message: e.to_string() }] })
 }
 
 /// Validates and parses one service description, as taken by a service update. `path` prefixes
@@ -320,9 +312,8 @@ pub fn parse_microservice(doc: &Value, path: &str) -> Result<MicroserviceSpec, S
     if let Some(m) = doc.as_object_mut() {
         m.remove("microserviceID");
     }
-    serde_json::from_value(doc).map_err(|e| SlaError {
-        violations: vec![Violation { field: path.to_owned(), message: e.to_string() }],
-    })
+    serde_json::from_value(doc)
+        .map_err(|e| SlaError { violations: vec![Violation { field: path.to_owned(), message: e.to_string() }] })
 }
 
 /// Ids in a descriptor are ignored on create (the server assigns them); removing them keeps
@@ -370,11 +361,7 @@ fn type_name(v: &Value) -> &'static str {
 
 impl Validator {
     fn finish(self) -> Result<(), SlaError> {
-        if self.violations.is_empty() {
-            Ok(())
-        } else {
-            Err(SlaError { violations: self.violations })
-        }
+        if self.violations.is_empty() { Ok(()) } else { Err(SlaError { violations: self.violations }) }
     }
 
     fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
@@ -554,10 +541,13 @@ impl Validator {
         if let Some(v) = self.required(obj, path, "virtualization") {
             let field = join(path, "virtualization");
             if let Some(s) = self.string(v, &field) {
-                let ok = (1..=64).contains(&s.len())
-                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                let ok =
+                    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
                 if !ok {
-                    self.push(field, format!("must be a runtime name such as \"container\" or \"unikernel\", got {s:?}"));
+                    self.push(
+                        field,
+                        format!("must be a runtime name such as \"container\" or \"unikernel\", got {s:?}"),
+                    );
                 }
             }
         }
@@ -574,7 +564,8 @@ impl Validator {
             for (i, e) in env.iter().enumerate() {
                 match e.split_once('=') {
                     Some((k, _)) if !k.is_empty() => {}
-                    _ => self.push(format!("{}[{i}]", join(path, "environment")), format!("must be KEY=VALUE, got {e:?}")),
+                    _ => self
+                        .push(format!("{}[{i}]", join(path, "environment")), format!("must be KEY=VALUE, got {e:?}")),
                 }
             }
         }

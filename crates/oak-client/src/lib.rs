@@ -54,12 +54,21 @@ impl RootClient {
         self
     }
 
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }
 
     /// Sends a request and decodes a JSON answer. Error bodies become [`ClientError::Api`].
-    pub async fn request<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&(impl Serialize + ?Sized)>) -> Result<T, ClientError> {
+    pub async fn request<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<T, ClientError> {
         self.request_with_token(method, path, body, self.token.as_deref()).await
     }
 

@@ -5,9 +5,9 @@
 //! new access token. Both carry the user's credential generation, so changing a password
 //! revokes every token issued before.
 
+use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::Argon2;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use oak_api::{OrganizationId, UserId};
 use serde::{Deserialize, Serialize};
@@ -58,6 +58,16 @@ pub struct Claims {
     pub exp: u64,
 }
 
+/// Whom a token is for.
+#[derive(Clone, Debug)]
+pub struct Subject {
+    pub user: UserId,
+    pub name: String,
+    pub roles: Vec<String>,
+    pub org: OrganizationId,
+    pub generation: u64,
+}
+
 /// Issues and verifies tokens.
 pub struct TokenService {
     encoding: EncodingKey,
@@ -77,28 +87,19 @@ impl TokenService {
         Ok(Self { encoding, decoding, validation, access_ttl_secs, refresh_ttl_secs })
     }
 
-    /// Signs a token of `kind` for the user, valid from `now` (Unix seconds).
-    pub fn issue(
-        &self,
-        kind: TokenKind,
-        user: &UserId,
-        name: &str,
-        roles: Vec<String>,
-        org: &OrganizationId,
-        generation: u64,
-        now: u64,
-    ) -> Result<String, AuthError> {
+    /// Signs a token of `kind` for `subject`, valid from `now` (Unix seconds).
+    pub fn issue(&self, kind: TokenKind, subject: &Subject, now: u64) -> Result<String, AuthError> {
         let ttl = match kind {
             TokenKind::Access => self.access_ttl_secs,
             TokenKind::Refresh => self.refresh_ttl_secs,
         };
         let claims = Claims {
-            sub: user.clone(),
-            user: name.to_owned(),
-            roles,
-            organization: org.clone(),
+            sub: subject.user.clone(),
+            user: subject.name.clone(),
+            roles: subject.roles.clone(),
+            organization: subject.org.clone(),
             kind,
-            generation,
+            generation: subject.generation,
             iat: now,
             exp: now + ttl,
         };
@@ -159,18 +160,22 @@ mod tests {
     fn tokens_check_kind_expiry_and_signature() {
         let t = TokenService::new(b"0123456789abcdef0123456789abcdef", 600, 3600).unwrap_or_else(|e| panic!("{e}"));
         let uid = UserId::from("u1");
-        let org = OrganizationId::from("o1");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
-        let access = t.issue(TokenKind::Access, &uid, "alice", vec![], &org, 3, now).unwrap_or_default();
-        let refresh = t.issue(TokenKind::Refresh, &uid, "alice", vec![], &org, 3, now).unwrap_or_default();
+        let sub = Subject {
+            user: uid.clone(),
+            name: "alice".into(),
+            roles: vec![],
+            org: OrganizationId::from("o1"),
+            generation: 3,
+        };
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+        let access = t.issue(TokenKind::Access, &sub, now).unwrap_or_default();
+        let refresh = t.issue(TokenKind::Refresh, &sub, now).unwrap_or_default();
         let c = t.verify(&access, TokenKind::Access).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((c.sub, c.generation), (uid.clone(), 3));
         assert!(matches!(t.verify(&access, TokenKind::Refresh), Err(AuthError::WrongKind("access"))));
         assert!(matches!(t.verify(&refresh, TokenKind::Access), Err(AuthError::WrongKind("refresh"))));
-        let old = t.issue(TokenKind::Access, &uid, "alice", vec![], &org, 3, now - 700).unwrap_or_default();
+        let old = t.issue(TokenKind::Access, &sub, now - 700).unwrap_or_default();
         assert!(t.verify(&old, TokenKind::Access).is_err(), "expired");
         let other = TokenService::new(b"another secret of thirty-two b!!", 600, 3600).unwrap_or_else(|e| panic!("{e}"));
         assert!(other.verify(&access, TokenKind::Access).is_err(), "foreign signature");

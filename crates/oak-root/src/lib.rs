@@ -122,7 +122,11 @@ impl Root {
     }
 
     /// Serves the API on `listener` until `shutdown` completes, then drains in-flight requests.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RootError> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), RootError> {
         let app = http::router(self.state);
         axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(RootError::Serve)
     }

@@ -10,8 +10,8 @@
 
 use crate::clock::Clock;
 use oak_api::model::{
-    self, Application, ApplicationUpdate, Instance, Member, Organization, OrganizationRequest, Service,
-    ServiceCreated, ServiceOutcome, User, UserUpdate,
+    self, Application, ApplicationUpdate, Instance, Member, Organization, OrganizationRequest, Service, ServiceCreated,
+    ServiceOutcome, User, UserUpdate,
 };
 use oak_api::sla::{ApplicationSpec, MicroserviceSpec, Sla, Violation};
 use oak_api::{ApplicationId, ClusterId, OrganizationId, ServiceId, Status, UserId};
@@ -306,13 +306,9 @@ impl Registry {
     }
 
     fn check_user_name(name: &str) -> Result<()> {
-        let ok = (1..=64).contains(&name.len())
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
-        if ok {
-            Ok(())
-        } else {
-            Err(invalid("name", format!("must be 1-64 letters, digits or ._-@, got {name:?}")))
-        }
+        let ok =
+            (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+        if ok { Ok(()) } else { Err(invalid("name", format!("must be 1-64 letters, digits or ._-@, got {name:?}"))) }
     }
 
     /// Registers a user in `org` with `roles`. `password_hash` is already computed.
@@ -450,7 +446,8 @@ impl Registry {
     }
 
     pub fn list_orgs(&self) -> Result<Vec<Organization>> {
-        let mut v: Vec<Organization> = self.load_all::<OrgRecord>(ORGS, "")?.into_iter().map(Self::public_org).collect();
+        let mut v: Vec<Organization> =
+            self.load_all::<OrgRecord>(ORGS, "")?.into_iter().map(Self::public_org).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(v)
     }
@@ -574,7 +571,8 @@ impl Registry {
                     spec.application_name, spec.application_namespace
                 )));
             }
-            let ApplicationSpec { application_name, application_namespace, application_desc, microservices, extra } = spec;
+            let ApplicationSpec { application_name, application_namespace, application_desc, microservices, extra } =
+                spec;
             let mut app = AppRecord {
                 id: ApplicationId::generate(),
                 owner: owner.id.clone(),
@@ -644,7 +642,9 @@ impl Registry {
     }
 
     pub fn update_app(&self, owner: &UserId, id: &ApplicationId, up: &ApplicationUpdate) -> Result<Application> {
-        for (field, v) in [("application_name", &up.application_name), ("application_namespace", &up.application_namespace)] {
+        for (field, v) in
+            [("application_name", &up.application_name), ("application_namespace", &up.application_namespace)]
+        {
             if !oak_api::sla::is_valid_name(v) {
                 return Err(invalid(field, format!("must match ^[a-zA-Z0-9]{{1,30}}$, got {v:?}")));
             }
@@ -665,9 +665,10 @@ impl Registry {
         }
         let renamed = app.name != up.application_name || app.namespace != up.application_namespace;
         if renamed
-            && self.owner_apps(owner)?.iter().any(|a| {
-                a.id != app.id && a.name == up.application_name && a.namespace == up.application_namespace
-            })
+            && self
+                .owner_apps(owner)?
+                .iter()
+                .any(|a| a.id != app.id && a.name == up.application_name && a.namespace == up.application_namespace)
         {
             return Err(RegistryError::Conflict(format!(
                 "application {}/{} already exists",
@@ -711,10 +712,8 @@ impl Registry {
     }
 
     fn render_service(s: ServiceRecord, app: &AppRecord) -> Service {
-        let job_name = format!(
-            "{}.{}.{}.{}",
-            app.name, app.namespace, s.spec.microservice_name, s.spec.microservice_namespace
-        );
+        let job_name =
+            format!("{}.{}.{}.{}", app.name, app.namespace, s.spec.microservice_name, s.spec.microservice_namespace);
         let addrs = s.spec.addresses.clone().unwrap_or_default();
         Service {
             id: s.id,
@@ -866,7 +865,10 @@ impl Registry {
             let why = if clusters.is_empty() {
                 "no cluster has joined this root yet".to_owned()
             } else {
-                format!("none of the {} known clusters reported in the last {CLUSTER_ACTIVE_WINDOW_SECS} s", clusters.len())
+                format!(
+                    "none of the {} known clusters reported in the last {CLUSTER_ACTIVE_WINDOW_SECS} s",
+                    clusters.len()
+                )
             };
             (Status::NoActiveClusterWithCapacity, format!("no active cluster can take it: {why}"))
         } else {

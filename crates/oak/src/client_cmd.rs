@@ -184,7 +184,12 @@ pub async fn app(global: Global, cmd: AppCommand) -> anyhow::Result<()> {
                         .collect()
                 })
                 .unwrap_or_default();
-            let all = s.call(|c| { let sla = sla.clone(); async move { c.create_applications(&sla).await } }).await?;
+            let all = s
+                .call(|c| {
+                    let sla = sla.clone();
+                    async move { c.create_applications(&sla).await }
+                })
+                .await?;
             let created: Vec<Application> = all
                 .into_iter()
                 .filter(|a| names.contains(&(a.application_name.clone(), a.application_namespace.clone())))
@@ -212,7 +217,12 @@ pub async fn app(global: Global, cmd: AppCommand) -> anyhow::Result<()> {
             }
         }
         AppCommand::Delete { id } => {
-            let m = s.call(|c| { let id = id.clone(); async move { c.delete_application(&id).await } }).await?;
+            let m = s
+                .call(|c| {
+                    let id = id.clone();
+                    async move { c.delete_application(&id).await }
+                })
+                .await?;
             match global.output {
                 Output::Json => print_json(&m),
                 Output::Table => {
@@ -232,7 +242,12 @@ pub async fn service(global: Global, cmd: ServiceCommand) -> anyhow::Result<()> 
     let mut s = Session::open(&global)?;
     match cmd {
         ServiceCommand::List { app } => {
-            let svcs = s.call(|c| { let app = app.clone(); async move { c.services(app.as_deref()).await } }).await?;
+            let svcs = s
+                .call(|c| {
+                    let app = app.clone();
+                    async move { c.services(app.as_deref()).await }
+                })
+                .await?;
             match global.output {
                 Output::Json => print_json(&svcs),
                 Output::Table => {
@@ -253,7 +268,12 @@ pub async fn service(global: Global, cmd: ServiceCommand) -> anyhow::Result<()> 
             }
         }
         ServiceCommand::Show { id } => {
-            let v = s.call(|c| { let id = id.clone(); async move { c.service(&id).await } }).await?;
+            let v = s
+                .call(|c| {
+                    let id = id.clone();
+                    async move { c.service(&id).await }
+                })
+                .await?;
             match global.output {
                 Output::Json => print_json(&v),
                 Output::Table => {

@@ -33,11 +33,20 @@ const EXPECTED_REJECTIONS: &[(&str, &str)] = &[
     ("sla_flawed_1.json", "sla_version: required field is missing"),
     ("sla_flawed_2.json", "applications[0].microservices[0].microservice_name: must be a string, got a number"),
     ("sla_flawed_3.json", "sla_version: required field is missing"),
-    ("sla_flawed_4.json", "applications[0].microservices[0].connectivity[0].con_constraints[0].type: required field is missing"),
-    ("sla_flawed_5.json", "applications[0].microservices[0].microservice_name: must match ^[a-zA-Z0-9]{1,30}$, got \"test.special.char\""),
+    (
+        "sla_flawed_4.json",
+        "applications[0].microservices[0].connectivity[0].con_constraints[0].type: required field is missing",
+    ),
+    (
+        "sla_flawed_5.json",
+        "applications[0].microservices[0].microservice_name: must match ^[a-zA-Z0-9]{1,30}$, got \"test.special.char\"",
+    ),
     // The original's schema test accepts this file, but its network plugin then refuses the
     // service at deployment (rr_ip must be 10.30.x.y, oakestra-net.md §2). We refuse it up front.
-    ("sla_correct_1.json", "applications[0].microservices[0].addresses.rr_ip: 192.168.178.4 is outside the service subnet 10.30.0.0/16"),
+    (
+        "sla_correct_1.json",
+        "applications[0].microservices[0].addresses.rr_ip: 192.168.178.4 is outside the service subnet 10.30.0.0/16",
+    ),
 ];
 
 #[test]
@@ -109,24 +118,66 @@ fn field_rules() {
         (json!({"memory": 100.0, "vcpus": 0.5}), None),
         (json!({"vcpus": -2}), Some(format!("{p}.vcpus: must not be negative"))),
         (json!({"addresses": {"rr_ip": "10.30.1.2", "closest_ip": "10.30.1.3"}}), None),
-        (json!({"addresses": {"rr_ip": "10.31.1.2"}}), Some(format!("{p}.addresses.rr_ip: 10.31.1.2 is outside the service subnet 10.30.0.0/16"))),
-        (json!({"addresses": {"rr_ip": "banana"}}), Some(format!("{p}.addresses.rr_ip: \"banana\" is not an IPv4 address"))),
-        (json!({"addresses": {"rr_ip": "10.30.1.2", "closest_ip": "10.30.1.2"}}), Some(format!("{p}.addresses.closest_ip: 10.30.1.2 is already used by {p}.addresses.rr_ip in this SLA"))),
+        (
+            json!({"addresses": {"rr_ip": "10.31.1.2"}}),
+            Some(format!("{p}.addresses.rr_ip: 10.31.1.2 is outside the service subnet 10.30.0.0/16")),
+        ),
+        (
+            json!({"addresses": {"rr_ip": "banana"}}),
+            Some(format!("{p}.addresses.rr_ip: \"banana\" is not an IPv4 address")),
+        ),
+        (
+            json!({"addresses": {"rr_ip": "10.30.1.2", "closest_ip": "10.30.1.2"}}),
+            Some(format!("{p}.addresses.closest_ip: 10.30.1.2 is already used by {p}.addresses.rr_ip in this SLA")),
+        ),
         (json!({"addresses": {"rr_ip_v6": "fdff:2000::1"}}), None),
-        (json!({"addresses": {"rr_ip_v6": "fe80::1"}}), Some(format!("{p}.addresses.rr_ip_v6: fe80::1 is outside the service subnet fdff::/16"))),
+        (
+            json!({"addresses": {"rr_ip_v6": "fe80::1"}}),
+            Some(format!("{p}.addresses.rr_ip_v6: fe80::1 is outside the service subnet fdff::/16")),
+        ),
         (json!({"constraints": [{"type": "direct", "cluster": "c1", "node": "w1;w2"}]}), None),
-        (json!({"constraints": [{"type": "teleport"}]}), Some(format!("{p}.constraints[0].type: unknown constraint type \"teleport\"; expected one of direct, latency, geo, addons, clusters"))),
-        (json!({"constraints": [{"cluster": "x"}]}), Some(format!("{p}.constraints[0].type: required field is missing"))),
+        (
+            json!({"constraints": [{"type": "teleport"}]}),
+            Some(format!(
+                "{p}.constraints[0].type: unknown constraint type \"teleport\"; expected one of direct, latency, geo, addons, clusters"
+            )),
+        ),
+        (
+            json!({"constraints": [{"cluster": "x"}]}),
+            Some(format!("{p}.constraints[0].type: required field is missing")),
+        ),
         (json!({"constraints": [{"type": "geo", "location": "48.1,11.5", "threshold": 10}]}), None),
-        (json!({"constraints": [{"type": "geo", "location": "148.1,11.5", "threshold": 10}]}), Some(format!("{p}.constraints[0].location: must be \"lat,long\" in degrees, got \"148.1,11.5\""))),
+        (
+            json!({"constraints": [{"type": "geo", "location": "148.1,11.5", "threshold": 10}]}),
+            Some(format!("{p}.constraints[0].location: must be \"lat,long\" in degrees, got \"148.1,11.5\"")),
+        ),
         (json!({"environment": ["A=1", "B"]}), Some(format!("{p}.environment[1]: must be KEY=VALUE, got \"B\""))),
         (json!({"cmd": ["sh", 1]}), Some(format!("{p}.cmd[1]: must be a string, got a number"))),
-        (json!({"microserviceID": "abc"}), Some(format!("{p}.microserviceID: must be empty: the server assigns service ids"))),
-        (json!({"microservice_name": ""}), Some(format!("{p}.microservice_name: must match ^[a-zA-Z0-9]{{1,30}}$, got \"\""))),
-        (json!({"microservice_name": "a234567890123456789012345678901"}), Some(format!("{p}.microservice_name: must match ^[a-zA-Z0-9]{{1,30}}$, got \"a234567890123456789012345678901\""))),
-        (json!({"virtualization": "con tainer"}), Some(format!("{p}.virtualization: must be a runtime name such as \"container\" or \"unikernel\", got \"con tainer\""))),
+        (
+            json!({"microserviceID": "abc"}),
+            Some(format!("{p}.microserviceID: must be empty: the server assigns service ids")),
+        ),
+        (
+            json!({"microservice_name": ""}),
+            Some(format!("{p}.microservice_name: must match ^[a-zA-Z0-9]{{1,30}}$, got \"\"")),
+        ),
+        (
+            json!({"microservice_name": "a234567890123456789012345678901"}),
+            Some(format!(
+                "{p}.microservice_name: must match ^[a-zA-Z0-9]{{1,30}}$, got \"a234567890123456789012345678901\""
+            )),
+        ),
+        (
+            json!({"virtualization": "con tainer"}),
+            Some(format!(
+                "{p}.virtualization: must be a runtime name such as \"container\" or \"unikernel\", got \"con tainer\""
+            )),
+        ),
         (json!({"one_shot": "yes"}), Some(format!("{p}.one_shot: must be true or false, got a string"))),
-        (json!({"volumes": [{"volume_id": "v"}]}), Some(format!("{p}.volumes[0].csi_driver: required field is missing"))),
+        (
+            json!({"volumes": [{"volume_id": "v"}]}),
+            Some(format!("{p}.volumes[0].csi_driver: required field is missing")),
+        ),
     ];
     for (fields, expected) in cases {
         let doc = one_service(fields.clone());
@@ -146,13 +197,24 @@ fn field_rules() {
 fn top_level_rules() {
     let cases = vec![
         (json!([]), "the SLA must be a JSON object, got an array"),
-        (json!({"sla_version": "v1.0", "customerID": "x", "applications": []}), "sla_version: unsupported version \"v1.0\"; only \"v2.0\" is accepted"),
-        (json!({"sla_version": "v2.0", "customerID": "x", "applications": []}), "applications: must contain at least one application"),
-        (json!({"sla_version": "v2.0", "applications": [{"application_name": "a", "application_namespace": "b", "microservices": []}]}), "customerID: required field is missing"),
-        (json!({"sla_version": "v2.0", "customerID": "x", "applications": [
+        (
+            json!({"sla_version": "v1.0", "customerID": "x", "applications": []}),
+            "sla_version: unsupported version \"v1.0\"; only \"v2.0\" is accepted",
+        ),
+        (
+            json!({"sla_version": "v2.0", "customerID": "x", "applications": []}),
+            "applications: must contain at least one application",
+        ),
+        (
+            json!({"sla_version": "v2.0", "applications": [{"application_name": "a", "application_namespace": "b", "microservices": []}]}),
+            "customerID: required field is missing",
+        ),
+        (
+            json!({"sla_version": "v2.0", "customerID": "x", "applications": [
             {"application_name": "a", "application_namespace": "b", "microservices": []},
             {"application_name": "a", "application_namespace": "b", "microservices": []}]}),
-            "applications[1].application_name: application a/b appears twice in this SLA"),
+            "applications[1].application_name: application a/b appears twice in this SLA",
+        ),
     ];
     for (doc, msg) in cases {
         let e = parse_sla(&doc).err().unwrap_or_else(|| panic!("{doc} accepted"));
@@ -163,8 +225,10 @@ fn top_level_rules() {
 
 #[test]
 fn addresses_must_be_unique_across_applications() {
-    let svc = |n: &str, ip: &str| json!({"microservice_name": n, "microservice_namespace": "n",
-        "virtualization": "container", "code": "x", "addresses": {"rr_ip": ip}});
+    let svc = |n: &str, ip: &str| {
+        json!({"microservice_name": n, "microservice_namespace": "n",
+        "virtualization": "container", "code": "x", "addresses": {"rr_ip": ip}})
+    };
     let doc = json!({"sla_version": "v2.0", "customerID": "x", "applications": [
         {"application_name": "a", "application_namespace": "b", "microservices": [svc("s1", "10.30.0.7")]},
         {"application_name": "c", "application_namespace": "b", "microservices": [svc("s2", "10.30.0.7")]}]});
@@ -184,12 +248,29 @@ fn arb_json() -> impl Strategy<Value = Value> {
     ];
     leaf.prop_recursive(5, 64, 8, |inner| {
         let keys = prop_oneof![
-            Just("sla_version"), Just("customerID"), Just("applications"), Just("microservices"),
-            Just("application_name"), Just("application_namespace"), Just("microservice_name"),
-            Just("microservice_namespace"), Just("virtualization"), Just("code"), Just("port"),
-            Just("addresses"), Just("rr_ip"), Just("constraints"), Just("type"), Just("connectivity"),
-            Just("con_constraints"), Just("memory"), Just("vcpus"), Just("environment"), Just("volumes"),
-            Just("location"), Just("threshold"),
+            Just("sla_version"),
+            Just("customerID"),
+            Just("applications"),
+            Just("microservices"),
+            Just("application_name"),
+            Just("application_namespace"),
+            Just("microservice_name"),
+            Just("microservice_namespace"),
+            Just("virtualization"),
+            Just("code"),
+            Just("port"),
+            Just("addresses"),
+            Just("rr_ip"),
+            Just("constraints"),
+            Just("type"),
+            Just("connectivity"),
+            Just("con_constraints"),
+            Just("memory"),
+            Just("vcpus"),
+            Just("environment"),
+            Just("volumes"),
+            Just("location"),
+            Just("threshold"),
         ];
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),

@@ -22,7 +22,11 @@ pub(super) fn routes(r: Router<AppState>) -> Router<AppState> {
     responses((status = 200, body = [Application]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 409, description = "name/namespace or address taken", body = ErrorBody),
               (status = 422, description = "invalid SLA; the message names the field", body = ErrorBody)))]
-pub(super) async fn create(State(state): State<AppState>, caller: Caller, JsonValue(doc): JsonValue) -> Result<Json<Vec<Application>>, ApiError> {
+pub(super) async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonValue(doc): JsonValue,
+) -> Result<Json<Vec<Application>>, ApiError> {
     let sla = oak_api::sla::parse_sla(&doc)?;
     state
         .blocking(move |r| {
@@ -42,7 +46,11 @@ pub(super) async fn list(State(state): State<AppState>, caller: Caller) -> Resul
 /// The caller's applications, addressed by the caller's own user id (original path).
 #[utoipa::path(get, path = "/api/applications/{user_id}", tag = "applications", security(("bearer" = [])),
     responses((status = 200, body = [Application]), (status = 404, body = ErrorBody)))]
-pub(super) async fn list_of_user(State(state): State<AppState>, caller: Caller, Path(user): Path<String>) -> Result<Json<Vec<Application>>, ApiError> {
+pub(super) async fn list_of_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(user): Path<String>,
+) -> Result<Json<Vec<Application>>, ApiError> {
     if user != caller.user.id.as_str() && user != caller.user.name {
         return Err(ApiError::new(ErrorCode::NotFound, format!("user {user} not found")));
     }
@@ -52,7 +60,11 @@ pub(super) async fn list_of_user(State(state): State<AppState>, caller: Caller, 
 /// One application of the caller.
 #[utoipa::path(get, path = "/api/application/{id}", tag = "applications", security(("bearer" = [])),
     responses((status = 200, body = Application), (status = 404, body = ErrorBody)))]
-pub(super) async fn get_one(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Application>, ApiError> {
+pub(super) async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Application>, ApiError> {
     Ok(Json(state.registry.get_app(&caller.user.id, &ApplicationId(id))?))
 }
 
@@ -71,7 +83,11 @@ pub(super) async fn update(
 /// Delete an application with all its services and their instances.
 #[utoipa::path(delete, path = "/api/application/{id}", tag = "applications", security(("bearer" = [])),
     responses((status = 200, body = Message), (status = 404, body = ErrorBody)))]
-pub(super) async fn delete(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Message>, ApiError> {
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Message>, ApiError> {
     state.blocking(move |r| Ok(r.delete_app(&caller.user.id, &ApplicationId(id))?)).await?;
     Ok(Json(Message::new("Application Deleted")))
 }

@@ -92,10 +92,7 @@ pub(crate) fn bearer(parts: &Parts) -> Result<&str, ApiError> {
 /// Verifies a token of `kind` and loads its user; refuses tokens older than the user's
 /// current credential generation.
 pub(crate) fn authenticate(state: &AppState, token: &str, kind: TokenKind) -> Result<Caller, ApiError> {
-    let claims = state
-        .tokens
-        .verify(token, kind)
-        .map_err(|e| ApiError::unauthenticated(e.to_string()))?;
+    let claims = state.tokens.verify(token, kind).map_err(|e| ApiError::unauthenticated(e.to_string()))?;
     let user = state
         .registry
         .user(&claims.sub)?

@@ -30,7 +30,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(registry: Arc<Registry>, tokens: Arc<TokenService>, clock: Arc<dyn Clock>, max_body_bytes: usize) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        tokens: Arc<TokenService>,
+        clock: Arc<dyn Clock>,
+        max_body_bytes: usize,
+    ) -> Self {
         Self { registry, tokens, clock, max_body_bytes }
     }
 

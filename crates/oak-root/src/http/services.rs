@@ -29,27 +29,35 @@ fn violation(field: &str, message: &str) -> ApiError {
 #[utoipa::path(post, path = "/api/service", tag = "services", security(("bearer" = [])),
     request_body(content = Object, description = "an SLA v2.0 descriptor whose applications[0].applicationID names an existing application"),
     responses((status = 200, body = ServiceCreated), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub(super) async fn create(State(state): State<AppState>, caller: Caller, JsonValue(doc): JsonValue) -> Result<Json<ServiceCreated>, ApiError> {
+pub(super) async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonValue(doc): JsonValue,
+) -> Result<Json<ServiceCreated>, ApiError> {
     let sla = oak_api::sla::parse_sla(&doc)?;
     let app_id = doc
         .pointer("/applications/0/applicationID")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| violation("applications[0].applicationID", "required: the id of the application to add services to"))?
+        .ok_or_else(|| {
+            violation("applications[0].applicationID", "required: the id of the application to add services to")
+        })?
         .to_owned();
     if sla.applications.len() != 1 {
         return Err(violation("applications", "must contain exactly one application when adding services"));
     }
     let specs = sla.applications.into_iter().flat_map(|a| a.microservices).collect::<Vec<_>>();
-    state
-        .blocking(move |r| Ok(Json(r.create_services(&caller.user.id, &ApplicationId(app_id), specs)?)))
-        .await
+    state.blocking(move |r| Ok(Json(r.create_services(&caller.user.id, &ApplicationId(app_id), specs)?))).await
 }
 
 /// One service of the caller, with its instances.
 #[utoipa::path(get, path = "/api/service/{id}", tag = "services", security(("bearer" = [])),
     responses((status = 200, body = Service), (status = 404, body = ErrorBody)))]
-pub(super) async fn get_one(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Service>, ApiError> {
+pub(super) async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Service>, ApiError> {
     Ok(Json(state.registry.get_service(&caller.user.id, &ServiceId(id))?))
 }
 
@@ -60,7 +68,10 @@ fn spec_from_update(doc: &Value) -> Result<MicroserviceSpec, ApiError> {
     let sla = oak_api::sla::parse_sla(doc)?;
     let mut services: Vec<MicroserviceSpec> = sla.applications.into_iter().flat_map(|a| a.microservices).collect();
     if services.len() != 1 {
-        return Err(violation("applications[0].microservices", "must contain exactly one service when updating a service"));
+        return Err(violation(
+            "applications[0].microservices",
+            "must contain exactly one service when updating a service",
+        ));
     }
     Ok(services.remove(0))
 }
@@ -70,17 +81,24 @@ fn spec_from_update(doc: &Value) -> Result<MicroserviceSpec, ApiError> {
 #[utoipa::path(put, path = "/api/service/{id}", tag = "services", security(("bearer" = [])),
     request_body(content = Object, description = "a microservice description"),
     responses((status = 200, body = Service), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub(super) async fn update(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, JsonValue(doc): JsonValue) -> Result<Json<Service>, ApiError> {
+pub(super) async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonValue(doc): JsonValue,
+) -> Result<Json<Service>, ApiError> {
     let spec = spec_from_update(&doc)?;
-    state
-        .blocking(move |r| Ok(Json(r.update_service(&caller.user.id, &ServiceId(id), spec)?)))
-        .await
+    state.blocking(move |r| Ok(Json(r.update_service(&caller.user.id, &ServiceId(id), spec)?))).await
 }
 
 /// Delete a service with its instances, and free its addresses.
 #[utoipa::path(delete, path = "/api/service/{id}", tag = "services", security(("bearer" = [])),
     responses((status = 200, body = Message), (status = 404, body = ErrorBody)))]
-pub(super) async fn remove(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Message>, ApiError> {
+pub(super) async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Message>, ApiError> {
     state.blocking(move |r| Ok(r.delete_service(&caller.user.id, &ServiceId(id))?)).await?;
     Ok(Json(Message::new("Job deleted")))
 }
@@ -95,7 +113,11 @@ pub(super) async fn list_all(State(state): State<AppState>, caller: Caller) -> R
 /// The services of one of the caller's applications.
 #[utoipa::path(get, path = "/api/services/{app_id}", tag = "services", security(("bearer" = [])),
     responses((status = 200, body = [Service]), (status = 404, body = ErrorBody)))]
-pub(super) async fn list_of_app(State(state): State<AppState>, caller: Caller, Path(app): Path<String>) -> Result<Json<Vec<Service>>, ApiError> {
+pub(super) async fn list_of_app(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+) -> Result<Json<Vec<Service>>, ApiError> {
     Ok(Json(state.registry.list_services(&caller.user.id, &ApplicationId(app))?))
 }
 
@@ -103,7 +125,11 @@ pub(super) async fn list_of_app(State(state): State<AppState>, caller: Caller, P
 /// with status `NoActiveClusterWithCapacity`; that is a state, not an error.
 #[utoipa::path(post, path = "/api/service/{id}/instance", tag = "instances", security(("bearer" = [])),
     responses((status = 200, body = InstanceRequested), (status = 404, body = ErrorBody)))]
-pub(super) async fn deploy_instance(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<InstanceRequested>, ApiError> {
+pub(super) async fn deploy_instance(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<InstanceRequested>, ApiError> {
     let i = state.blocking(move |r| Ok(r.request_instance(&caller.user.id, &ServiceId(id))?)).await?;
     Ok(Json(InstanceRequested {
         message: "ok".into(),
@@ -121,9 +147,9 @@ pub(super) async fn undeploy_instance(
     caller: Caller,
     Path((id, number)): Path<(String, String)>,
 ) -> Result<Json<Message>, ApiError> {
-    let n: u32 = number
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("instance number must be a non-negative integer, got {number:?}")))?;
+    let n: u32 = number.parse().map_err(|_| {
+        ApiError::bad_request(format!("instance number must be a non-negative integer, got {number:?}"))
+    })?;
     state.blocking(move |r| Ok(r.remove_instance(&caller.user.id, &ServiceId(id), n)?)).await?;
     Ok(Json(Message::new("ok")))
 }
@@ -138,6 +164,9 @@ pub(super) async fn clusters(State(state): State<AppState>, _caller: Caller) -> 
 /// Clusters that reported within the activity window (30 s).
 #[utoipa::path(get, path = "/api/clusters/active", tag = "clusters", security(("bearer" = [])),
     responses((status = 200, body = [Cluster])))]
-pub(super) async fn active_clusters(State(state): State<AppState>, _caller: Caller) -> Result<Json<Vec<Cluster>>, ApiError> {
+pub(super) async fn active_clusters(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Vec<Cluster>>, ApiError> {
     Ok(Json(state.registry.list_clusters(true)?))
 }

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use oak_api::model::{
     LoginRequest, LoginResponse, Message, Organization, OrganizationRequest, PasswordChange, Permissions,
-    RefreshResponse, RegisterRequest, User, UserUpdate, ROOT_ORGANIZATION,
+    ROOT_ORGANIZATION, RefreshResponse, RegisterRequest, User, UserUpdate,
 };
 use oak_api::{ErrorBody, ErrorCode, OrganizationId};
 
@@ -33,8 +33,12 @@ fn now_secs(state: &AppState) -> u64 {
 /// Log in; returns an access token and a refresh token.
 #[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody), (status = 404, description = "unknown organization", body = ErrorBody)))]
-pub(super) async fn login(State(state): State<AppState>, JsonBody(req): JsonBody<LoginRequest>) -> Result<Json<LoginResponse>, ApiError> {
-    let org_name = req.organization_name.clone().filter(|o| !o.is_empty()).unwrap_or_else(|| ROOT_ORGANIZATION.to_owned());
+pub(super) async fn login(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<LoginRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    let org_name =
+        req.organization_name.clone().filter(|o| !o.is_empty()).unwrap_or_else(|| ROOT_ORGANIZATION.to_owned());
     let s = state.clone();
     state
         .blocking(move |registry| {
@@ -50,11 +54,8 @@ pub(super) async fn login(State(state): State<AppState>, JsonBody(req): JsonBody
             };
             let roles = registry.roles(&user.id, &org)?;
             let now = now_secs(&s);
-            let issue = |kind| {
-                s.tokens
-                    .issue(kind, &user.id, &user.name, roles.clone(), &org, user.generation, now)
-                    .map_err(|e| ApiError::internal(e.to_string()))
-            };
+            let subject = auth::Subject { user: user.id, name: user.name, roles, org, generation: user.generation };
+            let issue = |kind| s.tokens.issue(kind, &subject, now).map_err(|e| ApiError::internal(e.to_string()));
             Ok(Json(LoginResponse { token: issue(TokenKind::Access)?, refresh_token: issue(TokenKind::Refresh)? }))
         })
         .await
@@ -73,10 +74,23 @@ impl FromRequestParts<AppState> for RefreshCaller {
 /// Exchange a refresh token (sent as the bearer token) for a new access token.
 #[utoipa::path(post, path = "/api/auth/refresh", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = RefreshResponse), (status = 401, body = ErrorBody)))]
-pub(super) async fn refresh(State(state): State<AppState>, RefreshCaller(c): RefreshCaller) -> Result<Json<RefreshResponse>, ApiError> {
+pub(super) async fn refresh(
+    State(state): State<AppState>,
+    RefreshCaller(c): RefreshCaller,
+) -> Result<Json<RefreshResponse>, ApiError> {
     let token = state
         .tokens
-        .issue(TokenKind::Access, &c.user.id, &c.user.name, c.roles.clone(), &c.org, c.user.generation, now_secs(&state))
+        .issue(
+            TokenKind::Access,
+            &auth::Subject {
+                user: c.user.id,
+                name: c.user.name,
+                roles: c.roles,
+                org: c.org,
+                generation: c.user.generation,
+            },
+            now_secs(&state),
+        )
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(RefreshResponse { token }))
 }
@@ -101,14 +115,16 @@ async fn hash(password: String) -> Result<String, ApiError> {
 /// Register a user in the caller's organization (Admin only).
 #[utoipa::path(post, path = "/api/auth/register", tag = "users", security(("bearer" = [])), request_body = RegisterRequest,
     responses((status = 200, body = User), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub(super) async fn register(State(state): State<AppState>, caller: Caller, JsonBody(req): JsonBody<RegisterRequest>) -> Result<Json<User>, ApiError> {
+pub(super) async fn register(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<RegisterRequest>,
+) -> Result<Json<User>, ApiError> {
     caller.require_admin()?;
     check_password("password", &req.password)?;
     let h = hash(req.password.clone()).await?;
     let roles = req.roles.clone().unwrap_or_else(|| vec!["Application_Provider".to_owned()]);
-    state
-        .blocking(move |r| Ok(Json(r.create_user(&caller.org, &req.name, &req.email, roles, h)?)))
-        .await
+    state.blocking(move |r| Ok(Json(r.create_user(&caller.org, &req.name, &req.email, roles, h)?))).await
 }
 
 fn self_or_admin(caller: &Caller, username: &str) -> Result<(), ApiError> {
@@ -122,7 +138,11 @@ fn self_or_admin(caller: &Caller, username: &str) -> Result<(), ApiError> {
 /// Roles of a user in the caller's organization.
 #[utoipa::path(get, path = "/api/permission/{username}", tag = "users", security(("bearer" = [])),
     responses((status = 200, body = Permissions), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub(super) async fn permissions(State(state): State<AppState>, caller: Caller, Path(username): Path<String>) -> Result<Json<Permissions>, ApiError> {
+pub(super) async fn permissions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(username): Path<String>,
+) -> Result<Json<Permissions>, ApiError> {
     self_or_admin(&caller, &username)?;
     let u = state.registry.get_user(&username, &caller.org)?;
     Ok(Json(Permissions { roles: u.roles }))
@@ -131,7 +151,11 @@ pub(super) async fn permissions(State(state): State<AppState>, caller: Caller, P
 /// A user (yourself, or anyone for an Admin).
 #[utoipa::path(get, path = "/api/user/{username}", tag = "users", security(("bearer" = [])),
     responses((status = 200, body = User), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub(super) async fn get_user(State(state): State<AppState>, caller: Caller, Path(username): Path<String>) -> Result<Json<User>, ApiError> {
+pub(super) async fn get_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(username): Path<String>,
+) -> Result<Json<User>, ApiError> {
     self_or_admin(&caller, &username)?;
     Ok(Json(state.registry.get_user(&username, &caller.org)?))
 }
@@ -159,7 +183,11 @@ pub(super) async fn update_user(
 /// Delete a user who owns no applications (Admin only). Returns the remaining users.
 #[utoipa::path(delete, path = "/api/user/{username}", tag = "users", security(("bearer" = [])),
     responses((status = 200, body = [User]), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub(super) async fn delete_user(State(state): State<AppState>, caller: Caller, Path(username): Path<String>) -> Result<Json<Vec<User>>, ApiError> {
+pub(super) async fn delete_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(username): Path<String>,
+) -> Result<Json<Vec<User>>, ApiError> {
     caller.require_admin()?;
     state
         .blocking(move |r| {
@@ -216,7 +244,11 @@ pub(super) async fn list_users(State(state): State<AppState>, caller: Caller) ->
 /// Members of an organization (Admin only).
 #[utoipa::path(get, path = "/api/users/{organization_id}", tag = "users", security(("bearer" = [])),
     responses((status = 200, body = [User]), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub(super) async fn list_org_users(State(state): State<AppState>, caller: Caller, Path(org): Path<String>) -> Result<Json<Vec<User>>, ApiError> {
+pub(super) async fn list_org_users(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(org): Path<String>,
+) -> Result<Json<Vec<User>>, ApiError> {
     caller.require_admin()?;
     Ok(Json(state.registry.list_users(&OrganizationId(org), true)?))
 }
@@ -224,7 +256,10 @@ pub(super) async fn list_org_users(State(state): State<AppState>, caller: Caller
 /// All organizations (Admin only).
 #[utoipa::path(get, path = "/api/organization", tag = "organizations", security(("bearer" = [])),
     responses((status = 200, body = [Organization]), (status = 403, body = ErrorBody)))]
-pub(super) async fn list_orgs(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<Organization>>, ApiError> {
+pub(super) async fn list_orgs(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<Organization>>, ApiError> {
     caller.require_admin()?;
     Ok(Json(state.registry.list_orgs()?))
 }
@@ -232,7 +267,11 @@ pub(super) async fn list_orgs(State(state): State<AppState>, caller: Caller) -> 
 /// Create an organization (Admin only).
 #[utoipa::path(post, path = "/api/organization", tag = "organizations", security(("bearer" = [])), request_body = OrganizationRequest,
     responses((status = 200, body = Organization), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub(super) async fn create_org(State(state): State<AppState>, caller: Caller, JsonBody(req): JsonBody<OrganizationRequest>) -> Result<Json<Organization>, ApiError> {
+pub(super) async fn create_org(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<OrganizationRequest>,
+) -> Result<Json<Organization>, ApiError> {
     caller.require_admin()?;
     state.blocking(move |r| Ok(Json(r.create_org(&req)?))).await
 }
@@ -253,7 +292,11 @@ pub(super) async fn update_org(
 /// Delete an organization (Admin only; `root` stays).
 #[utoipa::path(delete, path = "/api/organization/{id}", tag = "organizations", security(("bearer" = [])),
     responses((status = 200, body = Message), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub(super) async fn delete_org(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Message>, ApiError> {
+pub(super) async fn delete_org(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Message>, ApiError> {
     caller.require_admin()?;
     state.blocking(move |r| Ok(r.delete_org(&OrganizationId(id))?)).await?;
     Ok(Json(Message::new("Organization deleted")))

@@ -1,0 +1,144 @@
+use super::*;
+use crate::clock::Clock;
+use oak_store::MemStore;
+use parking_lot::Mutex as PlMutex;
+use serde_json::json;
+
+/// A clock the test sets.
+struct FakeClock(PlMutex<f64>);
+
+impl Clock for FakeClock {
+    fn now_unix(&self) -> f64 {
+        *self.0.lock()
+    }
+}
+
+/// A store whose commits fail on demand, to check that failed requests leave nothing.
+struct FlakyStore {
+    inner: MemStore,
+    fail: PlMutex<bool>,
+}
+
+impl Store for FlakyStore {
+    fn get(&self, t: Table, k: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(t, k)
+    }
+    fn scan_prefix(&self, t: Table, p: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.scan_prefix(t, p)
+    }
+    fn commit(&self, b: Batch) -> Result<(), StoreError> {
+        if *self.fail.lock() {
+            return Err(StoreError::Backend("disk full".into()));
+        }
+        self.inner.commit(b)
+    }
+}
+
+fn setup() -> (Arc<FlakyStore>, Arc<FakeClock>, Registry, UserRecord) {
+    let store = Arc::new(FlakyStore { inner: MemStore::new(TABLES), fail: PlMutex::new(false) });
+    let clock = Arc::new(FakeClock(PlMutex::new(1000.0)));
+    let r = Registry::new(store.clone(), clock.clone());
+    r.bootstrap(|| "hash".into()).unwrap_or_else(|e| panic!("{e}"));
+    let admin = r.user_by_name("Admin").ok().flatten().unwrap_or_else(|| panic!("no admin"));
+    (store, clock, r, admin)
+}
+
+fn sla(names: &[&str]) -> Sla {
+    let apps: Vec<Value> = names
+        .iter()
+        .map(|n| {
+            json!({"application_name": n, "application_namespace": "ns", "microservices": [
+            {"microservice_name": "s", "microservice_namespace": "n", "virtualization": "container", "code": "x",
+             "addresses": {"rr_ip": format!("10.30.0.{}", n.len())}}]})
+        })
+        .collect();
+    oak_api::sla::parse_sla(&json!({"sla_version": "v2.0", "customerID": "x", "applications": apps}))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn dump(store: &FlakyStore) -> Vec<(Table, String)> {
+    let mut out = Vec::new();
+    for t in TABLES {
+        for (k, _) in store.scan_prefix(t, "").unwrap_or_default() {
+            out.push((*t, k));
+        }
+    }
+    out
+}
+
+#[test]
+fn bootstrap_is_idempotent() {
+    let (store, _, r, admin) = setup();
+    let before = dump(&store);
+    assert!(!r.bootstrap(|| panic!("must not hash again")).unwrap_or(true));
+    assert_eq!(dump(&store), before);
+    let org = r.org_by_name("root").ok().flatten().unwrap_or_else(|| panic!("no root org"));
+    assert_eq!(r.roles(&admin.id, &org).unwrap_or_default().len(), 4);
+}
+
+#[test]
+fn a_failed_commit_leaves_nothing_behind() {
+    let (store, _, r, admin) = setup();
+    let before = dump(&store);
+    *store.fail.lock() = true;
+    assert!(matches!(r.create_applications(&admin, sla(&["a", "bb"])), Err(RegistryError::Store(_))));
+    assert_eq!(dump(&store), before);
+    *store.fail.lock() = false;
+    let ids = r.create_applications(&admin, sla(&["a", "bb"])).unwrap_or_default();
+    assert_eq!(ids.len(), 2);
+    let with_apps = dump(&store);
+    *store.fail.lock() = true;
+    assert!(r.delete_app(&admin.id, &ids[0]).is_err());
+    assert!(
+        r.request_instance(
+            &admin.id,
+            &r.get_app(&admin.id, &ids[0]).map(|a| a.microservices[0].clone()).unwrap_or_else(|e| panic!("{e}"))
+        )
+        .is_err()
+    );
+    assert_eq!(dump(&store), with_apps);
+}
+
+#[test]
+fn deleting_an_application_removes_every_record_it_owns() {
+    let (store, _, r, admin) = setup();
+    let before = dump(&store);
+    let ids = r.create_applications(&admin, sla(&["a"])).unwrap_or_default();
+    assert!(dump(&store).iter().any(|(t, _)| *t == ADDRESSES));
+    r.delete_app(&admin.id, &ids[0]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(dump(&store), before, "no service, index or address left");
+}
+
+#[test]
+fn instance_status_says_why_no_cluster_takes_it() {
+    let (store, clock, r, admin) = setup();
+    let ids = r.create_applications(&admin, sla(&["a"])).unwrap_or_default();
+    let svc = r.get_app(&admin.id, &ids[0]).map(|a| a.microservices[0].clone()).unwrap_or_else(|e| panic!("{e}"));
+    let i = r.request_instance(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(i.status, Status::NoActiveClusterWithCapacity);
+    assert!(i.status_detail.contains("no cluster has joined"), "{}", i.status_detail);
+
+    // A cluster that reported 31 s ago is not active.
+    let c = ClusterRecord {
+        id: ClusterId::from("c1"),
+        name: "edge".into(),
+        location: String::new(),
+        last_seen: 969.0,
+        active_nodes: 1,
+        virtualization: vec!["container".into()],
+        cpu_percent: 0.0,
+        memory_mb: 0,
+        cpu_cores: 0.0,
+        gpus: 0,
+    };
+    let mut b = Batch::new();
+    b.put(CLUSTERS, "c1", encode(&c));
+    store.commit(b).unwrap_or_else(|e| panic!("{e}"));
+    let i = r.request_instance(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
+    assert!(i.status_detail.contains("none of the 1 known clusters reported"), "{}", i.status_detail);
+    assert_eq!(r.list_clusters(true).unwrap_or_default().len(), 0);
+    *clock.0.lock() = 980.0;
+    assert_eq!(r.list_clusters(true).unwrap_or_default().len(), 1);
+    let i = r.request_instance(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((i.status, i.instance_number), (Status::Requested, 2));
+}
