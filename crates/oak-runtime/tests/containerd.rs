@@ -1,0 +1,98 @@
+//! The containerd runtime against a real containerd (root and the socket needed; CI has both).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use oak_runtime::containerd::ContainerdRuntime;
+use oak_runtime::{Exit, InstanceSpec, Runtime, RuntimeError, testimage};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const SOCKET: &str = "/run/containerd/containerd.sock";
+
+/// A runtime on a fresh namespace with the test image, or None (skip) outside CI.
+async fn runtime(ns: &str) -> Option<ContainerdRuntime> {
+    let ready = std::path::Path::new(SOCKET).exists() && nix::unistd::Uid::effective().is_root();
+    if !ready {
+        assert!(std::env::var("CI").map(|v| v != "true").unwrap_or(true), "CI needs root and containerd at {SOCKET}");
+        eprintln!("skipping: needs root and containerd at {SOCKET}");
+        return None;
+    }
+    testimage::import(ns).unwrap();
+    Some(ContainerdRuntime::connect(SOCKET, ns).await.unwrap())
+}
+
+fn spec(id: &str, cmd: &[&str], dir: &std::path::Path) -> InstanceSpec {
+    InstanceSpec {
+        id: id.into(),
+        image: testimage::IMAGE.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        env: vec!["GREETING=hello".into()],
+        hostname: "instance-0".into(),
+        memory_mb: 32,
+        millicpu: 500,
+        log_path: dir.join(format!("{id}.log")),
+        netns: format!("oak-{id}"),
+        labels: BTreeMap::from([("oak.node".to_owned(), "test-node".to_owned())]),
+    }
+}
+
+fn nothing_left(id: &str, log: &std::path::Path) {
+    assert!(!std::path::Path::new(&format!("/run/netns/oak-{id}")).exists(), "netns left");
+    assert!(!log.exists(), "log left");
+    assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/memory/oak/{id}")).exists(), "cgroup left");
+}
+
+#[tokio::test]
+async fn run_to_completion_with_output_and_exit_codes() {
+    let Some(rt) = runtime("oak-test-rt1").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec("rt1-echo", &["sh", "-c", "echo $GREETING from $HOSTNAME; exit 3"], dir.path());
+    let exit = rt.start(&s).await.unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(20), exit).await.unwrap().unwrap();
+    assert_eq!(code, Exit::Code(3));
+    let log = std::fs::read_to_string(&s.log_path).unwrap();
+    assert_eq!(log.trim(), "hello from instance-0");
+    assert_eq!(rt.list(&s.labels).await.unwrap(), ["rt1-echo"]);
+    rt.remove(&s.id, Duration::from_secs(1)).await.unwrap();
+    assert!(rt.list(&s.labels).await.unwrap().is_empty());
+    nothing_left(&s.id, &s.log_path);
+}
+
+#[tokio::test]
+async fn limits_apply_and_removal_stops_a_running_instance() {
+    let Some(rt) = runtime("oak-test-rt2").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec("rt2-sleep", &["sleep", "1000"], dir.path());
+    let exit = rt.start(&s).await.unwrap();
+    let mem = std::fs::read_to_string("/sys/fs/cgroup/memory/oak/rt2-sleep/memory.limit_in_bytes").unwrap();
+    assert_eq!(mem.trim(), (32 * 1024 * 1024).to_string());
+    let quota = std::fs::read_to_string("/sys/fs/cgroup/cpu/oak/rt2-sleep/cpu.cfs_quota_us").unwrap();
+    assert_eq!(quota.trim(), "50000");
+    let usage = rt.usage(&s.id).unwrap();
+    assert!(usage.memory_bytes > 0);
+    // Its own network namespace, with loopback up.
+    let out = std::process::Command::new("ip").args(["-n", "oak-rt2-sleep", "link", "show", "lo"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("UP"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(matches!(rt.start(&s).await, Err(RuntimeError::Exists { .. })));
+
+    let t = std::time::Instant::now();
+    rt.remove(&s.id, Duration::from_secs(2)).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(matches!(exit.await, Ok(Exit::Code(_))));
+    assert!(rt.list(&s.labels).await.unwrap().is_empty());
+    nothing_left(&s.id, &s.log_path);
+}
+
+#[tokio::test]
+async fn a_missing_image_is_named() {
+    let Some(rt) = runtime("oak-test-rt3").await else { return };
+    let e = rt.ensure_image("oak.local/does-not-exist:1").await.unwrap_err();
+    assert!(e.to_string().contains("oak.local/does-not-exist:1"), "{e}");
+    rt.ensure_image(testimage::IMAGE).await.unwrap();
+    // Starting it anyway fails cleanly and leaves nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec("rt3-missing", &["true"], dir.path());
+    s.image = "oak.local/does-not-exist:1".into();
+    assert!(matches!(rt.start(&s).await, Err(RuntimeError::Image { .. })));
+    assert!(rt.list(&s.labels).await.unwrap().is_empty());
+    nothing_left(&s.id, &s.log_path);
+}
