@@ -7,7 +7,9 @@
 
 pub mod error;
 pub mod ids;
+pub mod link;
 pub mod model;
+pub mod node;
 pub mod sla;
 pub mod status;
 

@@ -173,6 +173,8 @@ pub struct Instance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publicip: Option<String>,
@@ -180,6 +182,8 @@ pub struct Instance {
     pub cpu_percent: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs: Option<String>,
     /// Unix seconds of the last change.
@@ -273,4 +277,10 @@ pub struct Cluster {
     /// Unix seconds of the last report.
     #[serde(default)]
     pub last_modified_timestamp: f64,
+    /// Registered workers (active or not).
+    #[serde(default)]
+    pub workers: u32,
+    /// Memory not reserved by instances, over active workers.
+    #[serde(default)]
+    pub memory_free_mb: u64,
 }

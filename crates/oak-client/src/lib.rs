@@ -163,6 +163,21 @@ impl RootClient {
         self.request(Method::DELETE, &format!("/api/service/{service}/instance/{number}"), None::<&Value>).await
     }
 
+    /// A piece of an instance's log: from `from` (or the last `max` bytes when `None`).
+    pub async fn logs(
+        &self,
+        service: &str,
+        number: u32,
+        from: Option<u64>,
+        max: u64,
+    ) -> Result<oak_api::node::LogsReply, ClientError> {
+        let q = match from {
+            Some(f) => format!("?from={f}&max={max}"),
+            None => format!("?max={max}"),
+        };
+        self.request(Method::GET, &format!("/api/service/{service}/instance/{number}/logs{q}"), None::<&Value>).await
+    }
+
     pub async fn clusters(&self, active_only: bool) -> Result<Vec<Cluster>, ClientError> {
         let path = if active_only { "/api/clusters/active" } else { "/api/clusters" };
         self.request(Method::GET, path, None::<&Value>).await

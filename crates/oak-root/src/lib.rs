@@ -37,6 +37,9 @@ pub struct RootConfig {
     pub refresh_token_ttl_secs: u64,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Token clusters join with; read from (or generated into) `<data-dir>/cluster-token`
+    /// when `None`.
+    pub cluster_token: Option<String>,
 }
 
 impl RootConfig {
@@ -48,6 +51,7 @@ impl RootConfig {
             access_token_ttl_secs: 10 * 60,
             refresh_token_ttl_secs: 7 * 24 * 3600,
             max_body_bytes: 1024 * 1024,
+            cluster_token: None,
         }
     }
 }
@@ -64,6 +68,29 @@ pub enum RootError {
     Auth(#[from] auth::AuthError),
     #[error("http server failed: {0}")]
     Serve(std::io::Error),
+}
+
+/// Reads a secret from `path`, or generates one there (readable by the owner only).
+fn secret_file(path: &std::path::Path) -> Result<String, std::io::Error> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        let s = s.trim().to_owned();
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    let mut bytes = [0u8; 24];
+    rand::fill(&mut bytes[..]);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(token.as_bytes())?;
+    Ok(token)
 }
 
 /// A root orchestrator with its store open, ready to serve.
@@ -117,17 +144,31 @@ impl Root {
         if created {
             tracing::info!("created the bootstrap user Admin and organization root");
         }
-        let state = http::AppState::new(registry, Arc::new(tokens), clock, config.max_body_bytes);
+        let cluster_token = match &config.cluster_token {
+            Some(t) if !t.is_empty() => t.clone(),
+            _ => secret_file(&config.data_dir.join("cluster-token"))
+                .map_err(|source| RootError::DataDir { path: config.data_dir.display().to_string(), source })?,
+        };
+        let state = http::AppState::new(registry, Arc::new(tokens), clock, cluster_token, config.max_body_bytes);
         Ok(Self { state })
     }
 
-    /// Serves the API on `listener` until `shutdown` completes, then drains in-flight requests.
+    /// The token clusters join with.
+    pub fn cluster_token(&self) -> &str {
+        &self.state.cluster_token
+    }
+
+    /// Serves the API and the cluster link on `listener` until `shutdown` completes, then
+    /// drains in-flight requests.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), RootError> {
+        let scheduler = tokio::spawn(http::link::scheduler(self.state.clone()));
         let app = http::router(self.state);
-        axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(RootError::Serve)
+        let r = axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(RootError::Serve);
+        scheduler.abort();
+        r
     }
 }

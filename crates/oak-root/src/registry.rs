@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub(crate) const META: Table = "meta";
@@ -115,6 +116,9 @@ struct ServiceRecord {
     status: Option<Status>,
     status_detail: Option<String>,
     instances: Vec<Instance>,
+    /// Per instance number: clusters that refused it (they are not tried again for it).
+    #[serde(default)]
+    refused_by: BTreeMap<u32, Vec<ClusterId>>,
 }
 
 impl ServiceRecord {
@@ -138,19 +142,15 @@ impl ServiceRecord {
     }
 }
 
-/// A cluster as the root keeps it. Filled by the cluster link (next issue).
+/// A cluster as the root keeps it: identity, and its last report's aggregate.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClusterRecord {
     pub id: ClusterId,
     pub name: String,
     pub location: String,
     pub last_seen: f64,
-    pub active_nodes: u32,
-    pub virtualization: Vec<String>,
-    pub cpu_percent: f64,
-    pub memory_mb: u64,
-    pub cpu_cores: f64,
-    pub gpus: u64,
+    #[serde(default)]
+    pub aggregate: oak_api::link::ClusterAggregate,
 }
 
 /// The root's registry of users, organizations, applications and services.
@@ -625,6 +625,7 @@ impl Registry {
                 status: None,
                 status_detail: None,
                 instances: Vec::new(),
+                refused_by: BTreeMap::new(),
             };
             for (addr, field) in svc.addresses() {
                 if let Some(holder) = self.index(ADDRESSES, &addr)? {
@@ -715,6 +716,7 @@ impl Registry {
         let job_name =
             format!("{}.{}.{}.{}", app.name, app.namespace, s.spec.microservice_name, s.spec.microservice_namespace);
         let addrs = s.spec.addresses.clone().unwrap_or_default();
+        let (status, status_detail) = clusters::service_status(&s);
         Service {
             id: s.id,
             application_id: s.app,
@@ -726,8 +728,8 @@ impl Registry {
             image: s.spec.code.clone(),
             rr_ip: addrs.rr_ip.map(|a| a.to_string()),
             rr_ip_v6: addrs.rr_ip_v6.map(|a| a.to_string()),
-            status: s.status,
-            status_detail: s.status_detail,
+            status,
+            status_detail,
             instance_list: s.instances,
             next_instance_progressive_number: s.next_instance,
             owner: app.owner_name.clone(),
@@ -881,10 +883,12 @@ impl Registry {
             cluster_id: None,
             cluster_location: None,
             worker_id: None,
+            worker_name: None,
             host_ip: None,
             publicip: None,
             cpu_percent: None,
             memory_percent: None,
+            memory_mb: None,
             logs: None,
             last_modified_timestamp: now,
         };
@@ -904,6 +908,7 @@ impl Registry {
         let (mut s, _) = self.owned_service(owner, id)?;
         let before = s.instances.len();
         s.instances.retain(|i| i.instance_number != number);
+        s.refused_by.remove(&number);
         if s.instances.len() == before {
             return Err(not_found("instance", format!("{number} of service {id}")));
         }
@@ -929,13 +934,15 @@ impl Registry {
                 id: c.id,
                 cluster_name: c.name,
                 cluster_location: c.location,
-                active_nodes: c.active_nodes,
-                virtualization: c.virtualization,
-                aggregated_cpu_percent: c.cpu_percent,
-                memory_in_mb: c.memory_mb,
-                total_cpu_cores: c.cpu_cores,
-                total_gpu_cores: c.gpus,
+                active_nodes: c.aggregate.active_workers,
+                virtualization: c.aggregate.runtimes,
+                aggregated_cpu_percent: c.aggregate.cpu_percent,
+                memory_in_mb: c.aggregate.memory_mb,
+                total_cpu_cores: c.aggregate.cpu_cores,
+                total_gpu_cores: u64::from(c.aggregate.gpus),
                 last_modified_timestamp: c.last_seen,
+                workers: c.aggregate.workers,
+                memory_free_mb: c.aggregate.memory_free_mb,
             })
             .filter(|c| !active_only || c.active)
             .collect();
@@ -943,6 +950,9 @@ impl Registry {
         Ok(out)
     }
 }
+
+mod clusters;
+pub use clusters::LogsTarget;
 
 #[cfg(test)]
 mod tests;

@@ -51,7 +51,37 @@ pub enum AppCommand {
 }
 
 #[derive(clap::Subcommand, Debug)]
+pub enum InstanceCommand {
+    /// List instances: of one service, or of all your services.
+    List { service: Option<String> },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    global: Global,
+    /// Service id.
+    service: String,
+    /// Instance number (default: the first instance).
+    #[arg(long, short = 'i')]
+    instance: Option<u32>,
+    /// Keep printing new output until interrupted.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// How much of the end of the log to show first, in bytes.
+    #[arg(long, default_value_t = 16384)]
+    tail: u64,
+}
+
+#[derive(clap::Subcommand, Debug)]
 pub enum ServiceCommand {
+    /// Ask for one more instance and follow it until it runs, or fails with a reason.
+    Deploy {
+        id: String,
+        /// Give up waiting after this many seconds (the request stays).
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
     /// List services, of one application or of all.
     List { app: Option<String> },
     /// Show one service with its instances.
@@ -60,11 +90,13 @@ pub enum ServiceCommand {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ClusterCommand {
-    /// List clusters.
+    /// List clusters: aggregates, worker counts, last report.
     List {
         /// Only clusters that reported recently.
         #[arg(long)]
         active: bool,
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
 }
 
@@ -241,6 +273,7 @@ fn status_of(s: &Service) -> String {
 pub async fn service(global: Global, cmd: ServiceCommand) -> anyhow::Result<()> {
     let mut s = Session::open(&global)?;
     match cmd {
+        ServiceCommand::Deploy { id, timeout } => deploy(&mut s, &id, timeout, global.output).await,
         ServiceCommand::List { app } => {
             let svcs = s
                 .call(|c| {
@@ -321,9 +354,8 @@ pub async fn service(global: Global, cmd: ServiceCommand) -> anyhow::Result<()> 
     }
 }
 
-pub async fn cluster(global: Global, cmd: ClusterCommand) -> anyhow::Result<()> {
+pub async fn cluster(global: Global, active: bool) -> anyhow::Result<()> {
     let mut s = Session::open(&global)?;
-    let ClusterCommand::List { active } = cmd;
     let clusters: Vec<Cluster> = s.call(|c| async move { c.clusters(active).await }).await?;
     match global.output {
         Output::Json => print_json(&clusters),
@@ -332,20 +364,186 @@ pub async fn cluster(global: Global, cmd: ClusterCommand) -> anyhow::Result<()> 
             Ok(())
         }
         Output::Table => {
-            let mut t = table(&["NAME", "ID", "ACTIVE", "WORKERS", "CPU %", "MEMORY (MiB)", "RUNTIMES"]);
+            let mut t = table(&[
+                "NAME",
+                "ID",
+                "ACTIVE",
+                "WORKERS",
+                "CPUS",
+                "CPU %",
+                "MEMORY FREE/TOTAL (MiB)",
+                "RUNTIMES",
+                "LAST SEEN",
+            ]);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
             for c in &clusters {
                 t.add_row(vec![
                     c.cluster_name.clone(),
                     c.id.to_string(),
-                    c.active.to_string(),
-                    c.active_nodes.to_string(),
+                    if c.active { "yes".into() } else { "no".into() },
+                    format!("{}/{}", c.active_nodes, c.workers),
+                    format!("{:.0}", c.total_cpu_cores),
                     format!("{:.0}", c.aggregated_cpu_percent),
-                    c.memory_in_mb.to_string(),
+                    format!("{}/{}", c.memory_free_mb, c.memory_in_mb),
                     c.virtualization.join(","),
+                    format!("{:.0} s ago", (now - c.last_modified_timestamp).max(0.0)),
                 ]);
             }
             println!("{t}");
             Ok(())
         }
+    }
+}
+
+/// Statuses an instance does not leave by itself.
+fn settled(st: oak_api::Status) -> bool {
+    use oak_api::Status::*;
+    matches!(st, Running | Completed | Failed | Dead | Undeployed)
+}
+
+async fn deploy(s: &mut Session, id: &str, timeout: u64, output: Output) -> anyhow::Result<()> {
+    let req = s.call(|c| async move { c.request_instance(id).await }).await?;
+    let n = req.instance_number;
+    let start = std::time::Instant::now();
+    let mut last = (req.status, req.status_detail.clone());
+    if output == Output::Table {
+        println!("instance {n} of service {id} requested");
+        println!("{:>6.1}s  {:<28} {}", 0.0, last.0.to_string(), last.1);
+    }
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let svc = s.call(|c| async move { c.service(id).await }).await?;
+        let Some(inst) = svc.instance_list.iter().find(|i| i.instance_number == n) else {
+            anyhow::bail!("instance {n} of service {id} was removed while deploying");
+        };
+        let now = (inst.status, inst.status_detail.clone());
+        if now != last {
+            if output == Output::Table {
+                println!("{:>6.1}s  {:<28} {}", start.elapsed().as_secs_f64(), now.0.to_string(), now.1);
+            }
+            last = now;
+        }
+        if settled(inst.status) {
+            if output == Output::Json {
+                print_json(inst)?;
+            }
+            return match inst.status {
+                oak_api::Status::Running | oak_api::Status::Completed => Ok(()),
+                st => Err(anyhow::anyhow!("instance {n} is {st}: {}", inst.status_detail)),
+            };
+        }
+        if start.elapsed().as_secs() >= timeout {
+            anyhow::bail!(
+                "instance {n} is still {} after {timeout} s ({}); the request stays, follow it with `oak service show {id}`",
+                inst.status,
+                inst.status_detail
+            );
+        }
+    }
+}
+
+pub async fn instance(global: Global, cmd: InstanceCommand) -> anyhow::Result<()> {
+    let mut s = Session::open(&global)?;
+    let InstanceCommand::List { service } = cmd;
+    let services = match service {
+        Some(id) => vec![
+            s.call(|c| {
+                let id = id.clone();
+                async move { c.service(&id).await }
+            })
+            .await?,
+        ],
+        None => s.call(|c| async move { c.services(None).await }).await?,
+    };
+    match global.output {
+        Output::Json => {
+            let rows: Vec<serde_json::Value> = services
+                .iter()
+                .flat_map(|sv| {
+                    sv.instance_list.iter().map(
+                        move |i| serde_json::json!({"microserviceID": sv.id, "service": sv.job_name, "instance": i}),
+                    )
+                })
+                .collect();
+            print_json(&rows)
+        }
+        Output::Table => {
+            let mut t =
+                table(&["SERVICE", "INSTANCE", "STATUS", "CLUSTER", "WORKER", "ADDRESS", "CPU %", "MEM MiB", "DETAIL"]);
+            for sv in &services {
+                for i in &sv.instance_list {
+                    t.add_row(vec![
+                        format!("{}.{}", sv.service_name, sv.service_ns),
+                        i.instance_number.to_string(),
+                        i.status.to_string(),
+                        i.cluster_id.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".into()),
+                        i.worker_name.clone().or(i.worker_id.clone()).unwrap_or_else(|| "-".into()),
+                        i.host_ip.clone().unwrap_or_else(|| "-".into()),
+                        i.cpu_percent.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into()),
+                        i.memory_mb.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into()),
+                        i.status_detail.clone(),
+                    ]);
+                }
+            }
+            println!("{t}");
+            Ok(())
+        }
+    }
+}
+
+pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    let mut s = Session::open(&args.global)?;
+    let svc = args.service.clone();
+    let n = match args.instance {
+        Some(n) => n,
+        None => {
+            let v = s
+                .call(|c| {
+                    let svc = svc.clone();
+                    async move { c.service(&svc).await }
+                })
+                .await?;
+            v.instance_list
+                .first()
+                .map(|i| i.instance_number)
+                .ok_or_else(|| anyhow::anyhow!("service {svc} has no instances"))?
+        }
+    };
+    let tail = args.tail;
+    let first = s
+        .call(|c| {
+            let svc = svc.clone();
+            async move { c.logs(&svc, n, None, tail).await }
+        })
+        .await?;
+    use std::io::Write;
+    print!("{}", first.text);
+    std::io::stdout().flush()?;
+    if !args.follow {
+        return Ok(());
+    }
+    let mut next = first.next_offset;
+    loop {
+        tokio::select! {
+            _ = crate::shutdown_signal() => return Ok(()),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+        let r = s
+            .call(|c| {
+                let svc = svc.clone();
+                async move { c.logs(&svc, n, Some(next), 256 * 1024).await }
+            })
+            .await?;
+        if r.next_offset < next {
+            // The log was replaced (the instance was placed again): start over.
+            next = 0;
+            continue;
+        }
+        print!("{}", r.text);
+        std::io::stdout().flush()?;
+        next = r.next_offset;
     }
 }

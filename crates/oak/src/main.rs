@@ -3,6 +3,7 @@
 //! lives in the libraries.
 
 mod client_cmd;
+mod serve;
 mod settings;
 mod up;
 
@@ -21,7 +22,18 @@ struct Cli {
 enum Command {
     /// Run the root orchestrator (user API, auth, store).
     Root(RootArgs),
-    /// Run a root on this machine with a sample application, for a first try.
+    /// Run a cluster orchestrator that joins a root (`oak cluster --root URL --token T --name N`),
+    /// or list clusters (`oak cluster list`).
+    Cluster(ClusterCmd),
+    /// Run a worker node that joins a cluster.
+    Worker(serve::WorkerArgs),
+    /// Build the offline sample image (oak.local/busybox:latest, from busybox-static) and
+    /// import it into containerd.
+    LoadImage {
+        #[arg(long, default_value = "oak")]
+        namespace: String,
+    },
+    /// Run a whole hierarchy on this machine with a sample application, for a first try.
     Up(up::UpArgs),
     /// Log in to a root and keep the token for later commands.
     Login(client_cmd::LoginArgs),
@@ -39,13 +51,24 @@ enum Command {
         #[command(subcommand)]
         command: client_cmd::ServiceCommand,
     },
-    /// Clusters known to the root.
-    Cluster {
+    /// Instances of services.
+    Instance {
         #[command(flatten)]
         global: client_cmd::Global,
         #[command(subcommand)]
-        command: client_cmd::ClusterCommand,
+        command: client_cmd::InstanceCommand,
     },
+    /// Show an instance's output (stdout and stderr), fetched from its worker.
+    Logs(client_cmd::LogsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+struct ClusterCmd {
+    #[command(subcommand)]
+    sub: Option<client_cmd::ClusterCommand>,
+    #[command(flatten)]
+    run: serve::ClusterArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -59,11 +82,14 @@ struct RootArgs {
     /// Lifetime of access tokens, in seconds.
     #[arg(long, default_value_t = 600)]
     access_token_ttl: u64,
+    /// Token clusters join with (default: generated into <data-dir>/cluster-token).
+    #[arg(long, env = "OAK_CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
 }
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn,rumqttd=warn,rumqttc=warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
@@ -95,6 +121,7 @@ async fn run_root(args: RootArgs) -> anyhow::Result<()> {
     let mut config = oak_root::RootConfig::new(args.listen, args.data_dir);
     config.admin_password = admin_password_from_env();
     config.access_token_ttl_secs = args.access_token_ttl;
+    config.cluster_token = args.cluster_token;
     let root = oak_root::Root::open(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -107,7 +134,10 @@ async fn run_root(args: RootArgs) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let is_server = matches!(cli.command, Command::Root(_) | Command::Up(_));
+    let is_server = matches!(
+        cli.command,
+        Command::Root(_) | Command::Up(_) | Command::Worker(_) | Command::Cluster(ClusterCmd { sub: None, .. })
+    );
     if is_server {
         init_logging();
     }
@@ -122,10 +152,22 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Root(args) => run_root(args).await,
             Command::Up(args) => up::run(args).await,
+            Command::LoadImage { namespace } => {
+                oak_runtime::testimage::import(&namespace).map_err(anyhow::Error::msg)?;
+                println!("imported {} into containerd namespace {namespace}", oak_runtime::testimage::IMAGE);
+                Ok(())
+            }
+            Command::Cluster(ClusterCmd { sub: Some(client_cmd::ClusterCommand::List { active, output }), run }) => {
+                let global = client_cmd::Global { root: run.root, output };
+                client_cmd::cluster(global, active).await
+            }
+            Command::Cluster(ClusterCmd { sub: None, run }) => serve::cluster(run).await,
+            Command::Worker(args) => serve::worker(args).await,
+            Command::Instance { global, command } => client_cmd::instance(global, command).await,
+            Command::Logs(args) => client_cmd::logs(args).await,
             Command::Login(args) => client_cmd::login(args).await,
             Command::App { global, command } => client_cmd::app(global, command).await,
             Command::Service { global, command } => client_cmd::service(global, command).await,
-            Command::Cluster { global, command } => client_cmd::cluster(global, command).await,
         }
     });
     match result {

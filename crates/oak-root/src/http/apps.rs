@@ -89,5 +89,6 @@ pub(super) async fn delete(
     Path(id): Path<String>,
 ) -> Result<Json<Message>, ApiError> {
     state.blocking(move |r| Ok(r.delete_app(&caller.user.id, &ApplicationId(id))?)).await?;
+    state.hub.bump();
     Ok(Json(Message::new("Application Deleted")))
 }

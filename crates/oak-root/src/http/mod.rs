@@ -6,6 +6,7 @@
 mod apps;
 mod error;
 mod extract;
+pub mod link;
 mod openapi;
 mod services;
 mod users;
@@ -26,6 +27,8 @@ pub struct AppState {
     pub(crate) registry: Arc<Registry>,
     pub(crate) tokens: Arc<TokenService>,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) hub: Arc<link::Hub>,
+    pub(crate) cluster_token: Arc<String>,
     max_body_bytes: usize,
 }
 
@@ -34,9 +37,10 @@ impl AppState {
         registry: Arc<Registry>,
         tokens: Arc<TokenService>,
         clock: Arc<dyn Clock>,
+        cluster_token: String,
         max_body_bytes: usize,
     ) -> Self {
-        Self { registry, tokens, clock, max_body_bytes }
+        Self { registry, tokens, clock, hub: Arc::default(), cluster_token: Arc::new(cluster_token), max_body_bytes }
     }
 
     /// Runs a blocking registry operation (it fsyncs) off the async executor.
@@ -64,6 +68,7 @@ pub fn router(state: AppState) -> Router {
     r = users::routes(r);
     r = apps::routes(r);
     r = services::routes(r);
+    r = r.route(oak_api::link::LINK_PATH, axum::routing::get(link::link));
     r.merge(openapi::routes())
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)

@@ -17,6 +17,7 @@ pub(super) fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, "/api/services/{app_id}", get(list_of_app));
     let r = route(r, "/api/service/{id}/instance", post(deploy_instance));
     let r = route(r, "/api/service/{id}/instance/{number}", delete(undeploy_instance));
+    let r = route(r, "/api/service/{id}/instance/{number}/logs", get(instance_logs));
     let r = route(r, "/api/clusters", get(clusters));
     route(r, "/api/clusters/active", get(active_clusters))
 }
@@ -100,6 +101,7 @@ pub(super) async fn remove(
     Path(id): Path<String>,
 ) -> Result<Json<Message>, ApiError> {
     state.blocking(move |r| Ok(r.delete_service(&caller.user.id, &ServiceId(id))?)).await?;
+    state.hub.bump();
     Ok(Json(Message::new("Job deleted")))
 }
 
@@ -131,6 +133,7 @@ pub(super) async fn deploy_instance(
     Path(id): Path<String>,
 ) -> Result<Json<InstanceRequested>, ApiError> {
     let i = state.blocking(move |r| Ok(r.request_instance(&caller.user.id, &ServiceId(id))?)).await?;
+    state.hub.kick();
     Ok(Json(InstanceRequested {
         message: "ok".into(),
         instance_number: i.instance_number,
@@ -151,7 +154,45 @@ pub(super) async fn undeploy_instance(
         ApiError::bad_request(format!("instance number must be a non-negative integer, got {number:?}"))
     })?;
     state.blocking(move |r| Ok(r.remove_instance(&caller.user.id, &ServiceId(id), n)?)).await?;
+    state.hub.bump();
     Ok(Json(Message::new("ok")))
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+pub(super) struct LogsQuery {
+    /// Return the log from this byte offset on (to follow it); default: the last `max` bytes.
+    from: Option<u64>,
+    /// At most this many bytes (default 64 KiB, at most 1 MiB).
+    max: Option<u64>,
+}
+
+/// The log (stdout and stderr) of an instance, fetched from its worker through its cluster.
+#[utoipa::path(get, path = "/api/service/{id}/instance/{number}/logs", tag = "instances", security(("bearer" = [])),
+    params(LogsQuery),
+    responses((status = 200, body = oak_api::node::LogsReply), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn instance_logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, number)): Path<(String, String)>,
+    axum::extract::Query(q): axum::extract::Query<LogsQuery>,
+) -> Result<Json<oak_api::node::LogsReply>, ApiError> {
+    let n: u32 = number.parse().map_err(|_| {
+        ApiError::bad_request(format!("instance number must be a non-negative integer, got {number:?}"))
+    })?;
+    let sid = ServiceId(id);
+    let target = state.registry.logs_target(&caller.user.id, &sid, n)?;
+    let req = oak_api::node::LogsRequest {
+        request_id: String::new(),
+        service_id: sid,
+        instance_number: n,
+        from_offset: q.from,
+        max_bytes: q.max.unwrap_or(64 * 1024).min(1024 * 1024),
+    };
+    let reply = state.hub.logs(&target.cluster, req).await?;
+    match reply.error {
+        Some(e) => Err(ApiError::new(oak_api::ErrorCode::Unavailable, e)),
+        None => Ok(Json(reply)),
+    }
 }
 
 /// Every cluster known to the root.

@@ -124,12 +124,7 @@ fn instance_status_says_why_no_cluster_takes_it() {
         name: "edge".into(),
         location: String::new(),
         last_seen: 969.0,
-        active_nodes: 1,
-        virtualization: vec!["container".into()],
-        cpu_percent: 0.0,
-        memory_mb: 0,
-        cpu_cores: 0.0,
-        gpus: 0,
+        aggregate: Default::default(),
     };
     let mut b = Batch::new();
     b.put(CLUSTERS, "c1", encode(&c));
@@ -141,4 +136,60 @@ fn instance_status_says_why_no_cluster_takes_it() {
     assert_eq!(r.list_clusters(true).unwrap_or_default().len(), 1);
     let i = r.request_instance(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((i.status, i.instance_number), (Status::Requested, 2));
+}
+
+fn report_with_slot(mem: u64) -> oak_api::link::ClusterReport {
+    oak_api::link::ClusterReport {
+        aggregate: oak_api::link::ClusterAggregate {
+            workers: 1,
+            active_workers: 1,
+            slots: vec![oak_api::link::FreeSlot {
+                arch: "amd64".into(),
+                runtimes: vec!["container".into()],
+                millicpu: 2000,
+                memory_mb: mem,
+                gpus: 0,
+            }],
+            ..Default::default()
+        },
+        instances: vec![],
+    }
+}
+
+#[test]
+fn the_root_places_instances_in_clusters_that_fit_and_moves_refused_ones() {
+    let (_store, _clock, r, admin) = setup();
+    let ids = r.create_applications(&admin, sla(&["a"])).unwrap_or_default();
+    let svc = r.get_app(&admin.id, &ids[0]).map(|a| a.microservices[0].clone()).unwrap_or_else(|e| panic!("{e}"));
+    let small = r.join_cluster("small", None, None).unwrap_or_else(|e| panic!("{e}"));
+    let big = r.join_cluster("big", None, None).unwrap_or_else(|e| panic!("{e}"));
+    r.cluster_report(&small, report_with_slot(100)).unwrap_or_else(|e| panic!("{e}"));
+    r.cluster_report(&big, report_with_slot(8000)).unwrap_or_else(|e| panic!("{e}"));
+    r.request_instance(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.schedule_pending().unwrap_or(false));
+    let s = r.get_service(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.instance_list[0].status, Status::ClusterScheduled);
+    assert_eq!(s.instance_list[0].cluster_id.as_ref(), Some(&big), "spread: the cluster with the most room");
+    assert_eq!(r.desired_for(&big).unwrap_or_default().len(), 1);
+    assert!(r.desired_for(&small).unwrap_or_default().is_empty());
+
+    // The big cluster refuses it: it moves to the small one, if that fits (it does not: 0 MiB asked,
+    // so make the request fit the small one first).
+    let mut report = report_with_slot(8000);
+    report.instances.push(oak_api::link::InstanceState {
+        service_id: svc.clone(),
+        instance_number: 0,
+        status: Status::NoWorkerCapacity,
+        status_detail: "no worker can take it".into(),
+        worker_id: None,
+        worker_name: None,
+        host_ip: None,
+        cpu_percent: None,
+        memory_mb: None,
+    });
+    assert!(r.cluster_report(&big, report).unwrap_or(false), "a refusal asks for rescheduling");
+    assert!(r.schedule_pending().unwrap_or(false));
+    let s = r.get_service(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.instance_list[0].cluster_id.as_ref(), Some(&small));
+    assert_eq!(s.instance_list[0].status, Status::ClusterScheduled);
 }

@@ -1,0 +1,102 @@
+//! The root ↔ cluster link: a WebSocket the cluster opens to the root (NAT-friendly), carrying
+//! JSON text frames.
+//!
+//! Level-triggered: after `Hello`, the root sends the full set of instances it wants on that
+//! cluster ([`RootToCluster::Desired`]) whenever it changes, and the cluster sends its full
+//! observed state ([`ClusterToRoot::Report`]) periodically and on change. Either side can
+//! lose any message, or the connection, and the next full-state message repairs it.
+
+use crate::ids::{ClusterId, ServiceId};
+use crate::node::{LogsReply, LogsRequest};
+use crate::sla::MicroserviceSpec;
+use crate::status::Status;
+use serde::{Deserialize, Serialize};
+
+/// Path of the link on the root's HTTP port.
+pub const LINK_PATH: &str = "/api/cluster/link";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClusterToRoot {
+    /// First message on every connection.
+    Hello {
+        name: String,
+        #[serde(default)]
+        location: Option<String>,
+        /// The id the root gave this cluster before, if any.
+        #[serde(default)]
+        cluster_id: Option<ClusterId>,
+    },
+    Report(ClusterReport),
+    Logs(LogsReply),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RootToCluster {
+    Welcome {
+        cluster_id: ClusterId,
+    },
+    /// Every instance the root wants on this cluster; anything else must go.
+    Desired {
+        instances: Vec<DesiredInstance>,
+    },
+    Logs(LogsRequest),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DesiredInstance {
+    pub service_id: ServiceId,
+    pub instance_number: u32,
+    pub job_name: String,
+    pub spec: MicroserviceSpec,
+}
+
+/// Free space of one kind in a cluster, for the root's scheduler: one entry per distinct
+/// (architecture, runtimes, free resources) among its active workers, largest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FreeSlot {
+    pub arch: String,
+    pub runtimes: Vec<String>,
+    pub millicpu: u64,
+    pub memory_mb: u64,
+    pub gpus: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterAggregate {
+    pub workers: u32,
+    pub active_workers: u32,
+    pub cpu_cores: f64,
+    pub cpu_percent: f64,
+    pub memory_mb: u64,
+    pub memory_free_mb: u64,
+    pub gpus: u32,
+    pub runtimes: Vec<String>,
+    pub slots: Vec<FreeSlot>,
+}
+
+/// State of one instance, as the cluster sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceState {
+    pub service_id: ServiceId,
+    pub instance_number: u32,
+    pub status: Status,
+    pub status_detail: String,
+    #[serde(default)]
+    pub worker_id: Option<String>,
+    #[serde(default)]
+    pub worker_name: Option<String>,
+    #[serde(default)]
+    pub host_ip: Option<String>,
+    #[serde(default)]
+    pub cpu_percent: Option<f64>,
+    #[serde(default)]
+    pub memory_mb: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterReport {
+    pub aggregate: ClusterAggregate,
+    pub instances: Vec<InstanceState>,
+}

@@ -1,0 +1,412 @@
+//! The cluster's state and its level-triggered reconcile: the instances the root wants, the
+//! workers that report, and the assignments between them.
+//!
+//! `Core` is owned by one task. Inputs are plain method calls; each returns the messages to
+//! publish (`Vec<Out>`), so the logic is testable without a broker.
+//!
+//! Assignment lifecycle:
+//! ```text
+//! (desired) ─▶ NODE_SCHEDULED ─▶ CREATING ─▶ RUNNING ─▶ COMPLETED (one_shot, exit 0)
+//!    │              │ (no ack in time: deploy sent again)
+//!    │              └─▶ FAILED / DEAD ─▶ placed again after a backoff (1 s, 2 s, 4 s … 60 s)
+//!    └─▶ NO_WORKER_CAPACITY (no worker fits; retried; the root may move it elsewhere)
+//! (no longer desired) ─▶ delete sent to its worker, assignment dropped
+//! ```
+
+use oak_api::link::{ClusterAggregate, ClusterReport, DesiredInstance, FreeSlot, InstanceState};
+use oak_api::node::{self, DeleteCommand, DeployCommand, InstanceEvent, NodeInfo, RegisterRequest};
+use oak_api::{ServiceId, Status};
+use oak_sched::{Candidate, Policy, Request, Resources, Slot, Snapshot};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub type Key = (ServiceId, u32);
+
+/// A message to publish on the broker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Out {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+fn out<T: Serialize>(topic: String, msg: &T) -> Out {
+    Out { topic, payload: serde_json::to_vec(msg).unwrap_or_default() }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerRec {
+    pub id: String,
+    pub reg: RegisterRequest,
+    pub mqtt_password_hash: String,
+    #[serde(skip)]
+    pub last_seen: f64,
+    #[serde(skip)]
+    pub info: Option<NodeInfo>,
+}
+
+impl WorkerRec {
+    fn capacity(&self) -> Resources {
+        Resources::new((self.reg.cpu_cores * 1000.0) as u64, self.reg.memory_mb, self.reg.gpus)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Assignment {
+    pub worker: Option<String>,
+    pub status: Status,
+    pub detail: String,
+    /// When the status last changed (Unix seconds).
+    pub since: f64,
+    /// Placements after failures, for the backoff.
+    pub attempts: u32,
+    pub next_try: f64,
+    /// When the deploy command was last sent.
+    pub sent: f64,
+}
+
+/// Timing of the cluster's decisions.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// A worker silent this long is inactive.
+    pub heartbeat_timeout: f64,
+    /// A deploy not acknowledged this long is sent again.
+    pub deploy_ack_timeout: f64,
+    pub backoff_cap: f64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self { heartbeat_timeout: 6.0, deploy_ack_timeout: 10.0, backoff_cap: 60.0 }
+    }
+}
+
+#[derive(Default)]
+pub struct Core {
+    pub workers: BTreeMap<String, WorkerRec>,
+    pub desired: BTreeMap<Key, DesiredInstance>,
+    /// False until the root sent its first desired set: nothing is removed before.
+    pub desired_known: bool,
+    pub assignments: BTreeMap<Key, Assignment>,
+    pub timing: Timing,
+    pub policy: Policy,
+}
+
+fn live(s: Status) -> bool {
+    matches!(s, Status::NodeScheduled | Status::Creating | Status::Running)
+}
+
+fn request_of(d: &DesiredInstance) -> Request {
+    let direct = d
+        .spec
+        .constraints
+        .iter()
+        .filter(|c| c.kind == "direct")
+        .filter_map(|c| c.fields.get("node").and_then(|v| v.as_str()))
+        .flat_map(|s| s.split(';'))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    Request {
+        resources: Resources::new((d.spec.vcpus * 1000.0).round() as u64, d.spec.memory, d.spec.vgpus as u32),
+        runtime: d.spec.virtualization.clone(),
+        arch: d.spec.arch.clone(),
+        direct,
+        exclude: vec![],
+    }
+}
+
+impl Core {
+    pub fn active(&self, w: &WorkerRec, now: f64) -> bool {
+        now - w.last_seen <= self.timing.heartbeat_timeout
+    }
+
+    fn snapshot(&self, now: f64) -> (Snapshot, Vec<String>) {
+        let mut ids = Vec::new();
+        let mut snap = Snapshot::default();
+        for w in self.workers.values().filter(|w| self.active(w, now)) {
+            snap.add(Candidate {
+                id: w.id.clone(),
+                name: w.reg.name.clone(),
+                slots: vec![Slot {
+                    arch: w.reg.arch.clone(),
+                    runtimes: w.reg.runtimes.clone(),
+                    capacity: w.capacity(),
+                }],
+            });
+            ids.push(w.id.clone());
+        }
+        for (k, a) in &self.assignments {
+            if let (Some(w), true) = (&a.worker, live(a.status))
+                && let (Some(idx), Some(d)) = (ids.iter().position(|x| x == w), self.desired.get(k))
+            {
+                snap.reserve(idx, 0, &request_of(d).resources);
+            }
+        }
+        (snap, ids)
+    }
+
+    fn set(&mut self, k: &Key, worker: Option<String>, status: Status, detail: String, now: f64) {
+        let a = self.assignments.entry(k.clone()).or_insert(Assignment {
+            worker: None,
+            status,
+            detail: String::new(),
+            since: now,
+            attempts: 0,
+            next_try: now,
+            sent: 0.0,
+        });
+        if a.status != status || a.worker != worker {
+            a.since = now;
+        }
+        a.worker = worker;
+        a.status = status;
+        a.detail = detail;
+    }
+
+    fn deploy(&self, k: &Key, worker: &str) -> Option<Out> {
+        let d = self.desired.get(k)?;
+        let cmd = DeployCommand {
+            service_id: k.0.clone(),
+            instance_number: k.1,
+            job_name: d.job_name.clone(),
+            spec: d.spec.clone(),
+        };
+        Some(out(node::topic_deploy(worker), &cmd))
+    }
+
+    fn delete(k: &Key, worker: &str) -> Out {
+        out(node::topic_delete(worker), &DeleteCommand { service_id: k.0.clone(), instance_number: k.1 })
+    }
+
+    /// Places `k` on a worker (or records why it cannot be).
+    fn place(&mut self, k: &Key, now: f64, outs: &mut Vec<Out>) {
+        let Some(d) = self.desired.get(k) else { return };
+        let req = request_of(d);
+        let (snap, _) = self.snapshot(now);
+        match snap.place(&req, self.policy) {
+            Ok(p) => {
+                let worker = p.id;
+                let name = self.workers.get(&worker).map(|w| w.reg.name.clone()).unwrap_or_default();
+                if let Some(o) = self.deploy(k, &worker) {
+                    outs.push(o);
+                }
+                self.set(k, Some(worker), Status::NodeScheduled, format!("placed on worker {name}"), now);
+                if let Some(a) = self.assignments.get_mut(k) {
+                    a.sent = now;
+                }
+            }
+            Err(e) => {
+                let (status, why) = match e {
+                    oak_sched::Rejection::NoCandidates => {
+                        (Status::NoWorkerCapacity, "no worker can take it: no active worker in this cluster".to_owned())
+                    }
+                    oak_sched::Rejection::NoneFits { detail } => {
+                        (Status::NoWorkerCapacity, format!("no worker can take it: {detail}"))
+                    }
+                };
+                self.set(k, None, status, why, now);
+                if let Some(a) = self.assignments.get_mut(k) {
+                    a.next_try = now + 2.0;
+                }
+            }
+        }
+    }
+
+    /// Drives the assignments toward the desired set.
+    pub fn reconcile(&mut self, now: f64) -> Vec<Out> {
+        let mut outs = Vec::new();
+        let keys: Vec<Key> = self.desired.keys().cloned().collect();
+        for k in &keys {
+            let Some(a) = self.assignments.get(k).cloned() else {
+                self.place(k, now, &mut outs);
+                continue;
+            };
+            let worker_active =
+                a.worker.as_ref().and_then(|w| self.workers.get(w)).is_some_and(|w| self.active(w, now));
+            match a.status {
+                Status::Completed => {}
+                Status::Dead | Status::Failed if now >= a.next_try => {
+                    if let Some(w) = &a.worker {
+                        outs.push(Self::delete(k, w));
+                    }
+                    let attempts = a.attempts + 1;
+                    self.place(k, now, &mut outs);
+                    if let Some(x) = self.assignments.get_mut(k) {
+                        x.attempts = attempts;
+                    }
+                }
+                Status::Dead | Status::Failed => {}
+                s if s.is_negative_scheduling() && now >= a.next_try => self.place(k, now, &mut outs),
+                s if live(s) && !worker_active => {
+                    let name = a.worker.clone().unwrap_or_default();
+                    self.fail(k, format!("worker {name} stopped reporting"), now);
+                }
+                Status::NodeScheduled if now - a.sent >= self.timing.deploy_ack_timeout => {
+                    if let Some(w) = &a.worker
+                        && let Some(o) = self.deploy(k, w)
+                    {
+                        outs.push(o);
+                    }
+                    if let Some(x) = self.assignments.get_mut(k) {
+                        x.sent = now;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.desired_known {
+            let gone: Vec<Key> = self.assignments.keys().filter(|k| !self.desired.contains_key(*k)).cloned().collect();
+            for k in gone {
+                if let Some(a) = self.assignments.remove(&k)
+                    && let Some(w) = a.worker
+                {
+                    outs.push(Self::delete(&k, &w));
+                }
+            }
+        }
+        outs
+    }
+
+    /// Marks an assignment failed; it is placed again after the backoff.
+    fn fail(&mut self, k: &Key, detail: String, now: f64) {
+        if let Some(a) = self.assignments.get_mut(k) {
+            a.status = Status::Failed;
+            a.detail = detail;
+            a.since = now;
+            a.next_try = now + (2f64.powi(a.attempts.min(10) as i32)).min(self.timing.backoff_cap);
+        }
+    }
+
+    pub fn set_desired(&mut self, instances: Vec<DesiredInstance>, now: f64) -> Vec<Out> {
+        self.desired = instances.into_iter().map(|d| ((d.service_id.clone(), d.instance_number), d)).collect();
+        self.desired_known = true;
+        self.reconcile(now)
+    }
+
+    /// A worker's periodic report: heartbeat, resources, and what it holds.
+    pub fn node_info(&mut self, node: &str, info: NodeInfo, now: f64) -> Vec<Out> {
+        let mut outs = Vec::new();
+        let held: BTreeSet<Key> = info.instances.iter().map(|i| (i.service_id.clone(), i.instance_number)).collect();
+        let Some(w) = self.workers.get_mut(node) else { return outs };
+        w.last_seen = now;
+        w.info = Some(info);
+        // Instances it holds that are not (or no longer) its own: remove them.
+        for k in &held {
+            let mine = self.assignments.get(k).is_some_and(|a| a.worker.as_deref() == Some(node));
+            if !mine && self.desired_known {
+                outs.push(Self::delete(k, node));
+            }
+        }
+        // Instances it should hold but lost (e.g. it restarted).
+        let lost: Vec<Key> = self
+            .assignments
+            .iter()
+            .filter(|(k, a)| {
+                a.worker.as_deref() == Some(node)
+                    && matches!(a.status, Status::Creating | Status::Running)
+                    && !held.contains(*k)
+                    && now - a.since > self.timing.heartbeat_timeout
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in lost {
+            self.fail(&k, format!("worker {node} no longer holds it"), now);
+        }
+        outs.extend(self.reconcile(now));
+        outs
+    }
+
+    /// A status change pushed by a worker.
+    pub fn instance_event(&mut self, node: &str, ev: InstanceEvent, now: f64) -> Vec<Out> {
+        let k = (ev.service_id.clone(), ev.instance_number);
+        if let Some(w) = self.workers.get_mut(node) {
+            w.last_seen = now;
+        }
+        let mine = self.assignments.get(&k).is_some_and(|a| a.worker.as_deref() == Some(node));
+        if !mine {
+            if ev.status != Status::Undeployed && self.desired_known {
+                return vec![Self::delete(&k, node)];
+            }
+            return Vec::new();
+        }
+        match ev.status {
+            Status::Undeployed => {}
+            Status::Dead | Status::Failed => {
+                let attempts = self.assignments.get(&k).map(|a| a.attempts).unwrap_or(0);
+                self.set(&k, Some(node.to_owned()), ev.status, ev.status_detail, now);
+                if let Some(a) = self.assignments.get_mut(&k) {
+                    a.next_try = now + (2f64.powi(attempts.min(10) as i32)).min(self.timing.backoff_cap);
+                }
+            }
+            Status::Running => {
+                self.set(&k, Some(node.to_owned()), Status::Running, ev.status_detail, now);
+                // A run that lasted resets the backoff later; keep attempts for now.
+            }
+            s => self.set(&k, Some(node.to_owned()), s, ev.status_detail, now),
+        }
+        self.reconcile(now)
+    }
+
+    /// The full observed state, for the root.
+    pub fn report(&self, now: f64) -> ClusterReport {
+        let (snap, ids) = self.snapshot(now);
+        let mut slots: Vec<FreeSlot> = Vec::new();
+        let mut runtimes = BTreeSet::new();
+        let mut agg = ClusterAggregate { workers: self.workers.len() as u32, ..ClusterAggregate::default() };
+        let mut cpu_sum = 0.0;
+        for (idx, id) in ids.iter().enumerate() {
+            let Some(w) = self.workers.get(id) else { continue };
+            agg.active_workers += 1;
+            agg.cpu_cores += w.reg.cpu_cores;
+            agg.memory_mb += w.reg.memory_mb;
+            agg.gpus += w.reg.gpus;
+            cpu_sum += w.info.as_ref().map(|i| i.cpu_percent).unwrap_or(0.0);
+            runtimes.extend(w.reg.runtimes.iter().cloned());
+            if let Some(free) = snap.free(idx, 0) {
+                agg.memory_free_mb += free.memory_mb;
+                slots.push(FreeSlot {
+                    arch: w.reg.arch.clone(),
+                    runtimes: w.reg.runtimes.clone(),
+                    millicpu: free.millicpu,
+                    memory_mb: free.memory_mb,
+                    gpus: free.gpus,
+                });
+            }
+        }
+        if agg.active_workers > 0 {
+            agg.cpu_percent = cpu_sum / f64::from(agg.active_workers);
+        }
+        slots.sort_by(|a, b| (b.memory_mb, b.millicpu, &b.arch).cmp(&(a.memory_mb, a.millicpu, &a.arch)));
+        slots.dedup();
+        slots.truncate(16);
+        agg.slots = slots;
+        agg.runtimes = runtimes.into_iter().collect();
+        let instances = self
+            .assignments
+            .iter()
+            .filter(|(k, _)| self.desired.contains_key(*k))
+            .map(|(k, a)| {
+                let w = a.worker.as_ref().and_then(|w| self.workers.get(w));
+                let usage = w
+                    .and_then(|w| w.info.as_ref())
+                    .and_then(|i| i.instances.iter().find(|u| u.service_id == k.0 && u.instance_number == k.1));
+                InstanceState {
+                    service_id: k.0.clone(),
+                    instance_number: k.1,
+                    status: a.status,
+                    status_detail: a.detail.clone(),
+                    worker_id: a.worker.clone(),
+                    worker_name: w.map(|w| w.reg.name.clone()),
+                    host_ip: w.map(|w| w.reg.ip.clone()),
+                    cpu_percent: usage.map(|u| u.cpu_percent),
+                    memory_mb: usage.map(|u| u.memory_mb),
+                }
+            })
+            .collect();
+        ClusterReport { aggregate: agg, instances }
+    }
+}
+
+#[cfg(test)]
+mod tests;

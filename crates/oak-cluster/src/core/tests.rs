@@ -1,0 +1,172 @@
+use super::*;
+use oak_api::sla::parse_microservice;
+use serde_json::json;
+
+fn worker(core: &mut Core, id: &str, mem: u64, now: f64) {
+    core.workers.insert(
+        id.into(),
+        WorkerRec {
+            id: id.into(),
+            reg: RegisterRequest {
+                name: format!("name-{id}"),
+                node_id: None,
+                ip: "10.0.0.1".into(),
+                arch: "amd64".into(),
+                runtimes: vec!["container".into()],
+                cpu_cores: 4.0,
+                memory_mb: mem,
+                gpus: 0,
+                location: None,
+            },
+            mqtt_password_hash: String::new(),
+            last_seen: now,
+            info: None,
+        },
+    );
+}
+
+fn desired(n: u32, extra: serde_json::Value) -> DesiredInstance {
+    let mut spec = json!({"microservice_name": "s", "microservice_namespace": "n", "virtualization": "container",
+                          "code": "img", "memory": 600, "vcpus": 1});
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    DesiredInstance {
+        service_id: ServiceId::from("svc"),
+        instance_number: n,
+        job_name: "a.b.s.n".into(),
+        spec: parse_microservice(&spec, "").unwrap_or_else(|e| panic!("{e}")),
+    }
+}
+
+fn topics(outs: &[Out]) -> Vec<String> {
+    outs.iter().map(|o| o.topic.clone()).collect()
+}
+
+fn ev(n: u32, status: Status) -> InstanceEvent {
+    InstanceEvent {
+        service_id: ServiceId::from("svc"),
+        instance_number: n,
+        status,
+        status_detail: "x".into(),
+        exit_code: None,
+    }
+}
+
+#[test]
+fn requests_for_sixty_percent_never_share_a_worker() {
+    let mut c = Core::default();
+    for w in ["a", "b", "c"] {
+        worker(&mut c, w, 1000, 0.0);
+    }
+    let outs = c.set_desired((0..3).map(|n| desired(n, json!({}))).collect(), 0.0);
+    let mut t = topics(&outs);
+    t.sort();
+    assert_eq!(t, ["nodes/a/control/deploy", "nodes/b/control/deploy", "nodes/c/control/deploy"]);
+    // A fourth does not fit anywhere and says why.
+    let outs = c.set_desired((0..4).map(|n| desired(n, json!({}))).collect(), 1.0);
+    assert!(outs.is_empty());
+    let a = &c.assignments[&(ServiceId::from("svc"), 3)];
+    assert_eq!(a.status, Status::NoWorkerCapacity);
+    assert_eq!(a.detail, "no worker can take it: none of 3 candidates fits: 3 have less than 600 MiB memory free");
+}
+
+#[test]
+fn no_worker_and_direct_constraints() {
+    let mut c = Core::default();
+    c.set_desired(vec![desired(0, json!({}))], 0.0);
+    assert_eq!(
+        c.assignments[&(ServiceId::from("svc"), 0)].detail,
+        "no worker can take it: no active worker in this cluster"
+    );
+    for w in ["a", "b", "c"] {
+        worker(&mut c, w, 4000, 0.5);
+    }
+    let outs =
+        c.set_desired(vec![desired(0, json!({"constraints": [{"type": "direct", "node": "name-x;name-c"}]}))], 3.0);
+    assert_eq!(topics(&outs), ["nodes/c/control/deploy"]);
+}
+
+#[test]
+fn dead_instances_come_back_after_a_backoff_and_completed_ones_do_not() {
+    let mut c = Core::default();
+    worker(&mut c, "a", 4000, 0.0);
+    c.set_desired(vec![desired(0, json!({})), desired(1, json!({"one_shot": true}))], 0.0);
+    c.instance_event("a", ev(0, Status::Running), 0.5);
+    c.instance_event("a", ev(1, Status::Completed), 0.5);
+    let outs = c.instance_event("a", ev(0, Status::Dead), 1.0);
+    assert!(outs.is_empty(), "backoff: not at once");
+    let outs = c.reconcile(2.0);
+    assert_eq!(topics(&outs), ["nodes/a/control/delete", "nodes/a/control/deploy"]);
+    assert_eq!(c.assignments[&(ServiceId::from("svc"), 0)].attempts, 1);
+    assert_eq!(c.assignments[&(ServiceId::from("svc"), 1)].status, Status::Completed);
+    // Crashing again waits longer (2 s), then 4 s.
+    c.instance_event("a", ev(0, Status::Dead), 3.0);
+    assert!(c.reconcile(4.5).is_empty());
+    assert_eq!(topics(&c.reconcile(5.0)), ["nodes/a/control/delete", "nodes/a/control/deploy"]);
+}
+
+#[test]
+fn silent_workers_lose_their_instances_and_removed_ones_are_deleted() {
+    let mut c = Core::default();
+    worker(&mut c, "a", 4000, 0.0);
+    worker(&mut c, "b", 1000, 0.0);
+    c.set_desired(vec![desired(0, json!({}))], 0.0);
+    assert_eq!(c.assignments[&(ServiceId::from("svc"), 0)].worker.as_deref(), Some("b"), "best fit");
+    c.instance_event("b", ev(0, Status::Running), 0.5);
+    if let Some(w) = c.workers.get_mut("a") {
+        w.last_seen = 10.0;
+    }
+    let outs = c.reconcile(10.0);
+    assert!(outs.is_empty());
+    assert_eq!(c.assignments[&(ServiceId::from("svc"), 0)].status, Status::Failed);
+    let outs = c.reconcile(11.0);
+    assert_eq!(topics(&outs), ["nodes/b/control/delete", "nodes/a/control/deploy"]);
+    // The root no longer wants it: the worker is told to delete it.
+    let outs = c.set_desired(vec![], 12.0);
+    assert_eq!(topics(&outs), ["nodes/a/control/delete"]);
+    assert!(c.assignments.is_empty());
+}
+
+#[test]
+fn workers_are_told_to_drop_what_is_not_theirs() {
+    let mut c = Core::default();
+    worker(&mut c, "a", 4000, 0.0);
+    c.set_desired(vec![], 0.0);
+    let info = NodeInfo {
+        cpu_percent: 1.0,
+        cpu_cores: 4.0,
+        memory_mb: 4000,
+        memory_available_mb: 3000,
+        disk_free_mb: 1,
+        arch: "amd64".into(),
+        runtimes: vec!["container".into()],
+        gpus: 0,
+        location: None,
+        instances: vec![node::InstanceUsage {
+            service_id: ServiceId::from("old"),
+            instance_number: 7,
+            status: Status::Running,
+            cpu_percent: 0.0,
+            memory_mb: 1.0,
+        }],
+    };
+    let outs = c.node_info("a", info, 1.0);
+    assert_eq!(topics(&outs), ["nodes/a/control/delete"]);
+}
+
+#[test]
+fn the_report_shows_free_slots_and_instances() {
+    let mut c = Core::default();
+    worker(&mut c, "a", 4000, 0.0);
+    worker(&mut c, "b", 1000, 0.0);
+    c.set_desired(vec![desired(0, json!({}))], 0.0);
+    let r = c.report(0.0);
+    assert_eq!((r.aggregate.workers, r.aggregate.active_workers, r.aggregate.memory_mb), (2, 2, 5000));
+    assert_eq!(r.aggregate.slots.iter().map(|s| s.memory_mb).collect::<Vec<_>>(), [4000, 400]);
+    assert_eq!(r.instances.len(), 1);
+    assert_eq!(r.instances[0].status, Status::NodeScheduled);
+    assert_eq!(r.instances[0].worker_name.as_deref(), Some("name-b"));
+}

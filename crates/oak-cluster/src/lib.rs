@@ -1,0 +1,467 @@
+//! The cluster orchestrator: joins the root over a link it opens itself (so it works from
+//! behind NAT), registers workers over HTTP, runs the MQTT broker they talk to, and places
+//! the instances the root sends on its workers.
+//!
+//! One task owns the state ([`core::Core`]); the HTTP handler, the MQTT client and the root
+//! link talk to it over a channel. Workers and assignments are kept in the cluster's own
+//! store, so a restarted cluster resumes from them.
+//!
+//! This crate must not import the other tiers; it meets root and workers only through
+//! `oak-api` messages.
+
+mod broker;
+pub mod core;
+mod link;
+
+use crate::core::{Core, Key, Out, Timing, WorkerRec};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use oak_api::link::{ClusterReport, DesiredInstance};
+use oak_api::node::{InstanceEvent, LogsReply, LogsRequest, NodeInfo, RegisterRequest, RegisterResponse};
+use oak_store::{Batch, RedbStore, Store};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, watch};
+
+const META: &str = "meta";
+const WORKERS: &str = "workers";
+const ASSIGNMENTS: &str = "assignments";
+const TABLES: &[&str] = &[META, WORKERS, ASSIGNMENTS];
+
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// The root's base URL, e.g. `http://10.0.0.1:10000`.
+    pub root_url: String,
+    /// The root's cluster token.
+    pub root_token: String,
+    pub name: String,
+    pub location: Option<String>,
+    /// Worker registration (HTTP).
+    pub listen: SocketAddr,
+    /// The embedded MQTT broker.
+    pub mqtt_listen: SocketAddr,
+    /// Port workers are told to use for MQTT (the broker's, unless behind a proxy).
+    pub mqtt_advertise_port: Option<u16>,
+    pub data_dir: PathBuf,
+    /// Token workers must present; generated into the data dir when `None`.
+    pub worker_token: Option<String>,
+    pub report_interval: Duration,
+    pub timing: Timing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot use data dir {path}: {reason}")]
+    DataDir { path: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] oak_store::StoreError),
+    #[error("{0}")]
+    Broker(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::fill(&mut b[..]);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Reads a secret from `path`, or creates it (mode 0600).
+fn secret_file(path: &std::path::Path) -> Result<String, std::io::Error> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        let s = s.trim().to_owned();
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    let s = random_hex(24);
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(s.as_bytes())?;
+    Ok(s)
+}
+
+pub(crate) enum Cmd {
+    Register(RegisterRequest, oneshot::Sender<Result<RegisterResponse, String>>),
+    Desired(Vec<DesiredInstance>),
+    Info(String, NodeInfo),
+    Event(String, InstanceEvent),
+    Logs(LogsRequest, oneshot::Sender<LogsReply>),
+    LogsReply(LogsReply),
+    ClusterId(String),
+    Tick,
+}
+
+/// A cluster orchestrator with its store open.
+pub struct Cluster {
+    config: ClusterConfig,
+    store: Arc<dyn Store>,
+    core: Core,
+    worker_token: String,
+    cluster_id: Option<String>,
+}
+
+impl Cluster {
+    pub fn open(config: ClusterConfig) -> Result<Self, ClusterError> {
+        let dd = |e: std::io::Error| ClusterError::DataDir {
+            path: config.data_dir.display().to_string(),
+            reason: e.to_string(),
+        };
+        std::fs::create_dir_all(&config.data_dir).map_err(dd)?;
+        let worker_token = match &config.worker_token {
+            Some(t) => t.clone(),
+            None => secret_file(&config.data_dir.join("worker-token")).map_err(dd)?,
+        };
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("cluster.redb"), TABLES)?);
+        let mut core = Core { timing: config.timing, ..Core::default() };
+        for (id, bytes) in store.scan_prefix(WORKERS, "")? {
+            match serde_json::from_slice::<WorkerRec>(&bytes) {
+                Ok(w) => {
+                    core.workers.insert(id, w);
+                }
+                Err(e) => tracing::warn!(worker = %id, error = %e, "skipping an unreadable worker record"),
+            }
+        }
+        for (key, bytes) in store.scan_prefix(ASSIGNMENTS, "")? {
+            let parsed =
+                key.rsplit_once('/').and_then(|(s, n)| n.parse::<u32>().ok().map(|n| (oak_api::ServiceId::from(s), n)));
+            match (parsed, serde_json::from_slice(&bytes)) {
+                (Some(k), Ok(a)) => {
+                    core.assignments.insert(k, a);
+                }
+                _ => tracing::warn!(key = %key, "skipping an unreadable assignment"),
+            }
+        }
+        let cluster_id = store.get(META, "cluster_id")?.map(|b| String::from_utf8_lossy(&b).into_owned());
+        Ok(Self { config, store, core, worker_token, cluster_id })
+    }
+
+    /// The token workers register with.
+    pub fn worker_token(&self) -> &str {
+        &self.worker_token
+    }
+
+    /// Runs until `shutdown`. `listener` serves worker registration.
+    pub async fn run(
+        mut self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ClusterError> {
+        let creds = broker::Credentials::default();
+        for w in self.core.workers.values() {
+            creds.set(&w.id, w.mqtt_password_hash.clone());
+        }
+        let internal_user = "oak-cluster".to_owned();
+        let internal_pw = random_hex(16);
+        creds.set(&internal_user, broker::hash(&internal_pw));
+        broker::start(self.config.mqtt_listen, creds.clone()).map_err(ClusterError::Broker)?;
+
+        let (tx, mut rx) = mpsc::channel::<Cmd>(1024);
+        let (report_tx, report_rx) = watch::channel(self.core.report(now()));
+
+        // MQTT client of the cluster itself.
+        let mqtt_host = match self.config.mqtt_listen.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+            ip => ip.to_string(),
+        };
+        let mut opts = MqttOptions::new(internal_user.clone(), mqtt_host, self.config.mqtt_listen.port());
+        opts.set_credentials(internal_user, internal_pw);
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+        let (mqtt, mut events) = AsyncClient::new(opts, 1024);
+        let sub = mqtt.clone();
+        let mtx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        for t in ["nodes/+/information", "nodes/+/job", "nodes/+/logs"] {
+                            let _ = sub.subscribe(t, QoS::AtLeastOnce).await;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let mut parts = p.topic.splitn(3, '/');
+                        let (_, node, kind) = (parts.next(), parts.next().unwrap_or_default().to_owned(), parts.next());
+                        let cmd = match kind {
+                            Some("information") => serde_json::from_slice(&p.payload).map(|i| Cmd::Info(node, i)).ok(),
+                            Some("job") => serde_json::from_slice(&p.payload).map(|e| Cmd::Event(node, e)).ok(),
+                            Some("logs") => serde_json::from_slice(&p.payload).map(Cmd::LogsReply).ok(),
+                            _ => None,
+                        };
+                        match cmd {
+                            Some(c) => {
+                                let _ = mtx.send(c).await;
+                            }
+                            None => tracing::warn!(topic = %p.topic, "ignoring a malformed MQTT message"),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cluster MQTT client reconnecting");
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
+            }
+        });
+
+        // Worker registration.
+        let http_state = HttpState { tx: tx.clone(), token: Arc::new(self.worker_token.clone()) };
+        let app = Router::new().route("/api/node/register", post(register)).with_state(http_state);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut http_stop = stop_rx.clone();
+        let http = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+
+        // The link to the root.
+        let link = tokio::spawn(link::run(
+            link::LinkConfig {
+                root_url: self.config.root_url.clone(),
+                token: self.config.root_token.clone(),
+                name: self.config.name.clone(),
+                location: self.config.location.clone(),
+                cluster_id: self.cluster_id.clone(),
+                report_interval: self.config.report_interval,
+            },
+            tx.clone(),
+            report_rx,
+            stop_rx.clone(),
+        ));
+
+        let tick_tx = tx.clone();
+        let ticker = tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                t.tick().await;
+                if tick_tx.send(Cmd::Tick).await.is_err() {
+                    break;
+                }
+            }
+        });
+
+        let mut pending_logs: HashMap<String, oneshot::Sender<LogsReply>> = HashMap::new();
+        tokio::pin!(shutdown);
+        loop {
+            let cmd = tokio::select! {
+                _ = &mut shutdown => break,
+                c = rx.recv() => match c { Some(c) => c, None => break },
+            };
+            let t = now();
+            let before = self.persisted_view();
+            let outs: Vec<Out> = match cmd {
+                Cmd::Register(req, reply) => {
+                    let r = self.register_worker(req, &creds, t);
+                    let _ = reply.send(r);
+                    Vec::new()
+                }
+                Cmd::Desired(d) => self.core.set_desired(d, t),
+                Cmd::Info(node, info) => self.core.node_info(&node, info, t),
+                Cmd::Event(node, ev) => self.core.instance_event(&node, ev, t),
+                Cmd::Logs(req, reply) => {
+                    let k: Key = (req.service_id.clone(), req.instance_number);
+                    match self.core.assignments.get(&k).and_then(|a| a.worker.clone()) {
+                        Some(w) => {
+                            pending_logs.insert(req.request_id.clone(), reply);
+                            vec![Out {
+                                topic: oak_api::node::topic_logs_request(&w),
+                                payload: serde_json::to_vec(&req).unwrap_or_default(),
+                            }]
+                        }
+                        None => {
+                            let _ = reply.send(LogsReply {
+                                request_id: req.request_id,
+                                offset: 0,
+                                next_offset: 0,
+                                text: String::new(),
+                                error: Some(format!(
+                                    "instance {} of service {} runs on no worker of this cluster",
+                                    k.1, k.0
+                                )),
+                            });
+                            Vec::new()
+                        }
+                    }
+                }
+                Cmd::LogsReply(r) => {
+                    if let Some(tx) = pending_logs.remove(&r.request_id) {
+                        let _ = tx.send(r);
+                    }
+                    Vec::new()
+                }
+                Cmd::ClusterId(id) => {
+                    if self.cluster_id.as_deref() != Some(&id) {
+                        let mut b = Batch::new();
+                        b.put(META, "cluster_id", id.as_bytes().to_vec());
+                        if let Err(e) = self.store.commit(b) {
+                            tracing::error!(error = %e, "cannot store the cluster id");
+                        }
+                        tracing::info!(cluster_id = %id, "joined the root");
+                        self.cluster_id = Some(id);
+                    }
+                    Vec::new()
+                }
+                Cmd::Tick => self.core.reconcile(t),
+            };
+            self.persist(before);
+            for o in outs {
+                if let Err(e) = mqtt.publish(o.topic.clone(), QoS::AtLeastOnce, false, o.payload).await {
+                    tracing::warn!(topic = %o.topic, error = %e, "cannot queue an MQTT message");
+                }
+            }
+            let report = self.core.report(t);
+            report_tx.send_if_modified(|r| {
+                if *r != report {
+                    *r = report;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        let _ = stop_tx.send(true);
+        ticker.abort();
+        let _ = http.await;
+        let _ = link.await;
+        Ok(())
+    }
+
+    fn register_worker(
+        &mut self,
+        req: RegisterRequest,
+        creds: &broker::Credentials,
+        t: f64,
+    ) -> Result<RegisterResponse, String> {
+        let valid_id =
+            |s: &str| (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let id = match &req.node_id {
+            Some(id) if valid_id(id) => id.clone(),
+            Some(id) => return Err(format!("node_id {id:?} is not a valid node id")),
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        if req.name.is_empty() || req.name.len() > 64 {
+            return Err("name must be 1-64 characters".into());
+        }
+        let password = random_hex(24);
+        let rec = WorkerRec {
+            id: id.clone(),
+            reg: req,
+            mqtt_password_hash: broker::hash(&password),
+            last_seen: t,
+            info: None,
+        };
+        let mut b = Batch::new();
+        b.put(WORKERS, id.clone(), serde_json::to_vec(&rec).unwrap_or_default());
+        self.store.commit(b).map_err(|e| e.to_string())?;
+        creds.set(&id, rec.mqtt_password_hash.clone());
+        tracing::info!(node = %id, name = %rec.reg.name, ip = %rec.reg.ip, "worker registered");
+        self.core.workers.insert(id.clone(), rec);
+        Ok(RegisterResponse {
+            id: id.clone(),
+            mqtt_port: self.config.mqtt_advertise_port.unwrap_or(self.config.mqtt_listen.port()),
+            mqtt_username: id,
+            mqtt_password: password,
+            report_interval_ms: self.config.report_interval.as_millis() as u64,
+        })
+    }
+
+    /// The assignments as they should be on disk.
+    fn persisted_view(&self) -> Vec<(String, Vec<u8>)> {
+        self.core
+            .assignments
+            .iter()
+            .map(|((s, n), a)| (format!("{s}/{n}"), serde_json::to_vec(a).unwrap_or_default()))
+            .collect()
+    }
+
+    /// Writes the assignment changes since `before` in one batch.
+    fn persist(&self, before: Vec<(String, Vec<u8>)>) {
+        let after = self.persisted_view();
+        if after == before {
+            return;
+        }
+        let mut b = Batch::new();
+        let after_keys: std::collections::BTreeSet<&String> = after.iter().map(|(k, _)| k).collect();
+        for (k, _) in &before {
+            if !after_keys.contains(k) {
+                b.delete(ASSIGNMENTS, k.clone());
+            }
+        }
+        for (k, v) in after {
+            if !before.iter().any(|(bk, bv)| *bk == k && *bv == v) {
+                b.put(ASSIGNMENTS, k, v);
+            }
+        }
+        if let Err(e) = self.store.commit(b) {
+            tracing::error!(error = %e, "cannot persist assignments");
+        }
+    }
+}
+
+/// The latest full report, for tests and the link.
+pub type Report = ClusterReport;
+
+#[derive(Clone)]
+struct HttpState {
+    tx: mpsc::Sender<Cmd>,
+    token: Arc<String>,
+}
+
+fn token_ok(headers: &HeaderMap, expected: &str) -> bool {
+    let got = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    got.len() == expected.len() && got.bytes().zip(expected.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+}
+
+async fn register(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<RegisterResponse>, (StatusCode, Json<serde_json::Value>)> {
+    let err = |s: StatusCode, code: &str, m: String| (s, Json(serde_json::json!({"code": code, "message": m})));
+    if !token_ok(&headers, &st.token) {
+        return Err(err(StatusCode::UNAUTHORIZED, "unauthenticated", "missing or wrong worker token".into()));
+    }
+    let req: RegisterRequest = serde_json::from_slice(&body)
+        .map_err(|e| err(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", format!("bad registration: {e}")))?;
+    let (tx, rx) = oneshot::channel();
+    st.tx
+        .send(Cmd::Register(req, tx))
+        .await
+        .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the cluster is stopping".into()))?;
+    match rx.await {
+        Ok(Ok(r)) => Ok(Json(r)),
+        Ok(Err(m)) => Err(err(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", m)),
+        Err(_) => Err(err(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the cluster is stopping".into())),
+    }
+}
+
+/// Binds the registration listener, with a clear error.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ClusterError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ClusterError::Listen { addr: addr.to_string(), reason: e.to_string() })
+}

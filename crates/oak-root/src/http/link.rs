@@ -1,0 +1,223 @@
+//! The root's end of the cluster link (`GET /api/cluster/link`, WebSocket, cluster token),
+//! the hub of connected clusters, and the root scheduler loop.
+
+use super::{ApiError, AppState};
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use oak_api::link::{ClusterToRoot, DesiredInstance, RootToCluster};
+use oak_api::node::{LogsReply, LogsRequest};
+use oak_api::{ClusterId, ErrorCode};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<LogsReply>>>>;
+
+struct Conn {
+    serial: u64,
+    tx: mpsc::Sender<RootToCluster>,
+    pending: Pending,
+}
+
+/// Connected clusters, and the signals that drive pushes and scheduling.
+pub struct Hub {
+    /// Bumped whenever what some cluster should run may have changed.
+    generation: watch::Sender<u64>,
+    kick: Notify,
+    conns: Mutex<HashMap<ClusterId, Conn>>,
+    serial: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            generation: watch::channel(0).0,
+            kick: Notify::new(),
+            conns: Mutex::new(HashMap::new()),
+            serial: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Hub {
+    /// Desired state may have changed: every connection recomputes and pushes if needed.
+    pub fn bump(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Something may now be placeable: wake the scheduler.
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    pub fn connected(&self) -> usize {
+        self.conns.lock().len()
+    }
+
+    /// Asks a cluster for an instance's log.
+    pub async fn logs(&self, cluster: &ClusterId, mut req: LogsRequest) -> Result<LogsReply, ApiError> {
+        req.request_id = format!("r{}", self.requests.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        let sender = {
+            let conns = self.conns.lock();
+            let conn = conns.get(cluster).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("cluster {cluster} is not connected; its logs cannot be read now"),
+                )
+            })?;
+            conn.pending.lock().insert(req.request_id.clone(), tx);
+            conn.tx.clone()
+        };
+        sender
+            .send(RootToCluster::Logs(req))
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Unavailable, format!("cluster {cluster} disconnected")))?;
+        match tokio::time::timeout(Duration::from_secs(8), rx).await {
+            Ok(Ok(r)) => Ok(r),
+            _ => Err(ApiError::new(ErrorCode::Unavailable, format!("cluster {cluster} did not answer in time"))),
+        }
+    }
+}
+
+/// Runs the root scheduler until the process ends: on every kick, and every 2 s.
+pub async fn scheduler(state: AppState) {
+    loop {
+        tokio::select! {
+            _ = state.hub.kick.notified() => {},
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {},
+        }
+        match state.blocking(|r| Ok(r.schedule_pending()?)).await {
+            Ok(true) => state.hub.bump(),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e.message, "root scheduler failed"),
+        }
+    }
+}
+
+fn token_ok(headers: &HeaderMap, expected: &str) -> bool {
+    let got = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    got.len() == expected.len() && got.bytes().zip(expected.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+}
+
+/// `GET /api/cluster/link`: a cluster joins with the cluster token.
+pub(super) async fn link(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    if !token_ok(&headers, &state.cluster_token) {
+        tracing::warn!("a cluster link with a missing or wrong cluster token was refused");
+        return ApiError::unauthenticated("missing or wrong cluster token").into_response();
+    }
+    ws.max_message_size(16 * 1024 * 1024).on_upgrade(move |socket| async move {
+        if let Err(e) = session(state, socket).await {
+            tracing::info!(reason = %e, "cluster link closed");
+        }
+    })
+}
+
+fn text(m: &RootToCluster) -> Result<Message, String> {
+    serde_json::to_string(m).map(|t| Message::Text(t.into())).map_err(|e| e.to_string())
+}
+
+async fn session(state: AppState, socket: WebSocket) -> Result<(), String> {
+    let (mut sink, mut stream) = socket.split();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .map_err(|_| "no hello within 10 s".to_owned())?
+        .ok_or("closed before hello")?
+        .map_err(|e| e.to_string())?;
+    let Message::Text(first) = first else { return Err("the first message must be a text hello".into()) };
+    let Ok(ClusterToRoot::Hello { name, location, cluster_id }) = serde_json::from_str::<ClusterToRoot>(&first) else {
+        return Err("the first message must be hello".into());
+    };
+    let id = state
+        .blocking(move |r| Ok(r.join_cluster(&name, location.as_deref(), cluster_id.as_ref())?))
+        .await
+        .map_err(|e| e.message)?;
+    sink.send(text(&RootToCluster::Welcome { cluster_id: id.clone() })?).await.map_err(|e| e.to_string())?;
+    tracing::info!(cluster = %id, "cluster connected");
+
+    let (tx, mut rx) = mpsc::channel::<RootToCluster>(64);
+    let pending: Pending = Arc::default();
+    let serial = state.hub.serial.fetch_add(1, Ordering::Relaxed);
+    state.hub.conns.lock().insert(id.clone(), Conn { serial, tx, pending: pending.clone() });
+    state.hub.kick();
+
+    let mut generation = state.hub.generation.subscribe();
+    let mut last: Option<Vec<DesiredInstance>> = None;
+    let mut resync = tokio::time::interval(Duration::from_secs(5));
+    let result = loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let msg = match msg {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => break Err(e.to_string()),
+                    None => break Ok(()),
+                };
+                let Message::Text(t) = msg else {
+                    if matches!(msg, Message::Close(_)) { break Ok(()); }
+                    continue;
+                };
+                match serde_json::from_str::<ClusterToRoot>(&t) {
+                    Ok(ClusterToRoot::Report(report)) => {
+                        let cid = id.clone();
+                        match state.blocking(move |r| Ok(r.cluster_report(&cid, report)?)).await {
+                            Ok(rescheduled) => {
+                                if rescheduled { state.hub.kick(); }
+                            }
+                            Err(e) => tracing::warn!(cluster = %id, error = %e.message, "cannot apply a cluster report"),
+                        }
+                    }
+                    Ok(ClusterToRoot::Logs(reply)) => {
+                        if let Some(tx) = pending.lock().remove(&reply.request_id) {
+                            let _ = tx.send(reply);
+                        }
+                    }
+                    Ok(ClusterToRoot::Hello { .. }) => tracing::warn!(cluster = %id, "ignoring a second hello"),
+                    Err(e) => tracing::warn!(cluster = %id, error = %e, "ignoring a malformed message from a cluster"),
+                }
+            }
+            Some(m) = rx.recv() => {
+                if let Err(e) = sink.send(text(&m)?).await { break Err(e.to_string()); }
+            }
+            _ = generation.changed() => {
+                if let Err(e) = push(&state, &id, &mut last, &mut sink).await { break Err(e); }
+            }
+            _ = resync.tick() => {
+                if let Err(e) = push(&state, &id, &mut last, &mut sink).await { break Err(e); }
+            }
+        }
+    };
+    let mut conns = state.hub.conns.lock();
+    if conns.get(&id).is_some_and(|c| c.serial == serial) {
+        conns.remove(&id);
+    }
+    tracing::info!(cluster = %id, "cluster disconnected");
+    result
+}
+
+/// Sends the cluster its desired set when it differs from what it was last sent.
+async fn push(
+    state: &AppState,
+    id: &ClusterId,
+    last: &mut Option<Vec<DesiredInstance>>,
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+) -> Result<(), String> {
+    let cid = id.clone();
+    let desired = state.blocking(move |r| Ok(r.desired_for(&cid)?)).await.map_err(|e| e.message)?;
+    if last.as_ref() != Some(&desired) {
+        sink.send(text(&RootToCluster::Desired { instances: desired.clone() })?).await.map_err(|e| e.to_string())?;
+        *last = Some(desired);
+    }
+    Ok(())
+}

@@ -1,0 +1,335 @@
+//! The root's side of clusters: joining, reports, the root scheduler (pick a cluster for each
+//! unplaced instance), and the desired set each cluster is sent.
+
+use super::*;
+use oak_api::link::{ClusterReport, DesiredInstance};
+use oak_sched::{Candidate, Policy, Request, Resources, Slot, Snapshot};
+
+/// Where an instance's log can be asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogsTarget {
+    pub cluster: ClusterId,
+}
+
+/// Statuses a cluster still drives (the instance holds resources there).
+fn placed(s: Status) -> bool {
+    matches!(
+        s,
+        Status::ClusterScheduled
+            | Status::NodeScheduled
+            | Status::Creating
+            | Status::Created
+            | Status::Running
+            | Status::Completed
+    ) || matches!(s, Status::Dead | Status::Failed)
+}
+
+/// The status of a service, derived from its instances: the least advanced or worst one,
+/// RUNNING only when all run. Without instances, the stored (original-style) status.
+pub(super) fn service_status(s: &ServiceRecord) -> (Option<Status>, Option<String>) {
+    if s.instances.is_empty() {
+        return (s.status, s.status_detail.clone());
+    }
+    let rank = |st: Status| -> u8 {
+        match st {
+            x if x.is_negative_scheduling() => 0,
+            Status::Failed | Status::Dead => 1,
+            Status::Requested => 2,
+            Status::ClusterScheduled => 3,
+            Status::NodeScheduled => 4,
+            Status::Creating | Status::Created => 5,
+            Status::Running => 6,
+            Status::Completed => 7,
+            Status::Undeployed => 8,
+            _ => 9,
+        }
+    };
+    let worst = s.instances.iter().min_by_key(|i| (rank(i.status), i.instance_number));
+    (worst.map(|i| i.status), worst.map(|i| i.status_detail.clone()))
+}
+
+fn request_of(spec: &MicroserviceSpec, exclude: &[ClusterId]) -> Request {
+    let direct = spec
+        .constraints
+        .iter()
+        .filter(|c| c.kind == "direct")
+        .filter_map(|c| c.fields.get("cluster").and_then(|v| v.as_str()))
+        .flat_map(|s| s.split(';'))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    Request {
+        resources: Resources::new((spec.vcpus * 1000.0).round() as u64, spec.memory, spec.vgpus as u32),
+        runtime: spec.virtualization.clone(),
+        arch: spec.arch.clone(),
+        direct,
+        exclude: exclude.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn job_name(app: &AppRecord, spec: &MicroserviceSpec) -> String {
+    format!("{}.{}.{}.{}", app.name, app.namespace, spec.microservice_name, spec.microservice_namespace)
+}
+
+impl Registry {
+    fn clusters(&self) -> Result<Vec<ClusterRecord>> {
+        self.load_all(CLUSTERS, "")
+    }
+
+    /// A cluster says hello: the id it claims if the root knows it, else the id of a cluster
+    /// of the same name, else a new id.
+    pub fn join_cluster(&self, name: &str, location: Option<&str>, claimed: Option<&ClusterId>) -> Result<ClusterId> {
+        let ok =
+            (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok {
+            return Err(invalid("name", format!("cluster name must be 1-64 letters, digits or ._-, got {name:?}")));
+        }
+        let _w = self.write.lock();
+        let all = self.clusters()?;
+        let existing = claimed
+            .and_then(|id| all.iter().find(|c| c.id == *id))
+            .or_else(|| all.iter().find(|c| c.name == name))
+            .cloned();
+        let now = self.clock.now_unix();
+        let rec = match existing {
+            Some(mut c) => {
+                c.name = name.to_owned();
+                c.location = location.unwrap_or_default().to_owned();
+                c.last_seen = now;
+                c
+            }
+            None => ClusterRecord {
+                id: ClusterId::generate(),
+                name: name.to_owned(),
+                location: location.unwrap_or_default().to_owned(),
+                last_seen: now,
+                aggregate: Default::default(),
+            },
+        };
+        let mut b = Batch::new();
+        b.put(CLUSTERS, rec.id.as_str(), encode(&rec));
+        self.store.commit(b)?;
+        Ok(rec.id)
+    }
+
+    /// A cluster's full report. Returns true when placements changed (the scheduler should run).
+    pub fn cluster_report(&self, cluster: &ClusterId, report: ClusterReport) -> Result<bool> {
+        let _w = self.write.lock();
+        let now = self.clock.now_unix();
+        let Some(mut rec) = self.load::<ClusterRecord>(CLUSTERS, cluster.as_str())? else {
+            return Err(not_found("cluster", cluster));
+        };
+        rec.last_seen = now;
+        rec.aggregate = report.aggregate;
+        let mut b = Batch::new();
+        b.put(CLUSTERS, cluster.as_str(), encode(&rec));
+        let mut rescheduled = false;
+        let mut by_service: BTreeMap<ServiceId, Vec<oak_api::link::InstanceState>> = BTreeMap::new();
+        for i in report.instances {
+            by_service.entry(i.service_id.clone()).or_default().push(i);
+        }
+        for (sid, states) in by_service {
+            let Some(mut s) = self.load::<ServiceRecord>(SERVICES, sid.as_str())? else { continue };
+            let mut changed = false;
+            for st in states {
+                let Some(inst) = s.instances.iter_mut().find(|i| i.instance_number == st.instance_number) else {
+                    continue;
+                };
+                if inst.cluster_id.as_ref() != Some(cluster) {
+                    continue;
+                }
+                if st.status.is_negative_scheduling() {
+                    // The cluster cannot hold it: let the scheduler try the others.
+                    let refused = s.refused_by.entry(st.instance_number).or_default();
+                    if !refused.contains(cluster) {
+                        refused.push(cluster.clone());
+                        rescheduled = true;
+                    }
+                }
+                let new = (st.status, st.status_detail.clone(), st.worker_id.clone(), st.host_ip.clone());
+                let old = (inst.status, inst.status_detail.clone(), inst.worker_id.clone(), inst.host_ip.clone());
+                if new != old || inst.cpu_percent != st.cpu_percent || inst.memory_mb != st.memory_mb {
+                    inst.status = st.status;
+                    inst.status_detail = st.status_detail;
+                    inst.worker_id = st.worker_id;
+                    inst.worker_name = st.worker_name;
+                    inst.publicip = st.host_ip.clone();
+                    inst.host_ip = st.host_ip;
+                    inst.cpu_percent = st.cpu_percent;
+                    inst.memory_mb = st.memory_mb;
+                    inst.last_modified_timestamp = now;
+                    changed = true;
+                }
+            }
+            if changed {
+                b.put(SERVICES, sid.as_str(), encode(&s));
+            }
+        }
+        self.store.commit(b)?;
+        Ok(rescheduled)
+    }
+
+    /// Picks a cluster for every instance that has none, or whose cluster refused it and
+    /// another may take it. Returns true when anything was placed.
+    pub fn schedule_pending(&self) -> Result<bool> {
+        let _w = self.write.lock();
+        let now = self.clock.now_unix();
+        let clusters: Vec<ClusterRecord> =
+            self.clusters()?.into_iter().filter(|c| now - c.last_seen <= CLUSTER_ACTIVE_WINDOW_SECS).collect();
+        let mut snap = Snapshot::new(
+            clusters
+                .iter()
+                .map(|c| Candidate {
+                    id: c.id.to_string(),
+                    name: c.name.clone(),
+                    slots: c
+                        .aggregate
+                        .slots
+                        .iter()
+                        .map(|s| Slot {
+                            arch: s.arch.clone(),
+                            runtimes: s.runtimes.clone(),
+                            capacity: Resources::new(s.millicpu, s.memory_mb, s.gpus),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        );
+        let services: Vec<ServiceRecord> = self.load_all(SERVICES, "")?;
+        // Instances a cluster has not yet acknowledged still take room in its report.
+        for s in &services {
+            for i in s.instances.iter().filter(|i| i.status == Status::ClusterScheduled) {
+                if let Some(idx) = i.cluster_id.as_ref().and_then(|c| snap.find(c.as_str())) {
+                    let req = request_of(&s.spec, &[]);
+                    if let Ok(p) = snap.place(
+                        &Request {
+                            direct: vec![i.cluster_id.clone().map(|c| c.to_string()).unwrap_or_default()],
+                            ..req.clone()
+                        },
+                        Policy::BestFit,
+                    ) {
+                        snap.reserve(p.candidate, p.slot, &req.resources);
+                    } else {
+                        snap.reserve(idx, 0, &req.resources);
+                    }
+                }
+            }
+        }
+        let mut b = Batch::new();
+        let mut any = false;
+        for mut s in services {
+            let mut changed = false;
+            for n in 0..s.instances.len() {
+                let inst = &s.instances[n];
+                let number = inst.instance_number;
+                let refused = s.refused_by.get(&number).cloned().unwrap_or_default();
+                let unplaced = inst.cluster_id.is_none();
+                let refused_here = inst.cluster_id.as_ref().is_some_and(|c| refused.contains(c))
+                    && inst.status.is_negative_scheduling();
+                if !unplaced && !refused_here {
+                    continue;
+                }
+                let req = request_of(&s.spec, &refused);
+                match snap.place(&req, Policy::Spread) {
+                    Ok(p) => {
+                        snap.reserve(p.candidate, p.slot, &req.resources);
+                        let cname = snap.candidate(p.candidate).map(|c| c.name.clone()).unwrap_or_default();
+                        let inst = &mut s.instances[n];
+                        inst.cluster_id = Some(ClusterId(p.id));
+                        inst.status = Status::ClusterScheduled;
+                        inst.status_detail = format!("placed in cluster {cname}");
+                        inst.worker_id = None;
+                        inst.worker_name = None;
+                        inst.last_modified_timestamp = now;
+                        changed = true;
+                    }
+                    Err(e) if unplaced => {
+                        let (status, detail) = match e {
+                            oak_sched::Rejection::NoCandidates => (
+                                Status::NoActiveClusterWithCapacity,
+                                if clusters.is_empty() {
+                                    "no active cluster can take it: no cluster is connected".to_owned()
+                                } else {
+                                    "no active cluster can take it: no cluster reports free workers".to_owned()
+                                },
+                            ),
+                            oak_sched::Rejection::NoneFits { detail } => (
+                                Status::NoActiveClusterWithCapacity,
+                                format!("no active cluster can take it: {detail}"),
+                            ),
+                        };
+                        let inst = &mut s.instances[n];
+                        if inst.status != status || inst.status_detail != detail {
+                            inst.status = status;
+                            inst.status_detail = detail;
+                            inst.last_modified_timestamp = now;
+                            changed = true;
+                        }
+                        // Let the clusters that refused try again when capacity may have changed.
+                        s.refused_by.remove(&number);
+                    }
+                    Err(_) => {
+                        // Refused where it is and nowhere else fits: it stays, and that cluster
+                        // keeps trying; its status says why.
+                    }
+                }
+            }
+            if changed {
+                b.put(SERVICES, s.id.as_str(), encode(&s));
+                any = true;
+            }
+        }
+        if !b.is_empty() {
+            self.store.commit(b)?;
+        }
+        Ok(any)
+    }
+
+    /// Every instance the root wants on `cluster`.
+    pub fn desired_for(&self, cluster: &ClusterId) -> Result<Vec<DesiredInstance>> {
+        let mut out = Vec::new();
+        let mut apps: BTreeMap<ApplicationId, Option<AppRecord>> = BTreeMap::new();
+        for s in self.load_all::<ServiceRecord>(SERVICES, "")? {
+            let here = |i: &&Instance| {
+                i.cluster_id.as_ref() == Some(cluster) && (placed(i.status) || i.status.is_negative_scheduling())
+            };
+            for i in s.instances.iter().filter(here) {
+                let app = match apps.get(&s.app) {
+                    Some(a) => a.clone(),
+                    None => {
+                        let a = self.load::<AppRecord>(APPS, s.app.as_str())?;
+                        apps.insert(s.app.clone(), a.clone());
+                        a
+                    }
+                };
+                let Some(app) = app else { continue };
+                out.push(DesiredInstance {
+                    service_id: s.id.clone(),
+                    instance_number: i.instance_number,
+                    job_name: job_name(&app, &s.spec),
+                    spec: s.spec.clone(),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.service_id, a.instance_number).cmp(&(&b.service_id, b.instance_number)));
+        Ok(out)
+    }
+
+    /// Where to ask for the log of an instance the caller owns.
+    pub fn logs_target(&self, owner: &UserId, id: &ServiceId, number: u32) -> Result<LogsTarget> {
+        let (s, _) = self.owned_service(owner, id)?;
+        let inst = s
+            .instances
+            .iter()
+            .find(|i| i.instance_number == number)
+            .ok_or_else(|| not_found("instance", format!("{number} of service {id}")))?;
+        match &inst.cluster_id {
+            Some(c) => Ok(LogsTarget { cluster: c.clone() }),
+            None => Err(RegistryError::Conflict(format!(
+                "instance {number} of service {id} is not placed yet ({}), so it has no log",
+                inst.status
+            ))),
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! The worker process: registration, the MQTT session, and the instance table.
+//!
+//! One task owns the instance table and takes [`Command`]s (from MQTT, from exiting
+//! instances, from the report timer), so there is no shared mutable state.
+//!
+//! Instance lifecycle on a worker:
+//! ```text
+//! deploy ─▶ CREATING ─▶ RUNNING ─▶ exit 0 and one_shot ─▶ COMPLETED
+//!              │            └────▶ other exit ─▶ DEAD
+//!              └─▶ FAILED (image missing, runtime error)
+//! delete (any state) ─▶ removed (SIGTERM, grace, SIGKILL; nothing left)
+//! ```
+
+use crate::host;
+use oak_api::node::{
+    self, DeleteCommand, DeployCommand, InstanceEvent, InstanceUsage, LogsReply, LogsRequest, NodeInfo,
+    RegisterRequest, RegisterResponse,
+};
+use oak_api::{ServiceId, Status};
+use oak_runtime::{Exit, InstanceSpec, Runtime};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Label on every container this worker owns.
+pub const NODE_LABEL: &str = "oak.node";
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Base URL of the cluster's registration endpoint, e.g. `http://10.0.0.1:10100`.
+    pub cluster_url: String,
+    pub token: String,
+    pub data_dir: PathBuf,
+    pub name: String,
+    pub location: Option<String>,
+    /// Grace between SIGTERM and SIGKILL when an instance is removed.
+    pub stop_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot use data dir {path}: {reason}")]
+    DataDir { path: String, reason: String },
+    #[error("bad cluster URL {0}")]
+    ClusterUrl(String),
+    #[error("the cluster refused the registration: {0}")]
+    Refused(String),
+}
+
+type Key = (ServiceId, u32);
+
+struct Instance {
+    container: String,
+    status: Status,
+    detail: String,
+    one_shot: bool,
+    log: PathBuf,
+    /// Last (cpu ns, when) sample, for the CPU rate.
+    cpu: Option<(u64, Instant)>,
+    cpu_percent: f64,
+}
+
+enum Command {
+    Deploy(Box<DeployCommand>),
+    Delete(DeleteCommand),
+    Logs(LogsRequest),
+    Started(Key, Result<(), String>),
+    Exited(Key, Exit),
+    Report,
+}
+
+/// A registered worker, ready to run.
+pub struct Worker<R: Runtime> {
+    config: WorkerConfig,
+    runtime: Arc<R>,
+    reg: RegisterResponse,
+    mqtt_host: String,
+}
+
+fn host_of(url: &str) -> Result<(String, u16), WorkerError> {
+    let rest = url.split("://").nth(1).ok_or_else(|| WorkerError::ClusterUrl(url.to_owned()))?;
+    let hostport = rest.split('/').next().unwrap_or_default();
+    let (h, p) = hostport.rsplit_once(':').ok_or_else(|| WorkerError::ClusterUrl(url.to_owned()))?;
+    let port = p.parse().map_err(|_| WorkerError::ClusterUrl(url.to_owned()))?;
+    Ok((h.trim_matches(|c| c == '[' || c == ']').to_owned(), port))
+}
+
+impl<R: Runtime> Worker<R> {
+    /// Registers with the cluster, retrying until it answers (or refuses: then it fails).
+    pub async fn register(mut config: WorkerConfig, runtime: Arc<R>) -> Result<Self, WorkerError> {
+        let dd = |e: std::io::Error| WorkerError::DataDir {
+            path: config.data_dir.display().to_string(),
+            reason: e.to_string(),
+        };
+        // containerd opens the log files itself: paths must be absolute.
+        config.data_dir = std::path::absolute(&config.data_dir).map_err(dd)?;
+        let dd = |e: std::io::Error| WorkerError::DataDir {
+            path: config.data_dir.display().to_string(),
+            reason: e.to_string(),
+        };
+        std::fs::create_dir_all(config.data_dir.join("logs")).map_err(dd)?;
+        let id_file = config.data_dir.join("node-id");
+        let node_id = std::fs::read_to_string(&id_file).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        let (host, port) = host_of(&config.cluster_url)?;
+        let (mem, _) = host::memory_mb();
+        let req = RegisterRequest {
+            name: config.name.clone(),
+            node_id,
+            ip: host::source_ip_towards(&host, port).unwrap_or_else(|| "127.0.0.1".into()),
+            arch: oak_runtime::image::host_arch().to_owned(),
+            runtimes: runtime.names(),
+            cpu_cores: host::cpu_cores(),
+            memory_mb: mem,
+            gpus: 0,
+            location: config.location.clone(),
+        };
+        let http = reqwest::Client::new();
+        let url = format!("{}/api/node/register", config.cluster_url.trim_end_matches('/'));
+        let mut delay = Duration::from_millis(200);
+        let reg: RegisterResponse = loop {
+            match http.post(&url).bearer_auth(&config.token).json(&req).send().await {
+                Ok(r) if r.status().is_success() => match r.json().await {
+                    Ok(reg) => break reg,
+                    Err(e) => tracing::warn!(error = %e, "bad registration answer; retrying"),
+                },
+                Ok(r) if r.status().is_client_error() => {
+                    let body = r.text().await.unwrap_or_default();
+                    return Err(WorkerError::Refused(body));
+                }
+                Ok(r) => tracing::warn!(status = %r.status(), "registration failed; retrying"),
+                Err(e) => tracing::info!(cluster = %url, error = %e, "cluster not reachable yet; retrying"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        };
+        std::fs::write(&id_file, &reg.id).map_err(dd)?;
+        tracing::info!(node = %reg.id, name = %config.name, "registered with the cluster");
+        Ok(Self { config, runtime, reg, mqtt_host: host })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.reg.id
+    }
+
+    /// Runs until `shutdown`; then removes every instance it runs.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) {
+        let id = self.reg.id.clone();
+        let labels = BTreeMap::from([(NODE_LABEL.to_owned(), id.clone())]);
+        match self.runtime.list(&labels).await {
+            Ok(left) => {
+                for c in left {
+                    tracing::info!(container = %c, "removing a container left from an earlier run");
+                    let _ = self.runtime.remove(&c, Duration::from_secs(1)).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list leftover containers"),
+        }
+
+        let mut opts = MqttOptions::new(format!("{id}-ne"), self.mqtt_host.clone(), self.reg.mqtt_port);
+        opts.set_credentials(self.reg.mqtt_username.clone(), self.reg.mqtt_password.clone());
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+        let (client, mut events) = AsyncClient::new(opts, 256);
+        let (tx, mut rx) = mpsc::channel::<Command>(256);
+
+        let control = format!("nodes/{id}/control/");
+        let sub_client = client.clone();
+        let mqtt_tx = tx.clone();
+        let mqtt_task = tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = sub_client.subscribe(format!("{control}#"), QoS::AtLeastOnce).await;
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let cmd = match p.topic.strip_prefix(&control) {
+                            Some("deploy") => {
+                                serde_json::from_slice(&p.payload).map(|d| Command::Deploy(Box::new(d))).ok()
+                            }
+                            Some("delete") => serde_json::from_slice(&p.payload).map(Command::Delete).ok(),
+                            Some("logs") => serde_json::from_slice(&p.payload).map(Command::Logs).ok(),
+                            _ => None,
+                        };
+                        match cmd {
+                            Some(c) => {
+                                let _ = mqtt_tx.send(c).await;
+                            }
+                            None => tracing::warn!(topic = %p.topic, "ignoring a malformed or unknown control message"),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "MQTT connection lost; reconnecting");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        let tick_tx = tx.clone();
+        let interval = Duration::from_millis(self.reg.report_interval_ms.max(100));
+        let tick_task = tokio::spawn(async move {
+            let mut t = tokio::time::interval(interval);
+            loop {
+                t.tick().await;
+                if tick_tx.send(Command::Report).await.is_err() {
+                    break;
+                }
+            }
+        });
+
+        let mut table = Table {
+            id: id.clone(),
+            client,
+            runtime: self.runtime.clone(),
+            instances: HashMap::new(),
+            tx,
+            config: self.config.clone(),
+            last_cpu: host::cpu_times(),
+        };
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(cmd) = rx.recv() => table.handle(cmd).await,
+            }
+        }
+        tracing::info!("worker stopping: removing its instances");
+        let keys: Vec<Key> = table.instances.keys().cloned().collect();
+        for k in keys {
+            table.remove(&k).await;
+        }
+        mqtt_task.abort();
+        tick_task.abort();
+    }
+}
+
+struct Table<R: Runtime> {
+    id: String,
+    client: AsyncClient,
+    runtime: Arc<R>,
+    instances: HashMap<Key, Instance>,
+    tx: mpsc::Sender<Command>,
+    config: WorkerConfig,
+    last_cpu: (u64, u64),
+}
+
+fn container_id(k: &Key) -> String {
+    format!("{}-{}", k.0, k.1)
+}
+
+impl<R: Runtime> Table<R> {
+    async fn publish<T: serde::Serialize>(&self, topic: String, msg: &T) {
+        match serde_json::to_vec(msg) {
+            Ok(bytes) => {
+                if let Err(e) = self.client.publish(topic, QoS::AtLeastOnce, false, bytes).await {
+                    tracing::warn!(error = %e, "cannot queue an MQTT message");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode a message"),
+        }
+    }
+
+    async fn event(&mut self, k: &Key, status: Status, detail: String, exit_code: Option<u32>) {
+        if let Some(i) = self.instances.get_mut(k) {
+            i.status = status;
+            i.detail = detail.clone();
+        }
+        let ev =
+            InstanceEvent { service_id: k.0.clone(), instance_number: k.1, status, status_detail: detail, exit_code };
+        self.publish(node::topic_job(&self.id), &ev).await;
+    }
+
+    async fn remove(&mut self, k: &Key) {
+        if let Some(i) = self.instances.remove(k)
+            && let Err(e) = self.runtime.remove(&i.container, self.config.stop_grace).await
+        {
+            tracing::warn!(container = %i.container, error = %e, "cannot remove instance");
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Deploy(d) => self.deploy(*d).await,
+            Command::Delete(d) => {
+                let k = (d.service_id, d.instance_number);
+                if self.instances.contains_key(&k) {
+                    self.remove(&k).await;
+                    let ev = InstanceEvent {
+                        service_id: k.0.clone(),
+                        instance_number: k.1,
+                        status: Status::Undeployed,
+                        status_detail: "removed".into(),
+                        exit_code: None,
+                    };
+                    self.publish(node::topic_job(&self.id), &ev).await;
+                }
+            }
+            Command::Logs(req) => {
+                let reply = self.logs(&req);
+                self.publish(node::topic_logs(&self.id), &reply).await;
+            }
+            Command::Started(k, res) => match res {
+                Ok(()) => {
+                    if self.instances.get(&k).is_some_and(|i| i.status == Status::Creating) {
+                        self.event(&k, Status::Running, "running".into(), None).await;
+                    }
+                }
+                Err(e) => {
+                    if self.instances.contains_key(&k) {
+                        self.event(&k, Status::Failed, e, None).await;
+                    }
+                }
+            },
+            Command::Exited(k, exit) => {
+                let Some(i) = self.instances.get(&k) else { return };
+                let (status, detail, code) = match exit {
+                    Exit::Code(0) if i.one_shot => (Status::Completed, "exited with code 0".to_owned(), Some(0)),
+                    Exit::Code(c) => (Status::Dead, format!("exited with code {c}"), Some(c)),
+                    Exit::Lost => (Status::Dead, "the runtime lost the task".to_owned(), None),
+                };
+                self.event(&k, status, detail, code).await;
+            }
+            Command::Report => self.report().await,
+        }
+    }
+
+    async fn deploy(&mut self, d: DeployCommand) {
+        let k: Key = (d.service_id.clone(), d.instance_number);
+        if let Some(i) = self.instances.get(&k) {
+            if matches!(i.status, Status::Creating | Status::Running) {
+                let (s, det) = (i.status, i.detail.clone());
+                self.event(&k, s, det, None).await;
+                return;
+            }
+            // A finished or failed copy is replaced.
+            self.remove(&k).await;
+        }
+        let container = container_id(&k);
+        let log = self.config.data_dir.join("logs").join(format!("{container}.log"));
+        let spec = InstanceSpec {
+            id: container.clone(),
+            image: d.spec.code.clone(),
+            cmd: d.spec.cmd.clone(),
+            env: d.spec.environment.clone(),
+            hostname: format!("instance-{}", d.instance_number),
+            memory_mb: d.spec.memory,
+            millicpu: (d.spec.vcpus * 1000.0).round() as u64,
+            log_path: log.clone(),
+            netns: format!("oak-{container}"),
+            labels: BTreeMap::from([
+                (NODE_LABEL.to_owned(), self.id.clone()),
+                ("oak.service".to_owned(), d.service_id.to_string()),
+                ("oak.instance".to_owned(), d.instance_number.to_string()),
+                ("oak.job".to_owned(), d.job_name.clone()),
+            ]),
+        };
+        self.instances.insert(
+            k.clone(),
+            Instance {
+                container,
+                status: Status::Creating,
+                detail: String::new(),
+                one_shot: d.spec.one_shot,
+                log,
+                cpu: None,
+                cpu_percent: 0.0,
+            },
+        );
+        self.event(&k, Status::Creating, format!("starting {}", d.spec.code), None).await;
+        let rt = self.runtime.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let started = async {
+                rt.ensure_image(&spec.image).await.map_err(|e| e.to_string())?;
+                rt.start(&spec).await.map_err(|e| e.to_string())
+            }
+            .await;
+            match started {
+                Ok(exit) => {
+                    let _ = tx.send(Command::Started(k.clone(), Ok(()))).await;
+                    let e = exit.await.unwrap_or(Exit::Lost);
+                    let _ = tx.send(Command::Exited(k, e)).await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Command::Started(k, Err(e))).await;
+                }
+            }
+        });
+    }
+
+    fn logs(&self, req: &LogsRequest) -> LogsReply {
+        let k = (req.service_id.clone(), req.instance_number);
+        let mut reply = LogsReply {
+            request_id: req.request_id.clone(),
+            offset: 0,
+            next_offset: 0,
+            text: String::new(),
+            error: None,
+        };
+        let Some(i) = self.instances.get(&k) else {
+            reply.error = Some(format!("instance {} of service {} is not on this worker", k.1, k.0));
+            return reply;
+        };
+        match std::fs::read(&i.log) {
+            Ok(bytes) => {
+                let len = bytes.len() as u64;
+                let max = req.max_bytes.clamp(1, 1024 * 1024);
+                let start = match req.from_offset {
+                    Some(o) => o.min(len),
+                    None => len.saturating_sub(max),
+                };
+                let end = (start + max).min(len);
+                reply.offset = start;
+                reply.next_offset = end;
+                reply.text = String::from_utf8_lossy(&bytes[start as usize..end as usize]).into_owned();
+            }
+            Err(e) => reply.error = Some(format!("cannot read the log: {e}")),
+        }
+        reply
+    }
+
+    async fn report(&mut self) {
+        let now = Instant::now();
+        let mut usage = Vec::with_capacity(self.instances.len());
+        for (k, i) in self.instances.iter_mut() {
+            let mut mem = 0.0;
+            if let Some(u) = self.runtime.usage(&i.container) {
+                if let Some((prev, at)) = i.cpu {
+                    let dt = now.duration_since(at).as_nanos().max(1) as f64;
+                    i.cpu_percent = (u.cpu_ns.saturating_sub(prev)) as f64 / dt * 100.0;
+                }
+                i.cpu = Some((u.cpu_ns, now));
+                mem = u.memory_bytes as f64 / (1024.0 * 1024.0);
+            }
+            usage.push(InstanceUsage {
+                service_id: k.0.clone(),
+                instance_number: k.1,
+                status: i.status,
+                cpu_percent: i.cpu_percent,
+                memory_mb: mem,
+            });
+        }
+        usage.sort_by(|a, b| (&a.service_id, a.instance_number).cmp(&(&b.service_id, b.instance_number)));
+        let (busy, total) = host::cpu_times();
+        let (pb, pt) = self.last_cpu;
+        self.last_cpu = (busy, total);
+        let cpu_percent = if total > pt { (busy - pb) as f64 / (total - pt) as f64 * 100.0 } else { 0.0 };
+        let (mem_total, mem_avail) = host::memory_mb();
+        let info = NodeInfo {
+            cpu_percent,
+            cpu_cores: host::cpu_cores(),
+            memory_mb: mem_total,
+            memory_available_mb: mem_avail,
+            disk_free_mb: host::disk_free_mb(&self.config.data_dir),
+            arch: oak_runtime::image::host_arch().to_owned(),
+            runtimes: self.runtime.names(),
+            gpus: 0,
+            location: self.config.location.clone(),
+            instances: usage,
+        };
+        self.publish(node::topic_information(&self.id), &info).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_cluster_urls() {
+        assert_eq!(super::host_of("http://10.0.0.1:10100").ok(), Some(("10.0.0.1".into(), 10100)));
+        assert_eq!(super::host_of("http://[::1]:5/x").ok(), Some(("::1".into(), 5)));
+        assert!(super::host_of("10.0.0.1").is_err());
+    }
+}

@@ -1,0 +1,117 @@
+//! `oak cluster` and `oak worker`: argument parsing and wiring of the real adapters.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct ClusterArgs {
+    /// URL of the root orchestrator.
+    #[arg(long, env = "OAK_ROOT", global = true)]
+    pub root: Option<String>,
+    /// The root's cluster token.
+    #[arg(long, env = "OAK_CLUSTER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Name of this cluster (a label; the root assigns the id).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Worker registration address.
+    #[arg(long, default_value = "0.0.0.0:10100")]
+    pub listen: SocketAddr,
+    /// Embedded MQTT broker address.
+    #[arg(long, default_value = "0.0.0.0:10003")]
+    pub mqtt_listen: SocketAddr,
+    #[arg(long, default_value = "/var/lib/oak/cluster")]
+    pub data_dir: PathBuf,
+    /// `lat,long` of the cluster's site.
+    #[arg(long)]
+    pub location: Option<String>,
+    /// Token workers register with (default: generated into <data-dir>/worker-token).
+    #[arg(long, env = "OAK_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
+    /// How often workers report, and the cluster reports to the root (ms).
+    #[arg(long, default_value_t = 2000)]
+    pub report_interval_ms: u64,
+    /// A worker silent this long (ms) counts as gone.
+    #[arg(long, default_value_t = 6000)]
+    pub heartbeat_timeout_ms: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    /// URL of the cluster's worker registration endpoint.
+    #[arg(long, env = "OAK_CLUSTER_URL")]
+    pub cluster: String,
+    /// The cluster's worker token.
+    #[arg(long, env = "OAK_WORKER_TOKEN", hide_env_values = true)]
+    pub token: String,
+    #[arg(long, default_value = "/var/lib/oak/worker")]
+    pub data_dir: PathBuf,
+    /// Name of this worker (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// `lat,long` of the worker.
+    #[arg(long)]
+    pub location: Option<String>,
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    pub containerd_socket: String,
+    #[arg(long, default_value = "oak")]
+    pub containerd_namespace: String,
+    /// Seconds between SIGTERM and SIGKILL when an instance is stopped.
+    #[arg(long, default_value_t = 5)]
+    pub stop_grace: u64,
+}
+
+pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
+    let need = |v: Option<String>, flag: &str| v.ok_or_else(|| anyhow::anyhow!("oak cluster needs {flag}"));
+    let config = oak_cluster::ClusterConfig {
+        root_url: crate::settings::normalize(&need(args.root, "--root URL (or OAK_ROOT)")?),
+        root_token: need(args.token, "--token T (or OAK_CLUSTER_TOKEN): the root's cluster token")?,
+        name: need(args.name, "--name NAME")?,
+        location: args.location,
+        listen: args.listen,
+        mqtt_listen: args.mqtt_listen,
+        mqtt_advertise_port: None,
+        data_dir: args.data_dir,
+        worker_token: args.worker_token,
+        report_interval: Duration::from_millis(args.report_interval_ms.max(100)),
+        timing: oak_cluster::core::Timing {
+            heartbeat_timeout: args.heartbeat_timeout_ms as f64 / 1000.0,
+            ..Default::default()
+        },
+    };
+    let cluster = oak_cluster::Cluster::open(config.clone())?;
+    let listener = oak_cluster::bind(config.listen).await?;
+    tracing::info!(
+        listen = %listener.local_addr()?, mqtt = %config.mqtt_listen, root = %config.root_url,
+        worker_token_file = %config.data_dir.join("worker-token").display(),
+        "cluster orchestrator ready"
+    );
+    cluster.run(listener, crate::shutdown_signal()).await?;
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "worker".into())
+}
+
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let runtime =
+        oak_runtime::containerd::ContainerdRuntime::connect(&args.containerd_socket, &args.containerd_namespace)
+            .await?;
+    let config = oak_worker::WorkerConfig {
+        cluster_url: crate::settings::normalize(&args.cluster),
+        token: args.token,
+        data_dir: args.data_dir,
+        name: args.name.unwrap_or_else(hostname),
+        location: args.location,
+        stop_grace: Duration::from_secs(args.stop_grace),
+    };
+    let worker = oak_worker::Worker::register(config, Arc::new(runtime)).await?;
+    tracing::info!(node = %worker.id(), "worker ready");
+    worker.run(crate::shutdown_signal()).await;
+    Ok(())
+}
