@@ -141,6 +141,14 @@ fn main() -> std::process::ExitCode {
     if is_server {
         init_logging();
     }
+    // A worker that plays a separate host enters its namespace before any thread exists, so
+    // that every thread of the runtime (and every child process) lives in it.
+    if let Command::Worker(serve::WorkerArgs { netns: Some(ns), .. }) = &cli.command
+        && let Err(e) = oak_runtime::netns::enter(ns)
+    {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

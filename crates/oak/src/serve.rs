@@ -61,6 +61,9 @@ pub struct WorkerArgs {
     /// Seconds between SIGTERM and SIGKILL when an instance is stopped.
     #[arg(long, default_value_t = 5)]
     pub stop_grace: u64,
+    /// Run inside this network namespace (/run/netns/NAME), as if it were a separate host.
+    #[arg(long)]
+    pub netns: Option<String>,
 }
 
 pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {

@@ -1,66 +1,224 @@
-//! `oak up`: a root orchestrator on this machine with a sample application, for a first try.
-//!
-//! Clusters and workers join the hierarchy in later stages; until then `oak up` runs the root,
-//! creates the sample application, asks for one instance of each service, and shows that the
-//! instances wait for a cluster.
+//! `oak up`: a whole hierarchy on this machine — a root, M clusters, N workers per cluster —
+//! with a sample application that needs no internet (its image is built from the host's
+//! busybox-static). Run as root, each worker lives in its own network namespace with its own
+//! address, as a separate host would. Ctrl-C tears everything down.
 
 use crate::settings::{self, Credentials};
+use anyhow::Context;
 use oak_client::RootClient;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 const SAMPLE_SLA: &str = include_str!("../../../examples/sla/hello.json");
 
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
+    /// Number of clusters.
+    #[arg(long, default_value_t = 1)]
+    clusters: u8,
+    /// Workers per cluster.
+    #[arg(long, default_value_t = 2)]
+    workers: u8,
     /// Address of the root's user API.
     #[arg(long, default_value = "127.0.0.1:10000")]
     listen: SocketAddr,
-    /// Data directory (default: a fresh temporary directory, removed on exit).
+    /// Where the processes keep their data and logs (default: a temporary directory, removed on exit).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Do not deploy the sample application.
+    #[arg(long)]
+    no_sample: bool,
+}
+
+/// Everything `oak up` started; dropping it stops and removes it all.
+struct Hierarchy {
+    children: Vec<(String, Child)>,
+    hosts: Vec<(String, String)>,
+    dir: PathBuf,
+    remove_dir: bool,
+}
+
+impl Hierarchy {
+    fn spawn(&mut self, name: &str, args: &[String]) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("cannot find the oak executable")?;
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
+        let child = Command::new(exe)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,rumqttd=warn,rumqttc=warn,tower_http=warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        self.children.push((name.to_owned(), child));
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        // Workers first (they remove their instances), then clusters, then the root.
+        for (_, c) in self.children.iter().rev() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (name, c) in self.children.iter_mut().rev() {
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    _ if Instant::now() > deadline => {
+                        eprintln!("{name} did not stop in time; killing it");
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+        self.children.clear();
+        for (ns, veth) in self.hosts.drain(..) {
+            oak_runtime::netns::remove_host(&ns, &veth);
+        }
+        if self.remove_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Drop for Hierarchy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn wait_ready(url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let http = reqwest::Client::new();
+    while Instant::now() < deadline {
+        if http.get(format!("{url}/docs/openapi.json")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the root at {url} did not come up; see its log")
+}
+
+fn read_secret(path: &Path) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && !s.trim().is_empty()
+        {
+            return Ok(s.trim().to_owned());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{} did not appear", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let temp;
-    let data_dir = match args.data_dir {
-        Some(d) => d,
-        None => {
-            temp = std::env::temp_dir().join(format!("oak-up-{}", std::process::id()));
-            temp
-        }
+    let is_root = nix::unistd::Uid::effective().is_root();
+    let (dir, remove_dir) = match &args.data_dir {
+        Some(d) => (d.clone(), false),
+        None => (std::env::temp_dir().join(format!("oak-up-{}", std::process::id())), true),
     };
-    let cleanup = !data_dir.exists();
-    let mut config = oak_root::RootConfig::new(args.listen, data_dir.clone());
-    config.admin_password = crate::admin_password_from_env();
-    let password = config.admin_password.clone().unwrap_or_else(|| oak_root::DEFAULT_ADMIN_PASSWORD.to_owned());
-    let root = oak_root::Root::open(&config)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(root.serve(listener, async move {
-        let _ = stop_rx.await;
-    }));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut h = Hierarchy { children: Vec::new(), hosts: Vec::new(), dir: dir.clone(), remove_dir };
+    let password = crate::admin_password_from_env().unwrap_or_else(|| oak_root::DEFAULT_ADMIN_PASSWORD.to_owned());
+    let url = format!("http://{}", args.listen);
 
-    let result = demo(&url, &password).await;
-    if let Err(e) = &result {
-        eprintln!("error: {e:#}");
+    println!(
+        "starting a root, {} cluster(s) and {} worker(s) per cluster (logs in {})",
+        args.clusters,
+        args.workers,
+        dir.display()
+    );
+    h.spawn(
+        "root",
+        &[
+            "root".into(),
+            "--listen".into(),
+            args.listen.to_string(),
+            "--data-dir".into(),
+            dir.join("root").display().to_string(),
+        ],
+    )?;
+    wait_ready(&url).await?;
+    let cluster_token = read_secret(&dir.join("root").join("cluster-token"))?;
+    if is_root {
+        oak_runtime::testimage::import("oak").map_err(anyhow::Error::msg).context("cannot load the sample image")?;
     } else {
-        println!("\npress Ctrl-C to stop");
-        crate::shutdown_signal().await;
+        eprintln!("note: not running as root: workers share this host's network and cannot start containers");
     }
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    if cleanup {
-        let _ = std::fs::remove_dir_all(&data_dir);
+    for c in 1..=args.clusters {
+        let port = 10100 + u16::from(c - 1) * 10;
+        let mqtt = 10003 + u16::from(c - 1) * 10;
+        let cdir = dir.join(format!("cluster-{c}"));
+        h.spawn(
+            &format!("cluster-{c}"),
+            &[
+                "cluster".into(),
+                "--root".into(),
+                url.clone(),
+                "--token".into(),
+                cluster_token.clone(),
+                "--name".into(),
+                format!("cluster-{c}"),
+                "--listen".into(),
+                format!("0.0.0.0:{port}"),
+                "--mqtt-listen".into(),
+                format!("0.0.0.0:{mqtt}"),
+                "--data-dir".into(),
+                cdir.display().to_string(),
+            ],
+        )?;
+        let worker_token = read_secret(&cdir.join("worker-token"))?;
+        for w in 1..=args.workers {
+            let name = format!("c{c}-w{w}");
+            let mut wargs: Vec<String> = vec![
+                "worker".into(),
+                "--token".into(),
+                worker_token.clone(),
+                "--name".into(),
+                name.clone(),
+                "--data-dir".into(),
+                dir.join(&name).display().to_string(),
+                "--stop-grace".into(),
+                "2".into(),
+            ];
+            if is_root {
+                let (ns, veth) = (format!("oak-up-{name}"), format!("oakup{c}x{w}"));
+                let host = oak_runtime::netns::create_host(&ns, &veth, 213, c * 16 + w).map_err(anyhow::Error::msg)?;
+                h.hosts.push((ns.clone(), veth));
+                wargs.extend(["--netns".into(), ns, "--cluster".into(), format!("http://{}:{port}", host.gateway)]);
+            } else {
+                wargs.extend(["--cluster".into(), format!("http://127.0.0.1:{port}")]);
+            }
+            h.spawn(&name, &wargs)?;
+        }
     }
+
+    let result = demo(&url, &password, &args).await;
+    match &result {
+        Ok(()) => {
+            println!("\npress Ctrl-C to stop and remove everything");
+            crate::shutdown_signal().await;
+        }
+        Err(e) => eprintln!("error: {e:#}"),
+    }
+    println!("stopping…");
+    h.stop();
     println!("stopped");
     result
 }
 
-async fn demo(url: &str, password: &str) -> anyhow::Result<()> {
+async fn demo(url: &str, password: &str, args: &UpArgs) -> anyhow::Result<()> {
     let login = RootClient::new(url).login("Admin", password).await?;
     settings::write_credentials(&Credentials {
         root: url.to_owned(),
@@ -69,24 +227,67 @@ async fn demo(url: &str, password: &str) -> anyhow::Result<()> {
         refresh_token: login.refresh_token,
     })?;
     let client = RootClient::new(url).with_token(login.token);
+    // Wait for the clusters and their workers to join.
+    let want = u32::from(args.workers) * u32::from(args.clusters);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let clusters = client.clusters(true).await?;
+        let workers: u32 = clusters.iter().map(|c| c.active_nodes).sum();
+        if clusters.len() == usize::from(args.clusters) && workers >= want {
+            println!("{} cluster(s) with {workers} worker(s) joined", clusters.len());
+            break;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "only {} cluster(s) and {workers} worker(s) joined within 30 s; see the logs",
+                clusters.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("root orchestrator: {url}  (API docs: {url}/api/docs); logged in as Admin");
+    if args.no_sample {
+        return Ok(());
+    }
     let sla: serde_json::Value = serde_json::from_str(SAMPLE_SLA)?;
     let apps = client.create_applications(&sla).await?;
-    println!("root orchestrator: {url}  (API docs: {url}/api/docs)");
-    println!("logged in as Admin; the token is stored for the oak commands below\n");
+    let start = Instant::now();
     for app in &apps {
+        println!("\nsample application {}.{} ({})", app.application_name, app.application_namespace, app.id);
         for sid in &app.microservices {
             client.request_instance(sid.as_str()).await?;
         }
-        println!("sample application {}.{} ({})", app.application_name, app.application_namespace, app.id);
-        for svc in client.services(Some(app.id.as_str())).await? {
-            let st = svc.status.map(|s| s.to_string()).unwrap_or_default();
-            println!("  service {:<8} {}  {st}: {}", svc.service_name, svc.id, svc.status_detail.unwrap_or_default());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let svcs = client.services(Some(app.id.as_str())).await?;
+            let running = svcs.iter().all(|s| s.instance_list.iter().all(|i| i.status == oak_api::Status::Running));
+            if running || Instant::now() > deadline {
+                for s in &svcs {
+                    for i in &s.instance_list {
+                        println!(
+                            "  {:<8} instance {}  {:<10} on {:<8} {}",
+                            s.service_name,
+                            i.instance_number,
+                            i.status.to_string(),
+                            i.worker_name.clone().unwrap_or_else(|| "-".into()),
+                            s.id
+                        );
+                    }
+                }
+                if running {
+                    println!("  all running after {:.1} s", start.elapsed().as_secs_f64());
+                } else {
+                    println!("  not all running after 60 s; see `oak instance list`");
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     println!("\ntry:");
-    println!("  oak app list");
-    println!("  oak service list");
-    println!("  oak service show <service id>");
+    println!("  oak cluster list");
+    println!("  oak instance list");
+    println!("  oak logs <service id> --follow");
     println!("  oak app create -f ../shared/sla/blank_app_without_services.json");
     Ok(())
 }

@@ -205,3 +205,218 @@ pub fn code(e: &oak_client::ClientError) -> String {
         other => format!("{other}"),
     }
 }
+
+/// Whether this machine can run the real hierarchy (root, containerd). With CI=true a missing
+/// prerequisite is a failure; elsewhere the test says why it skips.
+pub fn can_run_containers(test: &str) -> bool {
+    let ok = nix::unistd::Uid::effective().is_root() && Path::new("/run/containerd/containerd.sock").exists();
+    if !ok {
+        assert!(
+            std::env::var("CI").map(|v| v != "true").unwrap_or(true),
+            "{test}: CI must run as root with containerd at /run/containerd/containerd.sock"
+        );
+        eprintln!("skipping {test}: needs root and containerd");
+    }
+    ok
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc(pub Option<Child>);
+
+impl Proc {
+    pub fn pid(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A root, one cluster and `n` workers, each worker in its own network namespace (a separate
+/// host), all on a containerd namespace of their own with the offline test image.
+pub struct Hierarchy {
+    pub root: RootProcess,
+    pub admin: RootClient,
+    pub cluster: Proc,
+    pub workers: Vec<Proc>,
+    pub worker_names: Vec<String>,
+    pub ns: String,
+    prefix: String,
+    dir: tempfile::TempDir,
+    cluster_port: u16,
+    worker_token: String,
+}
+
+impl Hierarchy {
+    /// `tag` (a few letters) keeps this test's namespaces and links apart from others'.
+    pub async fn start(tag: &str, workers: usize) -> Self {
+        let ns = format!("oak-e2e-{tag}");
+        oak_runtime::testimage::import(&ns).unwrap();
+        // Leftovers of an earlier, interrupted run.
+        {
+            use oak_runtime::Runtime;
+            let rt = oak_runtime::containerd::ContainerdRuntime::connect("/run/containerd/containerd.sock", &ns)
+                .await
+                .unwrap();
+            for c in rt.list(&Default::default()).await.unwrap() {
+                rt.remove(&c, Duration::from_millis(100)).await.unwrap();
+            }
+        }
+        let root = RootProcess::start().await;
+        let admin = root.admin().await;
+        let dir = tempfile::tempdir().unwrap();
+        let cluster_token = std::fs::read_to_string(root.data_dir.join("cluster-token")).unwrap();
+        let cluster_port = free_port();
+        let mqtt_port = free_port();
+        let cdir = dir.path().join("cluster");
+        let cluster = Proc(Some(
+            Command::new(OAK)
+                .args(["cluster", "--root", &root.url, "--token", cluster_token.trim(), "--name", &format!("cl-{tag}")])
+                .args([
+                    "--listen",
+                    &format!("0.0.0.0:{cluster_port}"),
+                    "--mqtt-listen",
+                    &format!("0.0.0.0:{mqtt_port}"),
+                ])
+                .args(["--report-interval-ms", "500", "--heartbeat-timeout-ms", "3000", "--data-dir"])
+                .arg(&cdir)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+        let token_file = cdir.join("worker-token");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !token_file.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let worker_token = std::fs::read_to_string(&token_file).unwrap().trim().to_owned();
+        let mut h = Hierarchy {
+            root,
+            admin,
+            cluster,
+            workers: Vec::new(),
+            worker_names: Vec::new(),
+            ns,
+            prefix: tag.to_owned(),
+            dir,
+            cluster_port,
+            worker_token,
+        };
+        for i in 0..workers {
+            let p = h.spawn_worker(i);
+            h.workers.push(p);
+            h.worker_names.push(format!("{tag}-w{i}"));
+        }
+        // Wait until every worker reports.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let active: u32 = h.admin.clusters(true).await.unwrap().iter().map(|c| c.active_nodes).sum();
+            if active as usize == workers {
+                break;
+            }
+            assert!(Instant::now() < deadline, "only {active} of {workers} workers joined");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        h
+    }
+
+    fn host(&self, i: usize) -> (String, String) {
+        (format!("oak-e2e-{}-h{i}", self.prefix), format!("oe{}{i}", &self.prefix[..self.prefix.len().min(8)]))
+    }
+
+    /// Starts worker `i` in its host namespace (created if needed).
+    pub fn spawn_worker(&self, i: usize) -> Proc {
+        let (netns, veth) = self.host(i);
+        let b = 200 + (self.prefix.bytes().map(u32::from).sum::<u32>() % 50) as u8;
+        let gateway = if Path::new(&format!("/run/netns/{netns}")).exists() {
+            format!("10.{b}.{}.1", i + 1)
+        } else {
+            oak_runtime::netns::create_host(&netns, &veth, b, (i + 1) as u8).unwrap().gateway
+        };
+        Proc(Some(
+            Command::new(OAK)
+                .args(["worker", "--netns", &netns, "--cluster", &format!("http://{gateway}:{}", self.cluster_port)])
+                .args(["--token", &self.worker_token, "--name", &format!("{}-w{i}", self.prefix)])
+                .args(["--containerd-namespace", &self.ns, "--stop-grace", "1", "--data-dir"])
+                .arg(self.dir.path().join(format!("w{i}")))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ))
+    }
+
+    pub fn worker_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("w{i}"))
+    }
+
+    /// Polls a service until `pred` holds for its instances (or panics after `secs`).
+    pub async fn wait_for(
+        &self,
+        service: &str,
+        secs: u64,
+        what: &str,
+        pred: impl Fn(&[oak_api::model::Instance]) -> bool,
+    ) -> oak_api::model::Service {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.admin.service(service).await.unwrap();
+            if pred(&s.instance_list) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{what}: not within {secs} s; instances: {:#?}", s.instance_list);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Containers in this test's containerd namespace.
+    pub fn containers(&self) -> Vec<String> {
+        let out = Command::new("ctr").args(["-n", &self.ns, "containers", "ls", "-q"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).filter(|l| !l.is_empty()).collect()
+    }
+
+    /// Snapshots in this test's namespace other than image layers.
+    pub fn instance_snapshots(&self) -> Vec<String> {
+        let out = Command::new("ctr").args(["-n", &self.ns, "snapshots", "ls"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("Active")).map(str::to_owned).collect()
+    }
+}
+
+impl Drop for Hierarchy {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            w.stop();
+        }
+        self.cluster.kill();
+        for i in 0..self.workers.len() {
+            let (netns, veth) = self.host(i);
+            oak_runtime::netns::remove_host(&netns, &veth);
+        }
+    }
+}
