@@ -62,6 +62,9 @@ pub struct RegisterRequest {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RegisterResponse {
     pub id: NodeId,
+    /// Broker host, when it is not the cluster's own address (an external broker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt_host: Option<String>,
     pub mqtt_port: u16,
     /// MQTT credentials for this worker only.
     pub mqtt_username: String,

@@ -48,6 +48,9 @@ pub struct ClusterConfig {
     pub mqtt_listen: SocketAddr,
     /// Port workers are told to use for MQTT (the broker's, unless behind a proxy).
     pub mqtt_advertise_port: Option<u16>,
+    /// An external broker (`mqtt://[user:pass@]host:port`) instead of the embedded one. Its own
+    /// authentication applies; workers get the credentials of this URL.
+    pub mqtt_url: Option<String>,
     pub data_dir: PathBuf,
     /// Token workers must present; generated into the data dir when `None`.
     pub worker_token: Option<String>,
@@ -116,6 +119,33 @@ pub struct Cluster {
     core: Core,
     worker_token: String,
     cluster_id: Option<String>,
+    external_mqtt: Option<MqttUrl>,
+}
+
+/// An external broker's address and credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct MqttUrl {
+    host: String,
+    port: u16,
+    user: String,
+    password: String,
+}
+
+fn parse_mqtt_url(u: &str) -> Option<MqttUrl> {
+    let rest = u.strip_prefix("mqtt://").or_else(|| u.strip_prefix("tcp://"))?;
+    let (creds, hostport) = match rest.rsplit_once('@') {
+        Some((c, h)) => (Some(c), h),
+        None => (None, rest),
+    };
+    let (host, port) = hostport.trim_end_matches('/').rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let (user, password) = match creds {
+        Some(c) => {
+            c.split_once(':').map(|(a, b)| (a.to_owned(), b.to_owned())).unwrap_or((c.to_owned(), String::new()))
+        }
+        None => (String::new(), String::new()),
+    };
+    (!host.is_empty()).then(|| MqttUrl { host: host.to_owned(), port, user, password })
 }
 
 impl Cluster {
@@ -150,7 +180,7 @@ impl Cluster {
             }
         }
         let cluster_id = store.get(META, "cluster_id")?.map(|b| String::from_utf8_lossy(&b).into_owned());
-        Ok(Self { config, store, core, worker_token, cluster_id })
+        Ok(Self { config, store, core, worker_token, cluster_id, external_mqtt: None })
     }
 
     /// The token workers register with.
@@ -168,21 +198,39 @@ impl Cluster {
         for w in self.core.workers.values() {
             creds.set(&w.id, w.mqtt_password_hash.clone());
         }
-        let internal_user = "oak-cluster".to_owned();
-        let internal_pw = random_hex(16);
-        creds.set(&internal_user, broker::hash(&internal_pw));
-        broker::start(self.config.mqtt_listen, creds.clone()).map_err(ClusterError::Broker)?;
+        let external = match &self.config.mqtt_url {
+            Some(u) => Some(parse_mqtt_url(u).ok_or_else(|| {
+                ClusterError::Broker(format!("bad --mqtt-url {u:?}: expected mqtt://[user:pass@]host:port"))
+            })?),
+            None => None,
+        };
+        let (internal_user, internal_pw) = match &external {
+            Some(e) => (e.user.clone(), e.password.clone()),
+            None => ("oak-cluster".to_owned(), random_hex(16)),
+        };
+        if external.is_none() {
+            creds.set(&internal_user, broker::hash(&internal_pw));
+            broker::start(self.config.mqtt_listen, creds.clone()).map_err(ClusterError::Broker)?;
+        }
+        self.external_mqtt = external.clone();
 
         let (tx, mut rx) = mpsc::channel::<Cmd>(1024);
         let (report_tx, report_rx) = watch::channel(self.core.report(now()));
 
         // MQTT client of the cluster itself.
-        let mqtt_host = match self.config.mqtt_listen.ip() {
-            ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
-            ip => ip.to_string(),
+        let (mqtt_host, mqtt_port) = match &external {
+            Some(e) => (e.host.clone(), e.port),
+            None => match self.config.mqtt_listen.ip() {
+                ip if ip.is_unspecified() => ("127.0.0.1".to_owned(), self.config.mqtt_listen.port()),
+                ip => (ip.to_string(), self.config.mqtt_listen.port()),
+            },
         };
-        let mut opts = MqttOptions::new(internal_user.clone(), mqtt_host, self.config.mqtt_listen.port());
-        opts.set_credentials(internal_user, internal_pw);
+        let client_id =
+            if external.is_some() { format!("oak-cluster-{}", random_hex(4)) } else { internal_user.clone() };
+        let mut opts = MqttOptions::new(client_id, mqtt_host, mqtt_port);
+        if !internal_user.is_empty() {
+            opts.set_credentials(internal_user, internal_pw);
+        }
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
         let (mqtt, mut events) = AsyncClient::new(opts, 1024);
@@ -362,7 +410,10 @@ impl Cluster {
         if req.name.is_empty() || req.name.len() > 64 {
             return Err("name must be 1-64 characters".into());
         }
-        let password = random_hex(24);
+        let (username, password) = match &self.external_mqtt {
+            Some(e) => (e.user.clone(), e.password.clone()),
+            None => (id.clone(), random_hex(24)),
+        };
         let rec = WorkerRec {
             id: id.clone(),
             reg: req,
@@ -378,8 +429,14 @@ impl Cluster {
         self.core.workers.insert(id.clone(), rec);
         Ok(RegisterResponse {
             id: id.clone(),
-            mqtt_port: self.config.mqtt_advertise_port.unwrap_or(self.config.mqtt_listen.port()),
-            mqtt_username: id,
+            mqtt_host: self.external_mqtt.as_ref().map(|e| e.host.clone()),
+            mqtt_port: self
+                .external_mqtt
+                .as_ref()
+                .map(|e| e.port)
+                .or(self.config.mqtt_advertise_port)
+                .unwrap_or(self.config.mqtt_listen.port()),
+            mqtt_username: username,
             mqtt_password: password,
             report_interval_ms: self.config.report_interval.as_millis() as u64,
         })
@@ -420,6 +477,19 @@ impl Cluster {
 
 /// The latest full report, for tests and the link.
 pub type Report = ClusterReport;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mqtt_urls() {
+        let u = super::parse_mqtt_url("mqtt://u:p@broker.example:1883").unwrap_or_else(|| panic!("parse"));
+        assert_eq!((u.host.as_str(), u.port, u.user.as_str(), u.password.as_str()), ("broker.example", 1883, "u", "p"));
+        let u = super::parse_mqtt_url("tcp://10.0.0.1:10003").unwrap_or_else(|| panic!("parse"));
+        assert_eq!((u.host.as_str(), u.port, u.user.as_str()), ("10.0.0.1", 10003, ""));
+        assert!(super::parse_mqtt_url("http://x:1").is_none());
+        assert!(super::parse_mqtt_url("mqtt://x").is_none());
+    }
+}
 
 #[derive(Clone)]
 struct HttpState {

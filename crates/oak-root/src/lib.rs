@@ -120,7 +120,8 @@ impl Root {
         let default = password.is_none();
         let password = password.unwrap_or_else(|| DEFAULT_ADMIN_PASSWORD.to_owned());
         let mut hash_error = None;
-        let created = registry.bootstrap(|| match auth::hash_password(&password) {
+        let hasher = auth::Hasher::spawn()?;
+        let created = registry.bootstrap(|| match hasher.hash_blocking(&password) {
             Ok(h) => h,
             Err(e) => {
                 hash_error = Some(e);
@@ -133,7 +134,7 @@ impl Root {
         if default {
             let still_default = registry
                 .user_by_name(oak_api::model::ADMIN_ROLE)?
-                .is_some_and(|u| auth::verify_password(DEFAULT_ADMIN_PASSWORD, &u.password_hash));
+                .is_some_and(|u| hasher.verify_blocking(DEFAULT_ADMIN_PASSWORD, &u.password_hash));
             if still_default {
                 tracing::warn!(
                     "the Admin user has the default password \"Admin\" (OAK_ADMIN_PASSWORD is unset); \
@@ -149,7 +150,8 @@ impl Root {
             _ => secret_file(&config.data_dir.join("cluster-token"))
                 .map_err(|source| RootError::DataDir { path: config.data_dir.display().to_string(), source })?,
         };
-        let state = http::AppState::new(registry, Arc::new(tokens), clock, cluster_token, config.max_body_bytes);
+        let state =
+            http::AppState::new(registry, Arc::new(tokens), hasher, clock, cluster_token, config.max_body_bytes);
         Ok(Self { state })
     }
 

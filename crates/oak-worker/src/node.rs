@@ -138,7 +138,8 @@ impl<R: Runtime> Worker<R> {
         };
         std::fs::write(&id_file, &reg.id).map_err(dd)?;
         tracing::info!(node = %reg.id, name = %config.name, "registered with the cluster");
-        Ok(Self { config, runtime, reg, mqtt_host: host })
+        let mqtt_host = reg.mqtt_host.clone().unwrap_or(host);
+        Ok(Self { config, runtime, reg, mqtt_host })
     }
 
     pub fn id(&self) -> &str {
@@ -160,7 +161,9 @@ impl<R: Runtime> Worker<R> {
         }
 
         let mut opts = MqttOptions::new(format!("{id}-ne"), self.mqtt_host.clone(), self.reg.mqtt_port);
-        opts.set_credentials(self.reg.mqtt_username.clone(), self.reg.mqtt_password.clone());
+        if !self.reg.mqtt_username.is_empty() {
+            opts.set_credentials(self.reg.mqtt_username.clone(), self.reg.mqtt_password.clone());
+        }
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
         let (client, mut events) = AsyncClient::new(opts, 256);
@@ -228,10 +231,18 @@ impl<R: Runtime> Worker<R> {
             }
         }
         tracing::info!("worker stopping: removing its instances");
-        let keys: Vec<Key> = table.instances.keys().cloned().collect();
-        for k in keys {
-            table.remove(&k).await;
+        // All at once: each may wait out its grace period.
+        let mut removals = tokio::task::JoinSet::new();
+        for (_, inst) in table.instances.drain() {
+            let rt = table.runtime.clone();
+            let grace = table.config.stop_grace;
+            removals.spawn(async move {
+                if let Err(e) = rt.remove(&inst.container, grace).await {
+                    tracing::warn!(container = %inst.container, error = %e, "cannot remove instance");
+                }
+            });
         }
+        while removals.join_next().await.is_some() {}
         mqtt_task.abort();
         tick_task.abort();
     }

@@ -22,6 +22,9 @@ pub struct ClusterArgs {
     /// Embedded MQTT broker address.
     #[arg(long, default_value = "0.0.0.0:10003")]
     pub mqtt_listen: SocketAddr,
+    /// Use an external broker (`mqtt://[user:pass@]host:port`) instead of the embedded one.
+    #[arg(long, env = "OAK_MQTT_URL", hide_env_values = true)]
+    pub mqtt_url: Option<String>,
     #[arg(long, default_value = "/var/lib/oak/cluster")]
     pub data_dir: PathBuf,
     /// `lat,long` of the cluster's site.
@@ -76,6 +79,7 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         listen: args.listen,
         mqtt_listen: args.mqtt_listen,
         mqtt_advertise_port: None,
+        mqtt_url: args.mqtt_url,
         data_dir: args.data_dir,
         worker_token: args.worker_token,
         report_interval: Duration::from_millis(args.report_interval_ms.max(100)),

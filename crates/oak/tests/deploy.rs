@@ -59,9 +59,22 @@ async fn deploy_two_services_then_delete_leaves_nothing() {
         .unwrap();
     let app = created.into_iter().find(|a| a.application_name == "web").unwrap();
     let (server, client) = (app.microservices[0].to_string(), app.microservices[1].to_string());
-    for s in [&server, &client] {
-        h.admin.request_instance(s).await.unwrap();
-    }
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(common::OAK)
+            .args(args)
+            .env("OAK_ROOT", &h.root.url)
+            .env("OAK_TOKEN", h.admin.token().unwrap())
+            .env("XDG_CONFIG_HOME", h.worker_dir(0))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "oak {args:?}: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+        text
+    };
+    // `oak service deploy` follows the instance until it runs.
+    let progress = cli(&["service", "deploy", &server]);
+    assert!(progress.contains("RUNNING"), "{progress}");
+    h.admin.request_instance(&client).await.unwrap();
     for s in [&server, &client] {
         h.wait_for(s, 60, "both services RUNNING at the root", all(Status::Running)).await;
     }
@@ -93,6 +106,11 @@ async fn deploy_two_services_then_delete_leaves_nothing() {
         assert!(Instant::now() < deadline, "no output in the log: {l:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+
+    let logs = cli(&["logs", &client]);
+    assert!(logs.contains("tick from instance-0"), "{logs}");
+    let list = cli(&["instance", "list"]);
+    assert!(list.contains("server.e2e") && list.contains("client.e2e") && list.contains("RUNNING"), "{list}");
 
     // Deleting the application removes every container, snapshot, namespace and log.
     h.admin.delete_application(app.id.as_str()).await.unwrap();
@@ -256,4 +274,47 @@ async fn a_restarted_worker_is_the_same_node_and_cleans_up() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(std::fs::read_to_string(h.worker_dir(0).join("node-id")).unwrap(), node_id);
+}
+
+/// Connects to the broker and returns how the connection attempt ended.
+async fn mqtt_connect(port: u16, client_id: &str, creds: Option<(&str, &str)>) -> Result<(), String> {
+    let mut opts = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+    if let Some((u, p)) = creds {
+        opts.set_credentials(u, p);
+    }
+    let (_c, mut ev) = rumqttc::AsyncClient::new(opts, 10);
+    match tokio::time::timeout(Duration::from_secs(5), ev.poll()).await {
+        Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a))))
+            if a.code == rumqttc::ConnectReturnCode::Success =>
+        {
+            Ok(())
+        }
+        Ok(other) => Err(format!("{other:?}")),
+        Err(_) => Err("timeout".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_refuses_anonymous_and_foreign_clients() {
+    if !common::can_run_containers("broker") {
+        return;
+    }
+    let h = Hierarchy::start("mqt", 1).await;
+    assert!(mqtt_connect(h.mqtt_port, "anon", None).await.is_err(), "anonymous");
+    assert!(mqtt_connect(h.mqtt_port, "x-ne", Some(("x", "guess"))).await.is_err(), "unknown user");
+    // A worker's own credentials work only with its own client id.
+    let token = std::fs::read_to_string(h.worker_dir(0).join("node-id")).unwrap();
+    assert!(
+        mqtt_connect(h.mqtt_port, &format!("{token}-ne"), Some((&token, "wrong"))).await.is_err(),
+        "wrong password"
+    );
+    // Registration needs the worker token.
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/api/node/register", h.cluster_port()))
+        .bearer_auth("not-the-token")
+        .json(&json!({"name": "intruder", "ip": "1.2.3.4", "arch": "amd64", "runtimes": [], "cpu_cores": 1.0, "memory_mb": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
 }

@@ -26,6 +26,7 @@ use std::sync::Arc;
 pub struct AppState {
     pub(crate) registry: Arc<Registry>,
     pub(crate) tokens: Arc<TokenService>,
+    pub(crate) hasher: crate::auth::Hasher,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) hub: Arc<link::Hub>,
     pub(crate) cluster_token: Arc<String>,
@@ -36,11 +37,20 @@ impl AppState {
     pub fn new(
         registry: Arc<Registry>,
         tokens: Arc<TokenService>,
+        hasher: crate::auth::Hasher,
         clock: Arc<dyn Clock>,
         cluster_token: String,
         max_body_bytes: usize,
     ) -> Self {
-        Self { registry, tokens, clock, hub: Arc::default(), cluster_token: Arc::new(cluster_token), max_body_bytes }
+        Self {
+            registry,
+            tokens,
+            hasher,
+            clock,
+            hub: Arc::default(),
+            cluster_token: Arc::new(cluster_token),
+            max_body_bytes,
+        }
     }
 
     /// Runs a blocking registry operation (it fsyncs) off the async executor.

@@ -47,7 +47,7 @@ pub(super) async fn login(
                 .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("organization {org_name} not found")))?;
             let user = registry.user_by_name(&req.username)?;
             let hash = user.as_ref().map_or(auth::dummy_hash(), |u| u.password_hash.as_str());
-            let ok = auth::verify_password(&req.password, hash);
+            let ok = s.hasher.verify_blocking(&req.password, hash);
             let user = match user {
                 Some(u) if ok => u,
                 _ => return Err(ApiError::unauthenticated("invalid username or password")),
@@ -105,11 +105,8 @@ fn check_password(field: &str, password: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn hash(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))
+async fn hash(state: &AppState, password: String) -> Result<String, ApiError> {
+    state.hasher.hash(password).await.map_err(|e| ApiError::internal(e.to_string()))
 }
 
 /// Register a user in the caller's organization (Admin only).
@@ -122,7 +119,7 @@ pub(super) async fn register(
 ) -> Result<Json<User>, ApiError> {
     caller.require_admin()?;
     check_password("password", &req.password)?;
-    let h = hash(req.password.clone()).await?;
+    let h = hash(&state, req.password.clone()).await?;
     let roles = req.roles.clone().unwrap_or_else(|| vec!["Application_Provider".to_owned()]);
     state.blocking(move |r| Ok(Json(r.create_user(&caller.org, &req.name, &req.email, roles, h)?))).await
 }
@@ -173,7 +170,7 @@ pub(super) async fn update_user(
     let h = match &up.password {
         Some(p) => {
             check_password("password", p)?;
-            Some(hash(p.clone()).await?)
+            Some(hash(&state, p.clone()).await?)
         }
         None => None,
     };
@@ -212,13 +209,11 @@ pub(super) async fn change_password(
     check_password("newPassword", &req.newPassword)?;
     let stored = caller.user.password_hash.clone();
     let old = req.oldPassword.clone();
-    let matches = tokio::task::spawn_blocking(move || auth::verify_password(&old, &stored))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let matches = state.hasher.verify(old, stored).await;
     if !matches {
         return Err(ApiError::bad_request("oldPassword does not match the current password"));
     }
-    let h = hash(req.newPassword).await?;
+    let h = hash(&state, req.newPassword).await?;
     let id = caller.user.id.clone();
     state.blocking(move |r| Ok(r.set_password(&id, h)?)).await?;
     Ok(Json(Message::new("password changed")))

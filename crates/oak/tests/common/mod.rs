@@ -99,6 +99,10 @@ impl RootProcess {
         false
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -269,12 +273,18 @@ pub struct Hierarchy {
     prefix: String,
     dir: tempfile::TempDir,
     cluster_port: u16,
+    pub mqtt_port: u16,
     worker_token: String,
 }
 
 impl Hierarchy {
     /// `tag` (a few letters) keeps this test's namespaces and links apart from others'.
     pub async fn start(tag: &str, workers: usize) -> Self {
+        Self::start_with(tag, workers, 500).await
+    }
+
+    /// Like [`start`](Self::start), with the report interval of workers and cluster (ms).
+    pub async fn start_with(tag: &str, workers: usize, report_ms: u64) -> Self {
         let ns = format!("oak-e2e-{tag}");
         oak_runtime::testimage::import(&ns).unwrap();
         // Leftovers of an earlier, interrupted run.
@@ -303,7 +313,13 @@ impl Hierarchy {
                     "--mqtt-listen",
                     &format!("0.0.0.0:{mqtt_port}"),
                 ])
-                .args(["--report-interval-ms", "500", "--heartbeat-timeout-ms", "3000", "--data-dir"])
+                .args([
+                    "--report-interval-ms",
+                    &report_ms.to_string(),
+                    "--heartbeat-timeout-ms",
+                    &(report_ms * 6).to_string(),
+                ])
+                .arg("--data-dir")
                 .arg(&cdir)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
@@ -326,6 +342,7 @@ impl Hierarchy {
             prefix: tag.to_owned(),
             dir,
             cluster_port,
+            mqtt_port,
             worker_token,
         };
         for i in 0..workers {
@@ -370,6 +387,10 @@ impl Hierarchy {
                 .spawn()
                 .unwrap(),
         ))
+    }
+
+    pub fn cluster_port(&self) -> u16 {
+        self.cluster_port
     }
 
     pub fn worker_dir(&self, i: usize) -> PathBuf {
