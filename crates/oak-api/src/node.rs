@@ -6,6 +6,7 @@
 //! | `nodes/<id>/information` | worker → cluster | [`NodeInfo`], every report interval |
 //! | `nodes/<id>/job` | worker → cluster | [`InstanceEvent`], at once on every change |
 //! | `nodes/<id>/logs` | worker → cluster | [`LogsReply`] |
+//! | `nodes/<id>/lost` | broker → cluster | the worker's last will (its session) |
 //! | `nodes/<id>/control/deploy` | cluster → worker | [`DeployCommand`] |
 //! | `nodes/<id>/control/delete` | cluster → worker | [`DeleteCommand`] |
 //! | `nodes/<id>/control/logs` | cluster → worker | [`LogsRequest`] |
@@ -26,6 +27,11 @@ pub fn topic_job(node: &str) -> String {
 }
 pub fn topic_logs(node: &str) -> String {
     format!("nodes/{node}/logs")
+}
+/// The worker's last will: the broker publishes it when the worker's connection dies without
+/// a goodbye (crash, kill, network loss). Payload: the session of the registration.
+pub fn topic_lost(node: &str) -> String {
+    format!("nodes/{node}/lost")
 }
 pub fn topic_deploy(node: &str) -> String {
     format!("nodes/{node}/control/deploy")
@@ -56,6 +62,10 @@ pub struct RegisterRequest {
     /// `"lat,long"`, if known.
     #[serde(default)]
     pub location: Option<String>,
+    /// A fresh random value per worker process; its last will carries it, so a stale will
+    /// (from before a restart) is told apart.
+    #[serde(default)]
+    pub session: String,
 }
 
 /// The cluster's answer: who the worker is and how to reach the broker.

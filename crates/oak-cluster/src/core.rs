@@ -71,12 +71,15 @@ pub struct Timing {
     pub heartbeat_timeout: f64,
     /// A deploy not acknowledged this long is sent again.
     pub deploy_ack_timeout: f64,
+    /// Longest wait between placements of a crash-looping instance.
     pub backoff_cap: f64,
+    /// A run this long resets the backoff.
+    pub healthy_run: f64,
 }
 
 impl Default for Timing {
     fn default() -> Self {
-        Self { heartbeat_timeout: 6.0, deploy_ack_timeout: 10.0, backoff_cap: 60.0 }
+        Self { heartbeat_timeout: 6.0, deploy_ack_timeout: 10.0, backoff_cap: 60.0, healthy_run: 30.0 }
     }
 }
 
@@ -239,8 +242,23 @@ impl Core {
                 Status::Dead | Status::Failed => {}
                 s if s.is_negative_scheduling() && now >= a.next_try => self.place(k, now, &mut outs),
                 s if live(s) && !worker_active => {
-                    let name = a.worker.clone().unwrap_or_default();
-                    self.fail(k, format!("worker {name} stopped reporting"), now);
+                    let name = a
+                        .worker
+                        .as_ref()
+                        .and_then(|w| self.workers.get(w))
+                        .map(|w| w.reg.name.clone())
+                        .unwrap_or_default();
+                    self.fail(k, format!("worker {name} stopped reporting; placing it elsewhere"), now);
+                    // Not the instance's fault: place it again at once, without backoff.
+                    if let Some(x) = self.assignments.get_mut(k) {
+                        x.next_try = now;
+                    }
+                    if let Some(x) = self.assignments.get(k).cloned() {
+                        if let Some(w) = &x.worker {
+                            outs.push(Self::delete(k, w));
+                        }
+                        self.place(k, now, &mut outs);
+                    }
                 }
                 Status::NodeScheduled if now - a.sent >= self.timing.deploy_ack_timeout => {
                     if let Some(w) = &a.worker
@@ -268,13 +286,19 @@ impl Core {
         outs
     }
 
+    /// The wait before placing again after `attempts` earlier failures: 1 s, 2 s, 4 s … cap.
+    fn backoff(&self, attempts: u32) -> f64 {
+        2f64.powi(attempts.min(16) as i32).min(self.timing.backoff_cap)
+    }
+
     /// Marks an assignment failed; it is placed again after the backoff.
     fn fail(&mut self, k: &Key, detail: String, now: f64) {
+        let delay = self.assignments.get(k).map(|a| self.backoff(a.attempts)).unwrap_or(1.0);
         if let Some(a) = self.assignments.get_mut(k) {
             a.status = Status::Failed;
             a.detail = detail;
             a.since = now;
-            a.next_try = now + (2f64.powi(a.attempts.min(10) as i32)).min(self.timing.backoff_cap);
+            a.next_try = now + delay;
         }
     }
 
@@ -317,6 +341,18 @@ impl Core {
         outs
     }
 
+    /// A worker's connection died (its last will). A will from an older session of the
+    /// worker (before a restart) is ignored.
+    pub fn worker_lost(&mut self, node: &str, session: &str, now: f64) -> Vec<Out> {
+        let Some(w) = self.workers.get_mut(node) else { return Vec::new() };
+        if w.reg.session != session {
+            return Vec::new();
+        }
+        tracing::info!(node, name = %w.reg.name, "worker connection lost");
+        w.last_seen = f64::MIN;
+        self.reconcile(now)
+    }
+
     /// A status change pushed by a worker.
     pub fn instance_event(&mut self, node: &str, ev: InstanceEvent, now: f64) -> Vec<Out> {
         let k = (ev.service_id.clone(), ev.instance_number);
@@ -333,10 +369,18 @@ impl Core {
         match ev.status {
             Status::Undeployed => {}
             Status::Dead | Status::Failed => {
-                let attempts = self.assignments.get(&k).map(|a| a.attempts).unwrap_or(0);
-                self.set(&k, Some(node.to_owned()), ev.status, ev.status_detail, now);
+                let (prev_status, since, mut attempts) =
+                    self.assignments.get(&k).map(|a| (a.status, a.since, a.attempts)).unwrap_or((ev.status, now, 0));
+                // A run that lasted means the instance is not crash-looping: start the backoff over.
+                if prev_status == Status::Running && now - since >= self.timing.healthy_run {
+                    attempts = 0;
+                }
+                let delay = self.backoff(attempts);
+                let detail = format!("{}; placed again in {delay:.0} s (attempt {})", ev.status_detail, attempts + 1);
+                self.set(&k, Some(node.to_owned()), ev.status, detail, now);
                 if let Some(a) = self.assignments.get_mut(&k) {
-                    a.next_try = now + (2f64.powi(attempts.min(10) as i32)).min(self.timing.backoff_cap);
+                    a.attempts = attempts;
+                    a.next_try = now + delay;
                 }
             }
             Status::Running => {

@@ -109,6 +109,8 @@ pub(crate) enum Cmd {
     Logs(LogsRequest, oneshot::Sender<LogsReply>),
     LogsReply(LogsReply),
     ClusterId(String),
+    /// A worker's last will: (node, session).
+    Lost(String, String),
     Tick,
 }
 
@@ -240,7 +242,7 @@ impl Cluster {
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        for t in ["nodes/+/information", "nodes/+/job", "nodes/+/logs"] {
+                        for t in ["nodes/+/information", "nodes/+/job", "nodes/+/logs", "nodes/+/lost"] {
                             let _ = sub.subscribe(t, QoS::AtLeastOnce).await;
                         }
                     }
@@ -251,6 +253,7 @@ impl Cluster {
                             Some("information") => serde_json::from_slice(&p.payload).map(|i| Cmd::Info(node, i)).ok(),
                             Some("job") => serde_json::from_slice(&p.payload).map(|e| Cmd::Event(node, e)).ok(),
                             Some("logs") => serde_json::from_slice(&p.payload).map(Cmd::LogsReply).ok(),
+                            Some("lost") => Some(Cmd::Lost(node, String::from_utf8_lossy(&p.payload).into_owned())),
                             _ => None,
                         };
                         match cmd {
@@ -369,6 +372,7 @@ impl Cluster {
                     }
                     Vec::new()
                 }
+                Cmd::Lost(node, session) => self.core.worker_lost(&node, &session, t),
                 Cmd::Tick => self.core.reconcile(t),
             };
             self.persist(before);

@@ -78,6 +78,7 @@ pub struct Worker<R: Runtime> {
     runtime: Arc<R>,
     reg: RegisterResponse,
     mqtt_host: String,
+    session: String,
 }
 
 fn host_of(url: &str) -> Result<(String, u16), WorkerError> {
@@ -116,7 +117,13 @@ impl<R: Runtime> Worker<R> {
             memory_mb: mem,
             gpus: 0,
             location: config.location.clone(),
+            session: format!(
+                "{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+            ),
         };
+        let session = req.session.clone();
         let http = reqwest::Client::new();
         let url = format!("{}/api/node/register", config.cluster_url.trim_end_matches('/'));
         let mut delay = Duration::from_millis(200);
@@ -139,7 +146,7 @@ impl<R: Runtime> Worker<R> {
         std::fs::write(&id_file, &reg.id).map_err(dd)?;
         tracing::info!(node = %reg.id, name = %config.name, "registered with the cluster");
         let mqtt_host = reg.mqtt_host.clone().unwrap_or(host);
-        Ok(Self { config, runtime, reg, mqtt_host })
+        Ok(Self { config, runtime, reg, mqtt_host, session })
     }
 
     pub fn id(&self) -> &str {
@@ -166,6 +173,12 @@ impl<R: Runtime> Worker<R> {
         }
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+        opts.set_last_will(rumqttc::LastWill::new(
+            node::topic_lost(&id),
+            self.session.clone(),
+            QoS::AtLeastOnce,
+            false,
+        ));
         let (client, mut events) = AsyncClient::new(opts, 256);
         let (tx, mut rx) = mpsc::channel::<Command>(256);
 
@@ -243,6 +256,8 @@ impl<R: Runtime> Worker<R> {
             });
         }
         while removals.join_next().await.is_some() {}
+        // A clean goodbye: the broker does not publish the last will.
+        let _ = table.client.disconnect().await;
         mqtt_task.abort();
         tick_task.abort();
     }
@@ -258,8 +273,10 @@ struct Table<R: Runtime> {
     last_cpu: (u64, u64),
 }
 
-fn container_id(k: &Key) -> String {
-    format!("{}-{}", k.0, k.1)
+/// `<service>-<instance>-<node>`: unique even when workers share one containerd (as the
+/// simulated hosts of `oak up` do) and an instance moves between them.
+fn container_id(k: &Key, node: &str) -> String {
+    format!("{}-{}-{}", k.0, k.1, &node[..node.len().min(8)])
 }
 
 impl<R: Runtime> Table<R> {
@@ -349,7 +366,7 @@ impl<R: Runtime> Table<R> {
             // A finished or failed copy is replaced.
             self.remove(&k).await;
         }
-        let container = container_id(&k);
+        let container = container_id(&k, &self.id);
         let log = self.config.data_dir.join("logs").join(format!("{container}.log"));
         let spec = InstanceSpec {
             id: container.clone(),

@@ -39,6 +39,9 @@ pub struct ClusterArgs {
     /// A worker silent this long (ms) counts as gone.
     #[arg(long, default_value_t = 6000)]
     pub heartbeat_timeout_ms: u64,
+    /// Longest wait (ms) between placements of a crash-looping instance (1 s, 2 s, 4 s … cap).
+    #[arg(long, default_value_t = 60000)]
+    pub backoff_cap_ms: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -85,6 +88,7 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         report_interval: Duration::from_millis(args.report_interval_ms.max(100)),
         timing: oak_cluster::core::Timing {
             heartbeat_timeout: args.heartbeat_timeout_ms as f64 / 1000.0,
+            backoff_cap: args.backoff_cap_ms.max(1000) as f64 / 1000.0,
             ..Default::default()
         },
     };

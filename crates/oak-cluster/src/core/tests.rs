@@ -17,6 +17,7 @@ fn worker(core: &mut Core, id: &str, mem: u64, now: f64) {
                 memory_mb: mem,
                 gpus: 0,
                 location: None,
+                session: format!("s-{id}"),
             },
             mqtt_password_hash: String::new(),
             last_seen: now,
@@ -119,14 +120,22 @@ fn silent_workers_lose_their_instances_and_removed_ones_are_deleted() {
     if let Some(w) = c.workers.get_mut("a") {
         w.last_seen = 10.0;
     }
+    // Silent past the timeout: placed elsewhere at once, and the old worker told to drop it.
     let outs = c.reconcile(10.0);
-    assert!(outs.is_empty());
-    assert_eq!(c.assignments[&(ServiceId::from("svc"), 0)].status, Status::Failed);
-    let outs = c.reconcile(11.0);
     assert_eq!(topics(&outs), ["nodes/b/control/delete", "nodes/a/control/deploy"]);
+    assert_eq!(c.assignments[&(ServiceId::from("svc"), 0)].worker.as_deref(), Some("a"));
+    // A stale last will (older session) is ignored; the current one marks the worker lost.
+    c.instance_event("a", ev(0, Status::Running), 10.5);
+    assert!(c.worker_lost("a", "s-old", 11.0).is_empty());
+    assert_eq!(c.assignments[&(ServiceId::from("svc"), 0)].status, Status::Running);
+    if let Some(w) = c.workers.get_mut("b") {
+        w.last_seen = 11.0;
+    }
+    let outs = c.worker_lost("a", "s-a", 11.0);
+    assert_eq!(topics(&outs), ["nodes/a/control/delete", "nodes/b/control/deploy"]);
     // The root no longer wants it: the worker is told to delete it.
     let outs = c.set_desired(vec![], 12.0);
-    assert_eq!(topics(&outs), ["nodes/a/control/delete"]);
+    assert_eq!(topics(&outs), ["nodes/b/control/delete"]);
     assert!(c.assignments.is_empty());
 }
 

@@ -285,6 +285,17 @@ impl Hierarchy {
 
     /// Like [`start`](Self::start), with the report interval of workers and cluster (ms).
     pub async fn start_with(tag: &str, workers: usize, report_ms: u64) -> Self {
+        Self::start_opts(tag, workers, report_ms, report_ms * 6, &[]).await
+    }
+
+    /// Full control: report interval, heartbeat timeout (ms) and extra `oak cluster` flags.
+    pub async fn start_opts(
+        tag: &str,
+        workers: usize,
+        report_ms: u64,
+        heartbeat_ms: u64,
+        cluster_args: &[&str],
+    ) -> Self {
         let ns = format!("oak-e2e-{tag}");
         oak_runtime::testimage::import(&ns).unwrap();
         // Leftovers of an earlier, interrupted run.
@@ -317,8 +328,9 @@ impl Hierarchy {
                     "--report-interval-ms",
                     &report_ms.to_string(),
                     "--heartbeat-timeout-ms",
-                    &(report_ms * 6).to_string(),
+                    &heartbeat_ms.to_string(),
                 ])
+                .args(cluster_args)
                 .arg("--data-dir")
                 .arg(&cdir)
                 .env("RUST_LOG", "warn")
@@ -363,7 +375,7 @@ impl Hierarchy {
         h
     }
 
-    fn host(&self, i: usize) -> (String, String) {
+    pub fn host(&self, i: usize) -> (String, String) {
         (format!("oak-e2e-{}-h{i}", self.prefix), format!("oe{}{i}", &self.prefix[..self.prefix.len().min(8)]))
     }
 

@@ -1,0 +1,134 @@
+//! Failures, end to end: a killed worker, a partitioned worker, a crash loop. Real processes,
+//! workers in their own network namespaces, real containers. Needs root and containerd.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::Hierarchy;
+use oak_api::Status;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn one_service(name: &str, cmd: &str) -> serde_json::Value {
+    json!({"sla_version": "v2.0", "customerID": "Admin", "applications": [{
+        "application_name": name, "application_namespace": "f", "microservices": [{
+            "microservice_name": "s", "microservice_namespace": "f", "virtualization": "container",
+            "code": oak_runtime::testimage::IMAGE, "cmd": ["sh", "-c", cmd], "memory": 16, "vcpus": 0.1}]}]})
+}
+
+async fn deploy(h: &Hierarchy, name: &str, cmd: &str) -> String {
+    let apps = h.admin.create_applications(&one_service(name, cmd)).await.unwrap();
+    let svc = apps.into_iter().find(|a| a.application_name == name).unwrap().microservices[0].to_string();
+    h.admin.request_instance(&svc).await.unwrap();
+    svc
+}
+
+fn worker_index(h: &Hierarchy, name: &str) -> usize {
+    h.worker_names.iter().position(|n| n == name).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_instance_runs_elsewhere_within_ten_seconds() {
+    if !common::can_run_containers("kill a worker") {
+        return;
+    }
+    // Default timings: reports every 2 s, a worker is gone after 6 s of silence.
+    let mut h = Hierarchy::start_opts("kil", 2, 2000, 6000, &[]).await;
+    let svc = deploy(&h, "victim", "exec sleep 3600").await;
+    let s =
+        h.wait_for(&svc, 60, "RUNNING", |is| is.iter().all(|i| i.status == Status::Running) && !is.is_empty()).await;
+    let first = s.instance_list[0].worker_name.clone().unwrap();
+    let idx = worker_index(&h, &first);
+
+    let t = Instant::now();
+    h.workers[idx].kill();
+    let s = h
+        .wait_for(&svc, 30, "RUNNING on the other worker", |is| {
+            is.iter().all(|i| i.status == Status::Running && i.worker_name.as_deref() != Some(first.as_str()))
+        })
+        .await;
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert_eq!(s.instance_list.len(), 1);
+    eprintln!("worker kill → RUNNING elsewhere in {took:?}");
+
+    // The killed worker comes back: it removes what it left, and no duplicate remains.
+    let w = h.spawn_worker(idx);
+    h.workers[idx] = w;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = h.containers();
+        let clusters = h.admin.clusters(true).await.unwrap();
+        if c.len() == 1 && clusters[0].active_nodes == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "containers {c:?}, active workers {}", clusters[0].active_nodes);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_worker_heals_without_duplicates() {
+    if !common::can_run_containers("partition a worker") {
+        return;
+    }
+    let h = Hierarchy::start_opts("par", 2, 1000, 3000, &[]).await;
+    let svc = deploy(&h, "cut", "exec sleep 3600").await;
+    let s =
+        h.wait_for(&svc, 60, "RUNNING", |is| is.iter().all(|i| i.status == Status::Running) && !is.is_empty()).await;
+    let first = s.instance_list[0].worker_name.clone().unwrap();
+    let (_, veth) = h.host(worker_index(&h, &first));
+    let ip = |args: &[&str]| assert!(std::process::Command::new("ip").args(args).status().unwrap().success());
+
+    ip(&["link", "set", &veth, "down"]);
+    h.wait_for(&svc, 30, "RUNNING on the other worker", |is| {
+        is.iter().all(|i| i.status == Status::Running && i.worker_name.as_deref() != Some(first.as_str()))
+    })
+    .await;
+    // During the partition both copies exist: the cut-off worker cannot be told yet.
+    ip(&["link", "set", &veth, "up"]);
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let c = h.containers();
+        let s = h.admin.service(&svc).await.unwrap();
+        let active = h.admin.clusters(true).await.unwrap()[0].active_nodes;
+        if c.len() == 1 && active == 2 && s.instance_list.len() == 1 && s.instance_list[0].status == Status::Running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after healing: containers {c:?}, active {active}, {:?}", s.instance_list);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_backoff_grows_to_the_cap() {
+    if !common::can_run_containers("crash loop") {
+        return;
+    }
+    let h = Hierarchy::start_opts("crl", 1, 500, 3000, &["--backoff-cap-ms", "4000"]).await;
+    let svc = deploy(&h, "loop", "echo boom; exit 2").await;
+    // Times at which the instance died, as the root saw them.
+    let mut deaths: Vec<Instant> = Vec::new();
+    let mut details = Vec::new();
+    let mut was_dead = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while deaths.len() < 6 {
+        let i = h.admin.service(&svc).await.unwrap().instance_list[0].clone();
+        let dead = i.status == Status::Dead;
+        if dead && !was_dead {
+            deaths.push(Instant::now());
+            details.push(i.status_detail.clone());
+        }
+        was_dead = dead;
+        assert!(Instant::now() < deadline, "only {} deaths: {details:?}", deaths.len());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let gaps: Vec<f64> = deaths.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+    eprintln!("gaps between deaths: {gaps:?}\n{details:#?}");
+    // Expected waits 1, 2, 4, 4, 4 s (plus the time to start and exit each time).
+    for (g, want) in gaps.iter().zip([1.0, 2.0, 4.0, 4.0, 4.0]) {
+        assert!(*g >= want - 0.3 && *g < want + 2.0, "gap {g:.2} s, expected about {want} s: {gaps:?}");
+    }
+    assert!(details[0].contains("exited with code 2; placed again in 1 s (attempt 1)"), "{details:?}");
+    assert!(details[4].contains("placed again in 4 s (attempt 5)"), "{details:?}");
+}
