@@ -583,6 +583,11 @@ impl Validator {
             self.push(join(path, "port"), e);
         }
         self.boolean(obj, path, "one_shot");
+        if let Some(p) = self.opt_string(obj, path, "on_cluster_loss")
+            && !matches!(p, "move" | "wait")
+        {
+            self.push(join(path, "on_cluster_loss"), format!("must be \"move\" or \"wait\", got {p:?}"));
+        }
         self.boolean(obj, path, "privileged");
         self.opt_string(obj, path, "platform");
         self.string_array(obj, path, "arch");

@@ -40,6 +40,8 @@ pub struct RootConfig {
     /// Token clusters join with; read from (or generated into) `<data-dir>/cluster-token`
     /// when `None`.
     pub cluster_token: Option<String>,
+    /// A cluster silent this long is lost; its instances move to other clusters.
+    pub cluster_timeout_secs: f64,
 }
 
 impl RootConfig {
@@ -52,6 +54,7 @@ impl RootConfig {
             refresh_token_ttl_secs: 7 * 24 * 3600,
             max_body_bytes: 1024 * 1024,
             cluster_token: None,
+            cluster_timeout_secs: registry::DEFAULT_CLUSTER_TIMEOUT_SECS,
         }
     }
 }
@@ -109,7 +112,7 @@ impl Root {
 
     /// Builds a root over any store and clock (tests use fakes).
     pub fn with_store(config: &RootConfig, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Self, RootError> {
-        let registry = Arc::new(Registry::new(store, clock.clone()));
+        let registry = Arc::new(Registry::new(store, clock.clone()).with_cluster_timeout(config.cluster_timeout_secs));
         let secret = registry.meta_or_init("jwt_secret", || {
             let mut key = vec![0u8; 32];
             rand::fill(&mut key[..]);

@@ -38,8 +38,10 @@ const CLUSTERS: Table = "clusters";
 pub const TABLES: &[Table] =
     &[META, USERS, USER_NAMES, ORGS, ORG_NAMES, APPS, OWNER_APPS, SERVICES, ADDRESSES, CLUSTERS];
 
-/// A cluster counts as active when it reported within this many seconds (as in the original).
-pub const CLUSTER_ACTIVE_WINDOW_SECS: f64 = 30.0;
+/// Default: a cluster that has not reported for this long is lost (it reports every 2 s).
+pub const DEFAULT_CLUSTER_TIMEOUT_SECS: f64 = 10.0;
+/// A CLUSTER_SCHEDULED instance the cluster has not taken up within this long is placed again.
+pub const CLUSTER_ACK_TIMEOUT_SECS: f64 = 15.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -158,6 +160,8 @@ pub struct Registry {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     write: Mutex<()>,
+    /// A cluster silent this long is lost: not scheduled on, and its instances move.
+    cluster_timeout: f64,
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -167,7 +171,13 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock, write: Mutex::new(()) }
+        Self { store, clock, write: Mutex::new(()), cluster_timeout: DEFAULT_CLUSTER_TIMEOUT_SECS }
+    }
+
+    /// Sets how long a cluster may be silent before it counts as lost.
+    pub fn with_cluster_timeout(mut self, secs: f64) -> Self {
+        self.cluster_timeout = secs;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -862,15 +872,12 @@ impl Registry {
         let (mut s, _) = self.owned_service(owner, id)?;
         let now = self.clock.now_unix();
         let clusters = self.load_all::<ClusterRecord>(CLUSTERS, "")?;
-        let active = clusters.iter().filter(|c| now - c.last_seen <= CLUSTER_ACTIVE_WINDOW_SECS).count();
+        let active = clusters.iter().filter(|c| now - c.last_seen <= self.cluster_timeout).count();
         let (status, detail) = if active == 0 {
             let why = if clusters.is_empty() {
                 "no cluster has joined this root yet".to_owned()
             } else {
-                format!(
-                    "none of the {} known clusters reported in the last {CLUSTER_ACTIVE_WINDOW_SECS} s",
-                    clusters.len()
-                )
+                format!("none of the {} known clusters reported in the last {} s", clusters.len(), self.cluster_timeout)
             };
             (Status::NoActiveClusterWithCapacity, format!("no active cluster can take it: {why}"))
         } else {
@@ -930,7 +937,7 @@ impl Registry {
             .load_all::<ClusterRecord>(CLUSTERS, "")?
             .into_iter()
             .map(|c| model::Cluster {
-                active: now - c.last_seen <= CLUSTER_ACTIVE_WINDOW_SECS,
+                active: now - c.last_seen <= self.cluster_timeout,
                 id: c.id,
                 cluster_name: c.name,
                 cluster_location: c.location,

@@ -82,6 +82,9 @@ struct RootArgs {
     /// Lifetime of access tokens, in seconds.
     #[arg(long, default_value_t = 600)]
     access_token_ttl: u64,
+    /// A cluster silent this long (ms) is lost: its instances move to other clusters.
+    #[arg(long, env = "OAK_CLUSTER_TIMEOUT_MS", default_value_t = 10000)]
+    cluster_timeout_ms: u64,
     /// Token clusters join with (default: generated into <data-dir>/cluster-token).
     #[arg(long, env = "OAK_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
@@ -122,6 +125,7 @@ async fn run_root(args: RootArgs) -> anyhow::Result<()> {
     config.admin_password = admin_password_from_env();
     config.access_token_ttl_secs = args.access_token_ttl;
     config.cluster_token = args.cluster_token;
+    config.cluster_timeout_secs = args.cluster_timeout_ms.max(1000) as f64 / 1000.0;
     let root = oak_root::Root::open(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

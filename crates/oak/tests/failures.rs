@@ -132,3 +132,74 @@ async fn crash_loop_backoff_grows_to_the_cap() {
     assert!(details[0].contains("exited with code 2; placed again in 1 s (attempt 1)"), "{details:?}");
     assert!(details[4].contains("placed again in 4 s (attempt 5)"), "{details:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_clusters_instances_move_and_come_back_once() {
+    if !common::can_run_containers("lose a cluster") {
+        return;
+    }
+    // The root declares a cluster lost after 3 s of silence (default 10 s).
+    let root = common::RootProcess::start_env(&[("OAK_CLUSTER_TIMEOUT_MS", "3000")]).await;
+    let mut h = Hierarchy::start_full("los", 1, 500, 3000, &[], root).await;
+    let (port, mqtt) = (free_port(), free_port());
+    let (mut second, token) = h.spawn_cluster("cl-los-b", port, mqtt, 500).await;
+    let w = h.spawn_worker_to(1, port, &token);
+    h.workers.push(w);
+    h.worker_names.push("los-w1".into());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.admin.clusters(true).await.unwrap().iter().map(|c| c.active_nodes).sum::<u32>() < 2 {
+        assert!(Instant::now() < deadline, "the second cluster did not join");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Pin the instance to the second cluster first, then let it float.
+    let sla = json!({"sla_version": "v2.0", "customerID": "Admin", "applications": [{
+        "application_name": "roam", "application_namespace": "f", "microservices": [{
+            "microservice_name": "s", "microservice_namespace": "f", "virtualization": "container",
+            "code": oak_runtime::testimage::IMAGE, "cmd": ["sleep", "3600"], "memory": 16, "vcpus": 0.1,
+            "constraints": [{"type": "direct", "cluster": "cl-los-b;cl-los"}]}]}]});
+    let app =
+        h.admin.create_applications(&sla).await.unwrap().into_iter().find(|a| a.application_name == "roam").unwrap();
+    let svc = app.microservices[0].to_string();
+    h.admin.request_instance(&svc).await.unwrap();
+    let s =
+        h.wait_for(&svc, 60, "RUNNING", |is| is.iter().all(|i| i.status == Status::Running) && !is.is_empty()).await;
+    let first_cluster = s.instance_list[0].cluster_id.clone().unwrap();
+    let clusters = h.admin.clusters(false).await.unwrap();
+    let first_name = clusters.iter().find(|c| c.id == first_cluster).unwrap().cluster_name.clone();
+
+    // Kill the cluster that runs it (its worker and container stay up, cut off).
+    let t = Instant::now();
+    if first_name == "cl-los-b" {
+        second.kill();
+    } else {
+        h.cluster.kill();
+    }
+    h.wait_for(&svc, 30, "RUNNING in the other cluster", |is| {
+        is.len() == 1 && is[0].status == Status::Running && is[0].cluster_id.as_ref() != Some(&first_cluster)
+    })
+    .await;
+    eprintln!("cluster loss → RUNNING in the other cluster in {:?}", t.elapsed());
+
+    // The lost cluster returns: its copy is stopped, exactly one runs.
+    if first_name == "cl-los-b" {
+        second = h.spawn_cluster("cl-los-b", port, mqtt, 500).await.0;
+    } else {
+        let (p, _) = h.spawn_cluster_first().await;
+        h.cluster = p;
+    }
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let c = h.containers();
+        let active = h.admin.clusters(true).await.unwrap().len();
+        if c.len() == 1 && active == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after the cluster returned: containers {c:?}, active clusters {active}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(second);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -176,7 +176,9 @@ impl Registry {
         let _w = self.write.lock();
         let now = self.clock.now_unix();
         let clusters: Vec<ClusterRecord> =
-            self.clusters()?.into_iter().filter(|c| now - c.last_seen <= CLUSTER_ACTIVE_WINDOW_SECS).collect();
+            self.clusters()?.into_iter().filter(|c| now - c.last_seen <= self.cluster_timeout).collect();
+        let active: std::collections::BTreeSet<ClusterId> = clusters.iter().map(|c| c.id.clone()).collect();
+        let names: BTreeMap<ClusterId, String> = self.clusters()?.into_iter().map(|c| (c.id, c.name)).collect();
         let mut snap = Snapshot::new(
             clusters
                 .iter()
@@ -221,6 +223,38 @@ impl Registry {
         for mut s in services {
             let mut changed = false;
             for n in 0..s.instances.len() {
+                // A lost cluster's instances move (unless the service says to wait for it), and an
+                // instance its cluster never took up is placed again: nothing waits forever.
+                let moves = !matches!(s.spec.extra.get("on_cluster_loss").and_then(|v| v.as_str()), Some("wait"));
+                let inst = &s.instances[n];
+                let stale = inst.status == Status::ClusterScheduled
+                    && now - inst.last_modified_timestamp > CLUSTER_ACK_TIMEOUT_SECS;
+                let lost = inst.cluster_id.as_ref().is_some_and(|c| !active.contains(c))
+                    && inst.status != Status::Completed
+                    && moves;
+                if let (Some(c), true) = (inst.cluster_id.clone(), lost || stale) {
+                    let why = if lost {
+                        format!(
+                            "cluster {} lost; placing it elsewhere",
+                            names.get(&c).cloned().unwrap_or_else(|| c.to_string())
+                        )
+                    } else {
+                        format!(
+                            "cluster {} did not take it up in {CLUSTER_ACK_TIMEOUT_SECS} s; placing it elsewhere",
+                            names.get(&c).cloned().unwrap_or_else(|| c.to_string())
+                        )
+                    };
+                    let number = inst.instance_number;
+                    s.refused_by.entry(number).or_default().push(c);
+                    let inst = &mut s.instances[n];
+                    inst.cluster_id = None;
+                    inst.status = Status::Requested;
+                    inst.status_detail = why;
+                    inst.worker_id = None;
+                    inst.worker_name = None;
+                    inst.last_modified_timestamp = now;
+                    changed = true;
+                }
                 let inst = &s.instances[n];
                 let number = inst.instance_number;
                 let refused = s.refused_by.get(&number).cloned().unwrap_or_default();

@@ -132,7 +132,7 @@ fn instance_status_says_why_no_cluster_takes_it() {
     let i = r.request_instance(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
     assert!(i.status_detail.contains("none of the 1 known clusters reported"), "{}", i.status_detail);
     assert_eq!(r.list_clusters(true).unwrap_or_default().len(), 0);
-    *clock.0.lock() = 980.0;
+    *clock.0.lock() = 975.0;
     assert_eq!(r.list_clusters(true).unwrap_or_default().len(), 1);
     let i = r.request_instance(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((i.status, i.instance_number), (Status::Requested, 2));

@@ -44,16 +44,25 @@ impl RootProcess {
 
     /// A root over `dir` (kept by the caller), with an optional OAK_ADMIN_PASSWORD.
     pub async fn start_in(dir: &Path, admin_password: Option<&str>) -> Self {
-        Self::start_on(dir, admin_password, None).await
+        Self::start_on(dir, admin_password, None, &[]).await
+    }
+
+    /// A root with a fresh data dir and extra environment (e.g. OAK_CLUSTER_TIMEOUT_MS).
+    pub async fn start_env(env: &[(&str, &str)]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut r = Self::start_on(&dir, None, None, env).await;
+        r._tmp = Some(tmp);
+        r
     }
 
     /// A root over `dir` on a fixed port.
     pub async fn start_on_port(dir: &Path, port: u16) -> Self {
-        Self::start_on(dir, None, Some(port)).await
+        Self::start_on(dir, None, Some(port), &[]).await
     }
 
     /// Like [`start_in`], on a given port (a restart keeps its address).
-    async fn start_on(dir: &Path, admin_password: Option<&str>, port: Option<u16>) -> Self {
+    async fn start_on(dir: &Path, admin_password: Option<&str>, port: Option<u16>, env: &[(&str, &str)]) -> Self {
         for _ in 0..5 {
             let port = port.unwrap_or_else(free_port);
             let mut cmd = Command::new(OAK);
@@ -65,6 +74,9 @@ impl RootProcess {
                 .stderr(Stdio::inherit());
             if let Some(p) = admin_password {
                 cmd.env("OAK_ADMIN_PASSWORD", p);
+            }
+            for (k, v) in env {
+                cmd.env(k, v);
             }
             let child = cmd.spawn().unwrap();
             let mut r = RootProcess {
@@ -116,7 +128,7 @@ impl RootProcess {
         self.kill();
         let tmp = self._tmp.take();
         let port = self.url.rsplit(':').next().and_then(|p| p.parse().ok());
-        let mut r = Self::start_on(&self.data_dir.clone(), self.admin_password.as_deref(), port).await;
+        let mut r = Self::start_on(&self.data_dir.clone(), self.admin_password.as_deref(), port, &[]).await;
         r._tmp = tmp;
         r
     }
@@ -296,6 +308,18 @@ impl Hierarchy {
         heartbeat_ms: u64,
         cluster_args: &[&str],
     ) -> Self {
+        Self::start_full(tag, workers, report_ms, heartbeat_ms, cluster_args, RootProcess::start().await).await
+    }
+
+    /// Like [`start_opts`](Self::start_opts), over a root the caller started.
+    pub async fn start_full(
+        tag: &str,
+        workers: usize,
+        report_ms: u64,
+        heartbeat_ms: u64,
+        cluster_args: &[&str],
+        root: RootProcess,
+    ) -> Self {
         let ns = format!("oak-e2e-{tag}");
         oak_runtime::testimage::import(&ns).unwrap();
         // Leftovers of an earlier, interrupted run.
@@ -308,7 +332,6 @@ impl Hierarchy {
                 rt.remove(&c, Duration::from_millis(100)).await.unwrap();
             }
         }
-        let root = RootProcess::start().await;
         let admin = root.admin().await;
         let dir = tempfile::tempdir().unwrap();
         let cluster_token = std::fs::read_to_string(root.data_dir.join("cluster-token")).unwrap();
@@ -379,8 +402,13 @@ impl Hierarchy {
         (format!("oak-e2e-{}-h{i}", self.prefix), format!("oe{}{i}", &self.prefix[..self.prefix.len().min(8)]))
     }
 
-    /// Starts worker `i` in its host namespace (created if needed).
+    /// Starts worker `i` of the first cluster in its host namespace (created if needed).
     pub fn spawn_worker(&self, i: usize) -> Proc {
+        self.spawn_worker_to(i, self.cluster_port, &self.worker_token)
+    }
+
+    /// Starts worker `i` (host index) for the cluster registering on `port` with `token`.
+    pub fn spawn_worker_to(&self, i: usize, port: u16, token: &str) -> Proc {
         let (netns, veth) = self.host(i);
         let b = 200 + (self.prefix.bytes().map(u32::from).sum::<u32>() % 50) as u8;
         let gateway = if Path::new(&format!("/run/netns/{netns}")).exists() {
@@ -390,8 +418,8 @@ impl Hierarchy {
         };
         Proc(Some(
             Command::new(OAK)
-                .args(["worker", "--netns", &netns, "--cluster", &format!("http://{gateway}:{}", self.cluster_port)])
-                .args(["--token", &self.worker_token, "--name", &format!("{}-w{i}", self.prefix)])
+                .args(["worker", "--netns", &netns, "--cluster", &format!("http://{gateway}:{port}")])
+                .args(["--token", token, "--name", &format!("{}-w{i}", self.prefix)])
                 .args(["--containerd-namespace", &self.ns, "--stop-grace", "1", "--data-dir"])
                 .arg(self.dir.path().join(format!("w{i}")))
                 .env("RUST_LOG", "warn")
@@ -399,6 +427,52 @@ impl Hierarchy {
                 .spawn()
                 .unwrap(),
         ))
+    }
+
+    /// Starts (or restarts, same data dir) a second cluster `name` with its own ports.
+    pub async fn spawn_cluster(&self, name: &str, port: u16, mqtt_port: u16, report_ms: u64) -> (Proc, String) {
+        self.spawn_cluster_named(name, &format!("cluster-{name}"), port, mqtt_port, report_ms).await
+    }
+
+    async fn spawn_cluster_named(
+        &self,
+        name: &str,
+        dir: &str,
+        port: u16,
+        mqtt_port: u16,
+        report_ms: u64,
+    ) -> (Proc, String) {
+        let token = std::fs::read_to_string(self.root.data_dir.join("cluster-token")).unwrap();
+        let cdir = self.dir.path().join(dir);
+        let p = Proc(Some(
+            Command::new(OAK)
+                .args(["cluster", "--root", &self.root.url, "--token", token.trim(), "--name", name])
+                .args(["--listen", &format!("0.0.0.0:{port}"), "--mqtt-listen", &format!("0.0.0.0:{mqtt_port}")])
+                .args([
+                    "--report-interval-ms",
+                    &report_ms.to_string(),
+                    "--heartbeat-timeout-ms",
+                    &(report_ms * 3).to_string(),
+                ])
+                .arg("--data-dir")
+                .arg(&cdir)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+        let token_file = cdir.join("worker-token");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !token_file.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (p, std::fs::read_to_string(&token_file).unwrap().trim().to_owned())
+    }
+
+    /// Restarts the first cluster (same ports and data dir).
+    pub async fn spawn_cluster_first(&self) -> (Proc, String) {
+        self.spawn_cluster_named(&format!("cl-{}", self.prefix), "cluster", self.cluster_port, self.mqtt_port, 500)
+            .await
     }
 
     pub fn cluster_port(&self) -> u16 {
