@@ -79,7 +79,7 @@ pub struct Timing {
 
 impl Default for Timing {
     fn default() -> Self {
-        Self { heartbeat_timeout: 6.0, deploy_ack_timeout: 10.0, backoff_cap: 60.0, healthy_run: 30.0 }
+        Self { heartbeat_timeout: 6.0, deploy_ack_timeout: 3.0, backoff_cap: 60.0, healthy_run: 30.0 }
     }
 }
 

@@ -418,11 +418,13 @@ impl Cluster {
             Some(e) => (e.user.clone(), e.password.clone()),
             None => (id.clone(), random_hex(24)),
         };
+        // Active only from its first report over MQTT: then it is subscribed and can take work.
+        let _ = t;
         let rec = WorkerRec {
             id: id.clone(),
             reg: req,
             mqtt_password_hash: broker::hash(&password),
-            last_seen: t,
+            last_seen: f64::MIN,
             info: None,
         };
         let mut b = Batch::new();

@@ -105,6 +105,19 @@ impl<R: Runtime> Worker<R> {
         std::fs::create_dir_all(config.data_dir.join("logs")).map_err(dd)?;
         let id_file = config.data_dir.join("node-id");
         let node_id = std::fs::read_to_string(&id_file).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        // Containers left by an earlier run of this node go first, before it can be given work.
+        if let Some(id) = &node_id {
+            let labels = BTreeMap::from([(NODE_LABEL.to_owned(), id.clone())]);
+            match runtime.list(&labels).await {
+                Ok(left) => {
+                    for c in left {
+                        tracing::info!(container = %c, "removing a container left from an earlier run");
+                        let _ = runtime.remove(&c, Duration::from_secs(1)).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot list leftover containers"),
+            }
+        }
         let (host, port) = host_of(&config.cluster_url)?;
         let (mem, _) = host::memory_mb();
         let req = RegisterRequest {
@@ -156,16 +169,6 @@ impl<R: Runtime> Worker<R> {
     /// Runs until `shutdown`; then removes every instance it runs.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) {
         let id = self.reg.id.clone();
-        let labels = BTreeMap::from([(NODE_LABEL.to_owned(), id.clone())]);
-        match self.runtime.list(&labels).await {
-            Ok(left) => {
-                for c in left {
-                    tracing::info!(container = %c, "removing a container left from an earlier run");
-                    let _ = self.runtime.remove(&c, Duration::from_secs(1)).await;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot list leftover containers"),
-        }
 
         let mut opts = MqttOptions::new(format!("{id}-ne"), self.mqtt_host.clone(), self.reg.mqtt_port);
         if !self.reg.mqtt_username.is_empty() {
@@ -185,11 +188,17 @@ impl<R: Runtime> Worker<R> {
         let control = format!("nodes/{id}/control/");
         let sub_client = client.clone();
         let mqtt_tx = tx.clone();
+        // Reports (which make the cluster count this worker as active) start only once the
+        // control topics are subscribed, so no deploy is sent into the void.
+        let (subscribed_tx, mut subscribed) = tokio::sync::watch::channel(false);
         let mqtt_task = tokio::spawn(async move {
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         let _ = sub_client.subscribe(format!("{control}#"), QoS::AtLeastOnce).await;
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = subscribed_tx.send(true);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let cmd = match p.topic.strip_prefix(&control) {
@@ -218,6 +227,7 @@ impl<R: Runtime> Worker<R> {
         let tick_tx = tx.clone();
         let interval = Duration::from_millis(self.reg.report_interval_ms.max(100));
         let tick_task = tokio::spawn(async move {
+            let _ = subscribed.wait_for(|s| *s).await;
             let mut t = tokio::time::interval(interval);
             loop {
                 t.tick().await;
