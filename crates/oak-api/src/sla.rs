@@ -111,6 +111,10 @@ pub struct MicroserviceSpec {
     pub port: Option<String>,
     #[serde(default)]
     pub one_shot: bool,
+    /// Desired number of instances (an extension of the original, which ignores it). When
+    /// set, the root keeps that many; each deploy call still adds one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
     #[serde(default)]
     pub privileged: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -569,7 +573,7 @@ impl Validator {
                 }
             }
         }
-        for key in ["memory", "vgpus", "vtpus", "bandwidth_in", "bandwidth_out", "storage"] {
+        for key in ["memory", "vgpus", "vtpus", "bandwidth_in", "bandwidth_out", "storage", "replicas"] {
             self.count(obj, path, key);
         }
         if let Some(c) = self.number(obj, path, "vcpus", false)

@@ -155,6 +155,12 @@ impl RootClient {
         self.request(Method::DELETE, &format!("/api/service/{id}"), None::<&Value>).await
     }
 
+    /// Sets the desired number of instances of a service.
+    pub async fn scale(&self, service: &str, replicas: u32) -> Result<Service, ClientError> {
+        let body = serde_json::json!({ "replicas": replicas });
+        self.request(Method::PUT, &format!("/api/service/{service}/replicas"), Some(&body)).await
+    }
+
     pub async fn request_instance(&self, service: &str) -> Result<InstanceRequested, ClientError> {
         self.request(Method::POST, &format!("/api/service/{service}/instance"), None::<&Value>).await
     }

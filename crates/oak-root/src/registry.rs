@@ -121,6 +121,10 @@ struct ServiceRecord {
     /// Per instance number: clusters that refused it (they are not tried again for it).
     #[serde(default)]
     refused_by: BTreeMap<u32, Vec<ClusterId>>,
+    /// Desired number of instances (`replicas` in the SLA, or set by scaling); `None`: each
+    /// deploy call adds one and nothing else, as in the original.
+    #[serde(default)]
+    desired: Option<u32>,
 }
 
 impl ServiceRecord {
@@ -626,6 +630,7 @@ impl Registry {
                 )));
             }
             names.push(key);
+            let desired = spec.replicas;
             let svc = ServiceRecord {
                 id: ServiceId::generate(),
                 app: app.id.clone(),
@@ -636,6 +641,7 @@ impl Registry {
                 status_detail: None,
                 instances: Vec::new(),
                 refused_by: BTreeMap::new(),
+                desired,
             };
             for (addr, field) in svc.addresses() {
                 if let Some(holder) = self.index(ADDRESSES, &addr)? {
@@ -837,6 +843,9 @@ impl Registry {
         for (addr, _) in &old {
             b.delete(ADDRESSES, addr.clone());
         }
+        if let Some(r) = spec.replicas {
+            s.desired = Some(r);
+        }
         s.spec = spec;
         for (addr, field) in s.addresses() {
             if let Some(holder) = self.index(ADDRESSES, &addr)?
@@ -870,6 +879,35 @@ impl Registry {
     pub fn request_instance(&self, owner: &UserId, id: &ServiceId) -> Result<Instance> {
         let _w = self.write.lock();
         let (mut s, _) = self.owned_service(owner, id)?;
+        // Each deploy call adds one, as in the original; with a desired count, it grows by one.
+        if let Some(d) = s.desired.as_mut() {
+            *d += 1;
+        }
+        let instance = self.add_instance(&mut s)?;
+        let mut b = Batch::new();
+        b.put(SERVICES, id.as_str(), encode(&s));
+        self.store.commit(b)?;
+        Ok(instance)
+    }
+
+    /// Sets a service's desired number of instances; the scheduler adds or removes instances
+    /// to match (removing the newest first).
+    pub fn set_replicas(&self, owner: &UserId, id: &ServiceId, replicas: u32) -> Result<Service> {
+        if replicas > 10_000 {
+            return Err(invalid("replicas", format!("must be at most 10000, got {replicas}")));
+        }
+        let _w = self.write.lock();
+        let (mut s, app) = self.owned_service(owner, id)?;
+        s.desired = Some(replicas);
+        let mut b = Batch::new();
+        b.put(SERVICES, id.as_str(), encode(&s));
+        self.store.commit(b)?;
+        Ok(Self::render_service(s, &app))
+    }
+
+    /// A new instance record (not committed), with the status that says whether a cluster can
+    /// take it now.
+    fn add_instance(&self, s: &mut ServiceRecord) -> Result<Instance> {
         let now = self.clock.now_unix();
         let clusters = self.load_all::<ClusterRecord>(CLUSTERS, "")?;
         let active = clusters.iter().filter(|c| now - c.last_seen <= self.cluster_timeout).count();
@@ -903,10 +941,35 @@ impl Registry {
         s.instances.push(instance.clone());
         s.status = Some(status);
         s.status_detail = Some(detail);
-        let mut b = Batch::new();
-        b.put(SERVICES, id.as_str(), encode(&s));
-        self.store.commit(b)?;
         Ok(instance)
+    }
+
+    /// Adds or removes instances of services with a desired count. Returns true on a change.
+    pub fn reconcile_replicas(&self) -> Result<bool> {
+        let _w = self.write.lock();
+        let mut b = Batch::new();
+        for mut s in self.load_all::<ServiceRecord>(SERVICES, "")? {
+            let Some(want) = s.desired else { continue };
+            let have = s.instances.len() as u32;
+            if have == want {
+                continue;
+            }
+            for _ in have..want {
+                self.add_instance(&mut s)?;
+            }
+            if have > want {
+                s.instances.sort_by_key(|i| i.instance_number);
+                for gone in s.instances.split_off(want as usize) {
+                    s.refused_by.remove(&gone.instance_number);
+                }
+            }
+            b.put(SERVICES, s.id.as_str(), encode(&s));
+        }
+        let changed = !b.is_empty();
+        if changed {
+            self.store.commit(b)?;
+        }
+        Ok(changed)
     }
 
     /// Removes instance `number` of a service.

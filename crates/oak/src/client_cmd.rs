@@ -75,6 +75,8 @@ pub struct LogsArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ServiceCommand {
+    /// Set the desired number of instances; the system keeps that many.
+    Scale { id: String, replicas: u32 },
     /// Ask for one more instance and follow it until it runs, or fails with a reason.
     Deploy {
         id: String,
@@ -274,6 +276,24 @@ pub async fn service(global: Global, cmd: ServiceCommand) -> anyhow::Result<()> 
     let mut s = Session::open(&global)?;
     match cmd {
         ServiceCommand::Deploy { id, timeout } => deploy(&mut s, &id, timeout, global.output).await,
+        ServiceCommand::Scale { id, replicas } => {
+            let v = s
+                .call(|c| {
+                    let id = id.clone();
+                    async move { c.scale(&id, replicas).await }
+                })
+                .await?;
+            match global.output {
+                Output::Json => print_json(&v),
+                Output::Table => {
+                    println!(
+                        "service {} will keep {replicas} instance(s); follow with `oak instance list {}`",
+                        v.job_name, v.id
+                    );
+                    Ok(())
+                }
+            }
+        }
         ServiceCommand::List { app } => {
             let svcs = s
                 .call(|c| {

@@ -592,3 +592,43 @@ async fn shared_sla_fixtures_over_http() {
     }
     assert!(c.applications().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn replicas_are_kept_and_scaled() {
+    let root = RootProcess::start().await;
+    let c = root.admin().await;
+    let mut doc = sla("rep", "ns", &[("web", None)]);
+    doc["applications"][0]["microservices"][0]["replicas"] = json!(3);
+    let app = c.create_applications(&doc).await.unwrap().remove(0);
+    let svc = app.microservices[0].to_string();
+    let count = |n: usize| {
+        let c = c.clone();
+        let svc = svc.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let s = c.service(&svc).await.unwrap();
+                if s.instance_list.len() == n {
+                    return s;
+                }
+                assert!(std::time::Instant::now() < deadline, "expected {n} instances, have {:?}", s.instance_list);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // Without a cluster they wait, each saying why.
+    let s = count(3).await;
+    assert!(s.instance_list.iter().all(|i| i.status == oak_api::Status::NoActiveClusterWithCapacity));
+    c.scale(&svc, 1).await.unwrap();
+    let s = count(1).await;
+    assert_eq!(s.instance_list[0].instance_number, 0, "the newest go first");
+    // A deploy call adds one, and the count keeps it.
+    c.request_instance(&svc).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    count(2).await;
+    let e = c.scale(&svc, 20_000).await.unwrap_err();
+    assert_eq!(code(&e), "422 invalid_field");
+    let mut bad = sla("rep2", "ns", &[("web", None)]);
+    bad["applications"][0]["microservices"][0]["replicas"] = json!(-1);
+    assert_eq!(code(&c.create_applications(&bad).await.unwrap_err()), "422 invalid_field");
+}

@@ -95,7 +95,7 @@ pub async fn scheduler(state: AppState) {
             _ = state.hub.kick.notified() => {},
             _ = tokio::time::sleep(Duration::from_secs(2)) => {},
         }
-        match state.blocking(|r| Ok(r.schedule_pending()?)).await {
+        match state.blocking(|r| Ok(r.reconcile_replicas()? | r.schedule_pending()?)).await {
             Ok(true) => state.hub.bump(),
             Ok(false) => {}
             Err(e) => tracing::error!(error = %e.message, "root scheduler failed"),

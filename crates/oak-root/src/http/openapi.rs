@@ -15,7 +15,7 @@ use utoipa_swagger_ui::SwaggerUi;
         users::list_orgs, users::create_org, users::update_org, users::delete_org,
         apps::create, apps::list, apps::list_of_user, apps::get_one, apps::update, apps::delete,
         services::create, services::get_one, services::update, services::remove, services::list_all,
-        services::list_of_app, services::deploy_instance, services::undeploy_instance, services::instance_logs,
+        services::list_of_app, services::deploy_instance, services::undeploy_instance, services::instance_logs, services::scale,
         services::clusters, services::active_clusters,
     ),
     components(schemas(oak_api::ErrorBody, oak_api::ErrorCode, oak_api::Status, oak_api::sla::Violation)),

@@ -18,6 +18,7 @@ pub(super) fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, "/api/service/{id}/instance", post(deploy_instance));
     let r = route(r, "/api/service/{id}/instance/{number}", delete(undeploy_instance));
     let r = route(r, "/api/service/{id}/instance/{number}/logs", get(instance_logs));
+    let r = route(r, "/api/service/{id}/replicas", axum::routing::put(scale));
     let r = route(r, "/api/clusters", get(clusters));
     route(r, "/api/clusters/active", get(active_clusters))
 }
@@ -193,6 +194,27 @@ pub(super) async fn instance_logs(
         Some(e) => Err(ApiError::new(oak_api::ErrorCode::Unavailable, e)),
         None => Ok(Json(reply)),
     }
+}
+
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub(super) struct Scale {
+    /// Desired number of instances.
+    replicas: u32,
+}
+
+/// Set the desired number of instances of a service; the root adds or removes instances
+/// (newest first) to match, and keeps that number from then on.
+#[utoipa::path(put, path = "/api/service/{id}/replicas", tag = "instances", security(("bearer" = [])), request_body = Scale,
+    responses((status = 200, body = Service), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn scale(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    super::extract::JsonBody(req): super::extract::JsonBody<Scale>,
+) -> Result<Json<Service>, ApiError> {
+    let svc = state.blocking(move |r| Ok(r.set_replicas(&caller.user.id, &ServiceId(id), req.replicas)?)).await?;
+    state.hub.kick();
+    Ok(Json(svc))
 }
 
 /// Every cluster known to the root.
