@@ -214,9 +214,73 @@ pub fn dummy_hash() -> &'static str {
     "$argon2id$v=19$m=7168,t=5,p=1$c29tZXNhbHRzb21lc2FsdA$Qd3vrHqMZ0MMs8jbh7d3JsBOTlMh2F9RRVJsjv8uq0M"
 }
 
+/// Throttles password guessing: after `MAX_FAILURES` failed logins for a user name within
+/// `WINDOW_SECS`, that name is refused for `BLOCK_SECS`, right password or not.
+#[derive(Default)]
+pub struct LoginLimiter {
+    /// user name → (failures, first failure of the window, blocked until)
+    state: parking_lot::Mutex<std::collections::HashMap<String, (u32, f64, f64)>>,
+}
+
+impl LoginLimiter {
+    pub const MAX_FAILURES: u32 = 5;
+    pub const WINDOW_SECS: f64 = 60.0;
+    pub const BLOCK_SECS: f64 = 30.0;
+
+    /// `Err(seconds left)` while `user` is blocked.
+    pub fn check(&self, user: &str, now: f64) -> Result<(), f64> {
+        match self.state.lock().get(user) {
+            Some(&(_, _, until)) if until > now => Err(until - now),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn failed(&self, user: &str, now: f64) {
+        let mut st = self.state.lock();
+        if st.len() > 100_000 {
+            st.retain(|_, (_, start, until)| now - *start < Self::WINDOW_SECS || *until > now);
+        }
+        let e = st.entry(user.to_owned()).or_insert((0, now, 0.0));
+        if now - e.1 > Self::WINDOW_SECS {
+            *e = (0, now, 0.0);
+        }
+        e.0 += 1;
+        if e.0 >= Self::MAX_FAILURES {
+            e.2 = now + Self::BLOCK_SECS;
+            e.0 = 0;
+            e.1 = now;
+        }
+    }
+
+    pub fn succeeded(&self, user: &str) {
+        self.state.lock().remove(user);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn login_limiter_blocks_after_repeated_failures() {
+        let l = LoginLimiter::default();
+        for i in 0..4 {
+            l.failed("bob", f64::from(i));
+        }
+        assert!(l.check("bob", 4.0).is_ok());
+        l.failed("bob", 4.0);
+        assert_eq!(l.check("bob", 5.0), Err(29.0));
+        assert!(l.check("alice", 5.0).is_ok(), "other users are not affected");
+        assert!(l.check("bob", 34.5).is_ok(), "the block ends");
+        // Failures spread over more than the window do not add up.
+        for i in 0..10 {
+            l.failed("carol", 100.0 + f64::from(i) * 61.0);
+        }
+        assert!(l.check("carol", 800.0).is_ok());
+        l.failed("dave", 0.0);
+        l.succeeded("dave");
+        assert!(l.state.lock().get("dave").is_none());
+    }
 
     #[test]
     fn passwords_verify_and_differ_by_salt() {

@@ -33,10 +33,11 @@ const OWNER_APPS: Table = "owner_apps";
 const SERVICES: Table = "services";
 const ADDRESSES: Table = "addresses";
 const CLUSTERS: Table = "clusters";
+const JOIN_TOKENS: Table = "join_tokens";
 
 /// Every table the root uses; the store is opened with these.
 pub const TABLES: &[Table] =
-    &[META, USERS, USER_NAMES, ORGS, ORG_NAMES, APPS, OWNER_APPS, SERVICES, ADDRESSES, CLUSTERS];
+    &[META, USERS, USER_NAMES, ORGS, ORG_NAMES, APPS, OWNER_APPS, SERVICES, ADDRESSES, CLUSTERS, JOIN_TOKENS];
 
 /// Default: a cluster that has not reported for this long is lost (it reports every 2 s).
 pub const DEFAULT_CLUSTER_TIMEOUT_SECS: f64 = 10.0;
@@ -1022,7 +1023,9 @@ impl Registry {
 }
 
 mod clusters;
+mod tokens;
 pub use clusters::LogsTarget;
+pub use tokens::{JoinToken, NewJoinToken};
 
 #[cfg(test)]
 mod tests;

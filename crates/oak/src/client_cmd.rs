@@ -56,6 +56,16 @@ pub enum InstanceCommand {
     List { service: Option<String> },
 }
 
+#[derive(clap::Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a join token; its secret is shown once.
+    Create { name: String },
+    /// List join tokens (without secrets).
+    List,
+    /// Revoke a join token: clusters that joined with it are disconnected.
+    Revoke { id: String },
+}
+
 #[derive(clap::Args, Debug)]
 pub struct LogsArgs {
     #[command(flatten)]
@@ -566,4 +576,50 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
         std::io::stdout().flush()?;
         next = r.next_offset;
     }
+}
+
+pub async fn token(global: Global, cmd: TokenCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let mut s = Session::open(&global)?;
+    let v: serde_json::Value = match &cmd {
+        TokenCommand::Create { name } => {
+            let body = serde_json::json!({ "name": name });
+            s.call(|c| {
+                let body = body.clone();
+                async move { c.request(Method::POST, "/api/tokens", Some(&body)).await }
+            })
+            .await?
+        }
+        TokenCommand::List => {
+            s.call(|c| async move { c.request(Method::GET, "/api/tokens", None::<&serde_json::Value>).await }).await?
+        }
+        TokenCommand::Revoke { id } => {
+            let path = format!("/api/tokens/{id}");
+            s.call(|c| {
+                let path = path.clone();
+                async move { c.request(Method::DELETE, &path, None::<&serde_json::Value>).await }
+            })
+            .await?
+        }
+    };
+    if global.output == Output::Json {
+        return print_json(&v);
+    }
+    let rows: Vec<serde_json::Value> = match v.as_array() {
+        Some(a) => a.clone(),
+        None => vec![v.clone()],
+    };
+    let mut t = table(&["ID", "NAME", "CREATED", "REVOKED"]);
+    for r in &rows {
+        let f = |k: &str| {
+            r.get(k).map(|x| x.as_str().map(str::to_owned).unwrap_or_else(|| x.to_string())).unwrap_or_default()
+        };
+        t.add_row(vec![f("id"), f("name"), f("created_at"), f("revoked")]);
+    }
+    println!("{t}");
+    if let Some(secret) = v.get("secret").and_then(|x| x.as_str()) {
+        println!("secret (shown only now): {secret}");
+        println!("join with: oak cluster --root {} --token {secret} --name NAME", s.root);
+    }
+    Ok(())
 }

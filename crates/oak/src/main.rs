@@ -58,6 +58,13 @@ enum Command {
         #[command(subcommand)]
         command: client_cmd::InstanceCommand,
     },
+    /// Join tokens for clusters (Admin): create, list, revoke.
+    Token {
+        #[command(flatten)]
+        global: client_cmd::Global,
+        #[command(subcommand)]
+        command: client_cmd::TokenCommand,
+    },
     /// Show an instance's output (stdout and stderr), fetched from its worker.
     Logs(client_cmd::LogsArgs),
 }
@@ -177,6 +184,7 @@ fn main() -> std::process::ExitCode {
             Command::Worker(args) => serve::worker(args).await,
             Command::Instance { global, command } => client_cmd::instance(global, command).await,
             Command::Logs(args) => client_cmd::logs(args).await,
+            Command::Token { global, command } => client_cmd::token(global, command).await,
             Command::Login(args) => client_cmd::login(args).await,
             Command::App { global, command } => client_cmd::app(global, command).await,
             Command::Service { global, command } => client_cmd::service(global, command).await,

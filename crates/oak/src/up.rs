@@ -41,7 +41,8 @@ struct Hierarchy {
 }
 
 impl Hierarchy {
-    fn spawn(&mut self, name: &str, args: &[String]) -> anyhow::Result<()> {
+    /// Starts `oak <args>`; secrets go in `env`, never on the command line (where `ps` shows them).
+    fn spawn(&mut self, name: &str, args: &[String], env: &[(&str, &str)]) -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("cannot find the oak executable")?;
         let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
         let child = Command::new(exe)
@@ -50,6 +51,7 @@ impl Hierarchy {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info,rumqttd=warn,rumqttc=warn,tower_http=warn".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -148,6 +150,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             "--data-dir".into(),
             dir.join("root").display().to_string(),
         ],
+        &[],
     )?;
     wait_ready(&url).await?;
     let cluster_token = read_secret(&dir.join("root").join("cluster-token"))?;
@@ -166,8 +169,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 "cluster".into(),
                 "--root".into(),
                 url.clone(),
-                "--token".into(),
-                cluster_token.clone(),
                 "--name".into(),
                 format!("cluster-{c}"),
                 "--listen".into(),
@@ -177,14 +178,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 "--data-dir".into(),
                 cdir.display().to_string(),
             ],
+            &[("OAK_CLUSTER_TOKEN", &cluster_token)],
         )?;
         let worker_token = read_secret(&cdir.join("worker-token"))?;
         for w in 1..=args.workers {
             let name = format!("c{c}-w{w}");
             let mut wargs: Vec<String> = vec![
                 "worker".into(),
-                "--token".into(),
-                worker_token.clone(),
                 "--name".into(),
                 name.clone(),
                 "--data-dir".into(),
@@ -200,7 +200,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             } else {
                 wargs.extend(["--cluster".into(), format!("http://127.0.0.1:{port}")]);
             }
-            h.spawn(&name, &wargs)?;
+            h.spawn(&name, &wargs, &[("OAK_WORKER_TOKEN", &worker_token)])?;
         }
     }
 

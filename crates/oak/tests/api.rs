@@ -632,3 +632,64 @@ async fn replicas_are_kept_and_scaled() {
     bad["applications"][0]["microservices"][0]["replicas"] = json!(-1);
     assert_eq!(code(&c.create_applications(&bad).await.unwrap_err()), "422 invalid_field");
 }
+
+#[tokio::test]
+async fn repeated_failed_logins_are_throttled() {
+    let root = RootProcess::start().await;
+    let c = root.client();
+    for _ in 0..5 {
+        assert_eq!(code(&c.login("Admin", "guess").await.unwrap_err()), "401 unauthenticated");
+    }
+    // Blocked now, even with the right password; other users are not.
+    let e = c.login("Admin", "Admin").await.unwrap_err();
+    assert_eq!(code(&e), "429 too_many_requests");
+    assert!(e.to_string().contains("too many failed logins for Admin"), "{e}");
+    assert_eq!(code(&c.login("nobody", "x").await.unwrap_err()), "401 unauthenticated");
+}
+
+/// Opens the cluster link by hand: 101 when the token is accepted, 401 when not.
+async fn link_status(root: &RootProcess, token: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("{}/api/cluster/link", root.url))
+        .header("authorization", format!("Bearer {token}"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn join_tokens_can_be_created_listed_and_revoked() {
+    let root = RootProcess::start().await;
+    let admin = root.admin().await;
+    let t = admin.token().unwrap().to_owned();
+    let cluster_token = std::fs::read_to_string(root.data_dir.join("cluster-token")).unwrap();
+    assert_eq!(link_status(&root, cluster_token.trim()).await, 101);
+    assert_eq!(link_status(&root, "not-a-token").await, 401);
+    assert_eq!(link_status(&root, "").await, 401);
+
+    let (s, created) = root.raw(Method::POST, "/api/tokens", Some(&t), body(&json!({"name": "site-a"}))).await;
+    assert_eq!(s, 200, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(link_status(&root, &secret).await, 101);
+    let (_, list) = root.raw(Method::GET, "/api/tokens", Some(&t), None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(!list.to_string().contains(&secret), "secrets are never listed");
+
+    let (s, revoked) = root.raw(Method::DELETE, &format!("/api/tokens/{id}"), Some(&t), None).await;
+    assert_eq!((s, revoked["revoked"].as_bool()), (200, Some(true)));
+    assert_eq!(link_status(&root, &secret).await, 401, "a revoked token is refused");
+    assert_eq!(root.raw(Method::DELETE, "/api/tokens/nope", Some(&t), None).await.0, 404);
+
+    // Only an Admin manages tokens.
+    let bob = root.user("bob").await;
+    let bt = bob.token().unwrap().to_owned();
+    assert_eq!(root.raw(Method::GET, "/api/tokens", Some(&bt), None).await.0, 403);
+    assert_eq!(root.raw(Method::POST, "/api/tokens", Some(&bt), body(&json!({"name": "x"}))).await.0, 403);
+}

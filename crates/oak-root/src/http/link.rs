@@ -23,6 +23,9 @@ struct Conn {
     serial: u64,
     tx: mpsc::Sender<RootToCluster>,
     pending: Pending,
+    /// The join token the cluster used (`None`: the deployment's cluster token).
+    token_id: Option<String>,
+    close: watch::Sender<bool>,
 }
 
 /// Connected clusters, and the signals that drive pushes and scheduling.
@@ -60,6 +63,15 @@ impl Hub {
 
     pub fn connected(&self) -> usize {
         self.conns.lock().len()
+    }
+
+    /// Closes the links of clusters that joined with a (now revoked) join token.
+    pub fn close_token(&self, token_id: &str) {
+        for c in self.conns.lock().values() {
+            if c.token_id.as_deref() == Some(token_id) {
+                let _ = c.close.send(true);
+            }
+        }
     }
 
     /// Asks a cluster for an instance's log.
@@ -103,23 +115,32 @@ pub async fn scheduler(state: AppState) {
     }
 }
 
-fn token_ok(headers: &HeaderMap, expected: &str) -> bool {
+fn constant_eq(got: &str, expected: &str) -> bool {
+    got.len() == expected.len() && got.bytes().zip(expected.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+}
+
+/// `GET /api/cluster/link`: a cluster joins with the deployment's cluster token or a live
+/// join token.
+pub(super) async fn link(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
     let got = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    got.len() == expected.len() && got.bytes().zip(expected.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
-}
-
-/// `GET /api/cluster/link`: a cluster joins with the cluster token.
-pub(super) async fn link(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
-    if !token_ok(&headers, &state.cluster_token) {
-        tracing::warn!("a cluster link with a missing or wrong cluster token was refused");
-        return ApiError::unauthenticated("missing or wrong cluster token").into_response();
-    }
+        .unwrap_or_default()
+        .to_owned();
+    let token_id = if constant_eq(&got, &state.cluster_token) {
+        None
+    } else {
+        match state.registry.join_token_id(&got) {
+            Ok(Some(id)) if !got.is_empty() => Some(id),
+            _ => {
+                tracing::warn!("a cluster link with a missing, unknown or revoked token was refused");
+                return ApiError::unauthenticated("missing, unknown or revoked cluster token").into_response();
+            }
+        }
+    };
     ws.max_message_size(16 * 1024 * 1024).on_upgrade(move |socket| async move {
-        if let Err(e) = session(state, socket).await {
+        if let Err(e) = session(state, socket, token_id).await {
             tracing::info!(reason = %e, "cluster link closed");
         }
     })
@@ -129,7 +150,7 @@ fn text(m: &RootToCluster) -> Result<Message, String> {
     serde_json::to_string(m).map(|t| Message::Text(t.into())).map_err(|e| e.to_string())
 }
 
-async fn session(state: AppState, socket: WebSocket) -> Result<(), String> {
+async fn session(state: AppState, socket: WebSocket, token_id: Option<String>) -> Result<(), String> {
     let (mut sink, mut stream) = socket.split();
     let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
@@ -150,7 +171,8 @@ async fn session(state: AppState, socket: WebSocket) -> Result<(), String> {
     let (tx, mut rx) = mpsc::channel::<RootToCluster>(64);
     let pending: Pending = Arc::default();
     let serial = state.hub.serial.fetch_add(1, Ordering::Relaxed);
-    state.hub.conns.lock().insert(id.clone(), Conn { serial, tx, pending: pending.clone() });
+    let (close, mut closed) = watch::channel(false);
+    state.hub.conns.lock().insert(id.clone(), Conn { serial, tx, pending: pending.clone(), token_id, close });
     state.hub.kick();
 
     let mut generation = state.hub.generation.subscribe();
@@ -158,6 +180,7 @@ async fn session(state: AppState, socket: WebSocket) -> Result<(), String> {
     let mut resync = tokio::time::interval(Duration::from_secs(5));
     let result = loop {
         tokio::select! {
+            _ = closed.changed() => break Err("its join token was revoked".into()),
             msg = stream.next() => {
                 let msg = match msg {
                     Some(Ok(m)) => m,

@@ -13,6 +13,7 @@ use utoipa_swagger_ui::SwaggerUi;
         users::login, users::refresh, users::register, users::permissions, users::get_user, users::update_user,
         users::delete_user, users::change_password, users::reset_password, users::list_users, users::list_org_users,
         users::list_orgs, users::create_org, users::update_org, users::delete_org,
+        users::create_token, users::list_tokens, users::revoke_token,
         apps::create, apps::list, apps::list_of_user, apps::get_one, apps::update, apps::delete,
         services::create, services::get_one, services::update, services::remove, services::list_all,
         services::list_of_app, services::deploy_instance, services::undeploy_instance, services::instance_logs, services::scale,

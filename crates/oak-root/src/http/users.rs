@@ -23,7 +23,9 @@ pub(super) fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, "/api/users", get(list_users));
     let r = route(r, "/api/users/{organization_id}", get(list_org_users));
     let r = route(r, "/api/organization", get(list_orgs).post(create_org));
-    route(r, "/api/organization/{id}", axum::routing::put(update_org).delete(delete_org))
+    let r = route(r, "/api/organization/{id}", axum::routing::put(update_org).delete(delete_org));
+    let r = route(r, "/api/tokens", get(list_tokens).post(create_token));
+    route(r, "/api/tokens/{id}", axum::routing::delete(revoke_token))
 }
 
 fn now_secs(state: &AppState) -> u64 {
@@ -45,13 +47,25 @@ pub(super) async fn login(
             let org = registry
                 .org_by_name(&org_name)?
                 .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("organization {org_name} not found")))?;
+            let t = s.clock.now_unix();
+            if let Err(left) = s.login_limiter.check(&req.username, t) {
+                return Err(ApiError::new(
+                    ErrorCode::TooManyRequests,
+                    format!("too many failed logins for {}; try again in {left:.0} s", req.username),
+                ));
+            }
             let user = registry.user_by_name(&req.username)?;
             let hash = user.as_ref().map_or(auth::dummy_hash(), |u| u.password_hash.as_str());
             let ok = s.hasher.verify_blocking(&req.password, hash);
             let user = match user {
                 Some(u) if ok => u,
-                _ => return Err(ApiError::unauthenticated("invalid username or password")),
+                _ => {
+                    s.login_limiter.failed(&req.username, t);
+                    tracing::info!(user = %req.username, "failed login");
+                    return Err(ApiError::unauthenticated("invalid username or password"));
+                }
             };
+            s.login_limiter.succeeded(&req.username);
             let roles = registry.roles(&user.id, &org)?;
             let now = now_secs(&s);
             let subject = auth::Subject { user: user.id, name: user.name, roles, org, generation: user.generation };
@@ -295,4 +309,49 @@ pub(super) async fn delete_org(
     caller.require_admin()?;
     state.blocking(move |r| Ok(r.delete_org(&OrganizationId(id))?)).await?;
     Ok(Json(Message::new("Organization deleted")))
+}
+
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub(super) struct TokenRequest {
+    /// A label for the token (e.g. the site it is for).
+    name: String,
+}
+
+/// Create a join token for clusters (Admin only). The secret is shown only in this answer.
+#[utoipa::path(post, path = "/api/tokens", tag = "clusters", security(("bearer" = [])), request_body = TokenRequest,
+    responses((status = 200, body = crate::registry::NewJoinToken), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn create_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<TokenRequest>,
+) -> Result<Json<crate::registry::NewJoinToken>, ApiError> {
+    caller.require_admin()?;
+    state.blocking(move |r| Ok(Json(r.create_join_token(&req.name)?))).await
+}
+
+/// List join tokens, without their secrets (Admin only).
+#[utoipa::path(get, path = "/api/tokens", tag = "clusters", security(("bearer" = [])),
+    responses((status = 200, body = [crate::registry::JoinToken]), (status = 403, body = ErrorBody)))]
+pub(super) async fn list_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<crate::registry::JoinToken>>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(state.registry.list_join_tokens()?))
+}
+
+/// Revoke a join token (Admin only): no cluster can join with it any more, and the links of
+/// clusters that joined with it are closed.
+#[utoipa::path(delete, path = "/api/tokens/{id}", tag = "clusters", security(("bearer" = [])),
+    responses((status = 200, body = crate::registry::JoinToken), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn revoke_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<crate::registry::JoinToken>, ApiError> {
+    caller.require_admin()?;
+    let tid = id.clone();
+    let t = state.blocking(move |r| Ok(r.revoke_join_token(&tid)?)).await?;
+    state.hub.close_token(&id);
+    Ok(Json(t))
 }

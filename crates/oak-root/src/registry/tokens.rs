@@ -1,0 +1,82 @@
+//! Join tokens for clusters: created, listed and revoked by an Admin. Only a hash of each
+//! token is stored; the token itself is shown once, when it is created.
+
+use super::*;
+use sha2::{Digest, Sha256};
+
+/// A join token as listed (never with its secret).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JoinToken {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+    pub revoked: bool,
+}
+
+/// A token just created: the only time its secret is returned.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NewJoinToken {
+    #[serde(flatten)]
+    pub token: JoinToken,
+    /// Give this to `oak cluster --token`.
+    pub secret: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TokenRecord {
+    info: JoinToken,
+    sha256: String,
+}
+
+fn digest(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Registry {
+    pub fn create_join_token(&self, name: &str) -> Result<NewJoinToken> {
+        if name.is_empty() || name.len() > 64 {
+            return Err(invalid("name", "must be 1-64 characters"));
+        }
+        let mut bytes = [0u8; 24];
+        rand::fill(&mut bytes[..]);
+        let secret: String = format!("oakj_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let info = JoinToken {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: name.to_owned(),
+            created_at: self.clock.now_rfc3339(),
+            revoked: false,
+        };
+        let _w = self.write.lock();
+        let mut b = Batch::new();
+        b.put(JOIN_TOKENS, info.id.clone(), encode(&TokenRecord { info: info.clone(), sha256: digest(&secret) }));
+        self.store.commit(b)?;
+        Ok(NewJoinToken { token: info, secret })
+    }
+
+    pub fn list_join_tokens(&self) -> Result<Vec<JoinToken>> {
+        let mut v: Vec<JoinToken> =
+            self.load_all::<TokenRecord>(JOIN_TOKENS, "")?.into_iter().map(|r| r.info).collect();
+        v.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+        Ok(v)
+    }
+
+    pub fn revoke_join_token(&self, id: &str) -> Result<JoinToken> {
+        let _w = self.write.lock();
+        let mut r = self.load::<TokenRecord>(JOIN_TOKENS, id)?.ok_or_else(|| not_found("join token", id))?;
+        r.info.revoked = true;
+        let mut b = Batch::new();
+        b.put(JOIN_TOKENS, id, encode(&r));
+        self.store.commit(b)?;
+        Ok(r.info)
+    }
+
+    /// The id of the live join token `secret` is, if any.
+    pub fn join_token_id(&self, secret: &str) -> Result<Option<String>> {
+        let d = digest(secret);
+        Ok(self
+            .load_all::<TokenRecord>(JOIN_TOKENS, "")?
+            .into_iter()
+            .find(|r| !r.info.revoked && r.sha256 == d)
+            .map(|r| r.info.id))
+    }
+}
