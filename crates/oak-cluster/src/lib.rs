@@ -165,7 +165,10 @@ impl Cluster {
         let mut core = Core { timing: config.timing, ..Core::default() };
         for (id, bytes) in store.scan_prefix(WORKERS, "")? {
             match serde_json::from_slice::<WorkerRec>(&bytes) {
-                Ok(w) => {
+                Ok(mut w) => {
+                    // Known workers get one heartbeat timeout to report after a restart of the
+                    // cluster, before their instances are moved.
+                    w.last_seen = now();
                     core.workers.insert(id, w);
                 }
                 Err(e) => tracing::warn!(worker = %id, error = %e, "skipping an unreadable worker record"),

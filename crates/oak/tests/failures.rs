@@ -203,3 +203,49 @@ async fn a_lost_clusters_instances_move_and_come_back_once() {
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_of_root_cluster_and_worker_lose_nothing() {
+    if !common::can_run_containers("restarts") {
+        return;
+    }
+    let mut h = Hierarchy::start_opts("rsr", 2, 500, 3000, &[]).await;
+    let sla = json!({"sla_version": "v2.0", "customerID": "Admin", "applications": [{
+        "application_name": "keep", "application_namespace": "f", "microservices": [{
+            "microservice_name": "s", "microservice_namespace": "f", "virtualization": "container",
+            "code": oak_runtime::testimage::IMAGE, "cmd": ["sleep", "3600"], "memory": 16, "vcpus": 0.1,
+            "replicas": 3}]}]});
+    let app =
+        h.admin.create_applications(&sla).await.unwrap().into_iter().find(|a| a.application_name == "keep").unwrap();
+    let svc = app.microservices[0].to_string();
+    // The root restarts in the middle of the deployment; the deployment completes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.root.restart_in_place().await;
+    let all_running = |is: &[oak_api::model::Instance]| is.len() == 3 && is.iter().all(|i| i.status == Status::Running);
+    h.wait_for(&svc, 60, "3 RUNNING after a root restart", all_running).await;
+
+    // The cluster restarts: it rebuilds from its store, its workers and the root.
+    h.cluster.kill();
+    let (p, _) = h.spawn_cluster_first().await;
+    h.cluster = p;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.wait_for(&svc, 60, "3 RUNNING after a cluster restart", all_running).await;
+
+    // A worker restarts (gracefully): its instances are placed again; nothing is lost or doubled.
+    h.workers[0].stop();
+    let w = h.spawn_worker(0);
+    h.workers[0] = w;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = h.admin.service(&svc).await.unwrap();
+        let c = h.containers();
+        if all_running(&s.instance_list) && c.len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after the worker restart: containers {c:?}, {:#?}", s.instance_list);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let numbers: Vec<u32> =
+        h.admin.service(&svc).await.unwrap().instance_list.iter().map(|i| i.instance_number).collect();
+    assert_eq!(numbers, [0, 1, 2]);
+}

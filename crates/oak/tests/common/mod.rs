@@ -123,6 +123,14 @@ impl RootProcess {
         }
     }
 
+    /// Kills the process (SIGKILL) and starts a new one on the same port and data dir.
+    pub async fn restart_in_place(&mut self) {
+        self.kill();
+        let port = self.url.rsplit(':').next().and_then(|p| p.parse().ok());
+        let mut fresh = Self::start_on(&self.data_dir.clone(), self.admin_password.as_deref(), port, &[]).await;
+        self.child = fresh.child.take();
+    }
+
     /// Kills the process and starts a new one over the same data dir.
     pub async fn restart(mut self) -> Self {
         self.kill();
