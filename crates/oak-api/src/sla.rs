@@ -133,7 +133,38 @@ pub struct MicroserviceSpec {
     pub extra: Map<String, Value>,
 }
 
+/// Which tier a `direct` constraint field addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectTier {
+    /// `"cluster": "c1;c2"`, read by the root.
+    Cluster,
+    /// `"node": "w1;w2"`, read by a cluster.
+    Node,
+}
+
 impl MicroserviceSpec {
+    /// The names a `direct` constraint allows at `tier` (empty: any). Lists are split on `;`.
+    pub fn direct_targets(&self, tier: DirectTier) -> Vec<String> {
+        let field = match tier {
+            DirectTier::Cluster => "cluster",
+            DirectTier::Node => "node",
+        };
+        self.constraints
+            .iter()
+            .filter(|c| c.kind == "direct")
+            .filter_map(|c| c.fields.get(field).and_then(Value::as_str))
+            .flat_map(|s| s.split(';'))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The CPU asked for, in thousandths of a core.
+    pub fn millicpu(&self) -> u64 {
+        (self.vcpus * 1000.0).round() as u64
+    }
+
     /// The port mappings; the descriptor was validated, so this cannot fail on a parsed spec.
     pub fn ports(&self) -> Vec<PortMapping> {
         self.port.as_deref().and_then(|p| parse_ports(p).ok()).unwrap_or_default()

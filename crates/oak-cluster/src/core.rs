@@ -99,22 +99,11 @@ fn live(s: Status) -> bool {
 }
 
 fn request_of(d: &DesiredInstance) -> Request {
-    let direct = d
-        .spec
-        .constraints
-        .iter()
-        .filter(|c| c.kind == "direct")
-        .filter_map(|c| c.fields.get("node").and_then(|v| v.as_str()))
-        .flat_map(|s| s.split(';'))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
     Request {
-        resources: Resources::new((d.spec.vcpus * 1000.0).round() as u64, d.spec.memory, d.spec.vgpus as u32),
+        resources: Resources::new(d.spec.millicpu(), d.spec.memory, d.spec.vgpus as u32),
         runtime: d.spec.virtualization.clone(),
         arch: d.spec.arch.clone(),
-        direct,
+        direct: d.spec.direct_targets(oak_api::sla::DirectTier::Node),
         exclude: vec![],
     }
 }

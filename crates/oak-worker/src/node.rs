@@ -385,7 +385,7 @@ impl<R: Runtime> Table<R> {
             env: d.spec.environment.clone(),
             hostname: format!("instance-{}", d.instance_number),
             memory_mb: d.spec.memory,
-            millicpu: (d.spec.vcpus * 1000.0).round() as u64,
+            millicpu: d.spec.millicpu(),
             log_path: log.clone(),
             netns: format!("oak-{container}"),
             labels: BTreeMap::from([

@@ -300,7 +300,7 @@ fn run(seed: u64, clusters: usize, workers_per_cluster: usize, services: usize, 
                     (&a.worker, matches!(a.status, Status::NodeScheduled | Status::Creating | Status::Running))
                 {
                     let d = c.core.desired.get(k);
-                    let (cpu, mem) = d.map(|d| ((d.spec.vcpus * 1000.0) as u64, d.spec.memory)).unwrap_or((0, 0));
+                    let (cpu, mem) = d.map(|d| (d.spec.millicpu(), d.spec.memory)).unwrap_or((0, 0));
                     let e = used.entry(w.as_str()).or_default();
                     e.0 += cpu;
                     e.1 += mem;

@@ -49,21 +49,11 @@ pub(super) fn service_status(s: &ServiceRecord) -> (Option<Status>, Option<Strin
 }
 
 fn request_of(spec: &MicroserviceSpec, exclude: &[ClusterId]) -> Request {
-    let direct = spec
-        .constraints
-        .iter()
-        .filter(|c| c.kind == "direct")
-        .filter_map(|c| c.fields.get("cluster").and_then(|v| v.as_str()))
-        .flat_map(|s| s.split(';'))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
     Request {
-        resources: Resources::new((spec.vcpus * 1000.0).round() as u64, spec.memory, spec.vgpus as u32),
+        resources: Resources::new(spec.millicpu(), spec.memory, spec.vgpus as u32),
         runtime: spec.virtualization.clone(),
         arch: spec.arch.clone(),
-        direct,
+        direct: spec.direct_targets(oak_api::sla::DirectTier::Cluster),
         exclude: exclude.iter().map(ToString::to_string).collect(),
     }
 }

@@ -295,6 +295,52 @@ pub struct Hierarchy {
     cluster_port: u16,
     pub mqtt_port: u16,
     worker_token: String,
+    cluster_opts: ClusterOpts,
+}
+
+/// How the test clusters run.
+#[derive(Clone)]
+pub struct ClusterOpts {
+    pub report_ms: u64,
+    pub heartbeat_ms: u64,
+    pub extra: Vec<String>,
+}
+
+/// Starts `oak cluster` for `root` over `dir`; returns it and its worker token.
+async fn spawn_cluster_proc(
+    root: &RootProcess,
+    dir: &Path,
+    name: &str,
+    port: u16,
+    mqtt_port: u16,
+    o: &ClusterOpts,
+) -> (Proc, String) {
+    let token = std::fs::read_to_string(root.data_dir.join("cluster-token")).unwrap();
+    let p = Proc(Some(
+        Command::new(OAK)
+            .args(["cluster", "--root", &root.url, "--name", name])
+            .args(["--listen", &format!("0.0.0.0:{port}"), "--mqtt-listen", &format!("0.0.0.0:{mqtt_port}")])
+            .args([
+                "--report-interval-ms",
+                &o.report_ms.to_string(),
+                "--heartbeat-timeout-ms",
+                &o.heartbeat_ms.to_string(),
+            ])
+            .args(&o.extra)
+            .arg("--data-dir")
+            .arg(dir)
+            .env("OAK_CLUSTER_TOKEN", token.trim())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let token_file = dir.join("worker-token");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !token_file.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (p, std::fs::read_to_string(&token_file).unwrap().trim().to_owned())
 }
 
 impl Hierarchy {
@@ -342,39 +388,19 @@ impl Hierarchy {
         }
         let admin = root.admin().await;
         let dir = tempfile::tempdir().unwrap();
-        let cluster_token = std::fs::read_to_string(root.data_dir.join("cluster-token")).unwrap();
         let cluster_port = free_port();
         let mqtt_port = free_port();
-        let cdir = dir.path().join("cluster");
-        let cluster = Proc(Some(
-            Command::new(OAK)
-                .args(["cluster", "--root", &root.url, "--token", cluster_token.trim(), "--name", &format!("cl-{tag}")])
-                .args([
-                    "--listen",
-                    &format!("0.0.0.0:{cluster_port}"),
-                    "--mqtt-listen",
-                    &format!("0.0.0.0:{mqtt_port}"),
-                ])
-                .args([
-                    "--report-interval-ms",
-                    &report_ms.to_string(),
-                    "--heartbeat-timeout-ms",
-                    &heartbeat_ms.to_string(),
-                ])
-                .args(cluster_args)
-                .arg("--data-dir")
-                .arg(&cdir)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        ));
-        let token_file = cdir.join("worker-token");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !token_file.exists() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let worker_token = std::fs::read_to_string(&token_file).unwrap().trim().to_owned();
+        let cluster_opts =
+            ClusterOpts { report_ms, heartbeat_ms, extra: cluster_args.iter().map(|a| a.to_string()).collect() };
+        let (cluster, worker_token) = spawn_cluster_proc(
+            &root,
+            &dir.path().join("cluster"),
+            &format!("cl-{tag}"),
+            cluster_port,
+            mqtt_port,
+            &cluster_opts,
+        )
+        .await;
         let mut h = Hierarchy {
             root,
             admin,
@@ -387,6 +413,7 @@ impl Hierarchy {
             cluster_port,
             mqtt_port,
             worker_token,
+            cluster_opts,
         };
         for i in 0..workers {
             let p = h.spawn_worker(i);
@@ -437,50 +464,25 @@ impl Hierarchy {
         ))
     }
 
-    /// Starts (or restarts, same data dir) a second cluster `name` with its own ports.
+    /// Starts (or restarts, same data dir) another cluster `name` with its own ports.
     pub async fn spawn_cluster(&self, name: &str, port: u16, mqtt_port: u16, report_ms: u64) -> (Proc, String) {
-        self.spawn_cluster_named(name, &format!("cluster-{name}"), port, mqtt_port, report_ms).await
-    }
-
-    async fn spawn_cluster_named(
-        &self,
-        name: &str,
-        dir: &str,
-        port: u16,
-        mqtt_port: u16,
-        report_ms: u64,
-    ) -> (Proc, String) {
-        let token = std::fs::read_to_string(self.root.data_dir.join("cluster-token")).unwrap();
-        let cdir = self.dir.path().join(dir);
-        let p = Proc(Some(
-            Command::new(OAK)
-                .args(["cluster", "--root", &self.root.url, "--token", token.trim(), "--name", name])
-                .args(["--listen", &format!("0.0.0.0:{port}"), "--mqtt-listen", &format!("0.0.0.0:{mqtt_port}")])
-                .args([
-                    "--report-interval-ms",
-                    &report_ms.to_string(),
-                    "--heartbeat-timeout-ms",
-                    &(report_ms * 3).to_string(),
-                ])
-                .arg("--data-dir")
-                .arg(&cdir)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        ));
-        let token_file = cdir.join("worker-token");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !token_file.exists() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        (p, std::fs::read_to_string(&token_file).unwrap().trim().to_owned())
-    }
-
-    /// Restarts the first cluster (same ports and data dir).
-    pub async fn spawn_cluster_first(&self) -> (Proc, String) {
-        self.spawn_cluster_named(&format!("cl-{}", self.prefix), "cluster", self.cluster_port, self.mqtt_port, 500)
+        let o = ClusterOpts { report_ms, heartbeat_ms: report_ms * 3, extra: Vec::new() };
+        spawn_cluster_proc(&self.root, &self.dir.path().join(format!("cluster-{name}")), name, port, mqtt_port, &o)
             .await
+    }
+
+    /// Restarts the first cluster (same ports, options and data dir).
+    pub async fn spawn_cluster_first(&self) -> (Proc, String) {
+        let dir = self.dir.path().join("cluster");
+        spawn_cluster_proc(
+            &self.root,
+            &dir,
+            &format!("cl-{}", self.prefix),
+            self.cluster_port,
+            self.mqtt_port,
+            &self.cluster_opts,
+        )
+        .await
     }
 
     pub fn cluster_port(&self) -> u16 {
