@@ -174,6 +174,9 @@ pub struct Instance {
     pub worker_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_name: Option<String>,
+    /// The instance's semantic address: it always reaches this instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -210,6 +213,9 @@ pub struct Service {
     pub rr_ip: Option<String>,
     #[serde(rename = "RR_ip_v6", default, skip_serializing_if = "Option::is_none")]
     pub rr_ip_v6: Option<String>,
+    /// Service IP with the "closest instance" policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closest_ip: Option<String>,
     /// Absent until an instance is requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,

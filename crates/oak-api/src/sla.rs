@@ -339,16 +339,46 @@ pub fn parse_sla(doc: &Value) -> Result<Sla, SlaError> {
 
 /// Validates and parses one service description, as taken by a service update. `path` prefixes
 /// the field names in violations.
+/// A service as the server returned it may be sent back as is: the fields the server adds
+/// (its id among them) are ignored.
 pub fn parse_microservice(doc: &Value, path: &str) -> Result<MicroserviceSpec, SlaError> {
-    let mut v = Validator::default();
-    v.microservice(doc, path);
-    v.finish()?;
     let mut doc = doc.clone();
     if let Some(m) = doc.as_object_mut() {
-        m.remove("microserviceID");
+        strip_server_fields(m);
     }
+    let mut v = Validator::default();
+    v.microservice(&doc, path);
+    v.finish()?;
     serde_json::from_value(doc)
         .map_err(|e| SlaError { violations: vec![Violation { field: path.to_owned(), message: e.to_string() }] })
+}
+
+/// Fields the server adds when it returns a service. A client that sends a returned service
+/// back (as an update, or inside an SLA) must not have them kept as its own extra fields,
+/// where they would clash with the server's.
+pub const SERVER_FIELDS: &[&str] = &[
+    "microserviceID",
+    "applicationID",
+    "job_name",
+    "app_name",
+    "app_ns",
+    "service_name",
+    "service_ns",
+    "image",
+    "RR_ip",
+    "RR_ip_v6",
+    "closest_ip",
+    "instance_list",
+    "next_instance_progressive_number",
+    "userId",
+    "status",
+    "status_detail",
+];
+
+fn strip_server_fields(m: &mut Map<String, Value>) {
+    for f in SERVER_FIELDS {
+        m.remove(*f);
+    }
 }
 
 /// Ids in a descriptor are ignored on create (the server assigns them); removing them keeps
@@ -364,7 +394,7 @@ fn strip_assigned_ids(doc: &mut Value) {
             if let Some(ms) = a.get_mut("microservices").and_then(Value::as_array_mut) {
                 for m in ms {
                     if let Some(m) = m.as_object_mut() {
-                        m.remove("microserviceID");
+                        strip_server_fields(m);
                     }
                 }
             }

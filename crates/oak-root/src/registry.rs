@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 pub(crate) const META: Table = "meta";
@@ -109,6 +110,36 @@ struct AppRecord {
     extra: Map<String, Value>,
 }
 
+/// The semantic IPv4 addresses a service holds, asked for in the SLA or allocated.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Semantic {
+    rr_ip: Option<Ipv4Addr>,
+    closest_ip: Option<Ipv4Addr>,
+}
+
+/// Allocations made within one write (not yet committed), and the allocation cursor.
+#[derive(Default)]
+struct Alloc {
+    taken: std::collections::BTreeSet<u32>,
+    cursor: Option<u32>,
+}
+
+impl Alloc {
+    /// Keeps the addresses these descriptions ask for out of allocation in this write.
+    fn reserve_requested<'a>(&mut self, specs: impl IntoIterator<Item = &'a MicroserviceSpec>) {
+        for s in specs {
+            if let Some(a) = &s.addresses {
+                for ip in [a.rr_ip, a.closest_ip].into_iter().flatten() {
+                    self.taken.insert(u32::from(ip));
+                }
+            }
+        }
+    }
+}
+
+/// Service and Instance IPs come from 10.30.0.0/16 (network and broadcast excluded).
+const SERVICE_POOL: (u32, u32) = (0x0A1E_0001, 0x0A1E_FFFE);
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct ServiceRecord {
     id: ServiceId,
@@ -126,11 +157,27 @@ struct ServiceRecord {
     /// deploy call adds one and nothing else, as in the original.
     #[serde(default)]
     desired: Option<u32>,
+    #[serde(default)]
+    semantic: Semantic,
 }
 
 impl ServiceRecord {
     /// Semantic addresses this service holds: (address, SLA field).
     fn addresses(&self) -> Vec<(String, &'static str)> {
+        let mut out = self.requested_addresses();
+        for (ip, field) in [(self.semantic.rr_ip, "rr_ip"), (self.semantic.closest_ip, "closest_ip")] {
+            if let Some(ip) = ip.map(|i| i.to_string())
+                && !out.iter().any(|(a, _)| *a == ip)
+            {
+                out.push((ip, field));
+            }
+        }
+        out.extend(self.instances.iter().filter_map(|i| i.instance_ip.clone()).map(|ip| (ip, "instance_ip")));
+        out
+    }
+
+    /// The addresses the SLA asks for.
+    fn requested_addresses(&self) -> Vec<(String, &'static str)> {
         let Some(a) = &self.spec.addresses else { return Vec::new() };
         let mut out = Vec::new();
         if let Some(ip) = a.rr_ip {
@@ -167,6 +214,8 @@ pub struct Registry {
     write: Mutex<()>,
     /// A cluster silent this long is lost: not scheduled on, and its instances move.
     cluster_timeout: f64,
+    /// Range (inclusive) Service and Instance IPs are allocated from.
+    pool: (u32, u32),
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -176,7 +225,13 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock, write: Mutex::new(()), cluster_timeout: DEFAULT_CLUSTER_TIMEOUT_SECS }
+        Self { store, clock, write: Mutex::new(()), cluster_timeout: DEFAULT_CLUSTER_TIMEOUT_SECS, pool: SERVICE_POOL }
+    }
+
+    /// Allocates Service and Instance IPs from `first..=last` only (tests use a small pool).
+    pub fn with_address_pool(mut self, first: Ipv4Addr, last: Ipv4Addr) -> Self {
+        self.pool = (u32::from(first), u32::from(last));
+        self
     }
 
     /// Sets how long a cluster may be silent before it counts as lost.
@@ -578,6 +633,8 @@ impl Registry {
         let _w = self.write.lock();
         let existing = self.owner_apps(&owner.id)?;
         let mut b = Batch::new();
+        let mut alloc = Alloc::default();
+        alloc.reserve_requested(sla.applications.iter().flat_map(|a| &a.microservices));
         let mut ids = Vec::new();
         for (i, spec) in sla.applications.into_iter().enumerate() {
             if existing.iter().any(|a| a.name == spec.application_name && a.namespace == spec.application_namespace) {
@@ -598,7 +655,13 @@ impl Registry {
                 services: Vec::new(),
                 extra,
             };
-            self.add_services(&mut b, &mut app, microservices, &format!("applications[{i}].microservices"))?;
+            self.add_services(
+                &mut b,
+                &mut alloc,
+                &mut app,
+                microservices,
+                &format!("applications[{i}].microservices"),
+            )?;
             b.put(OWNER_APPS, format!("{}/{}", owner.id, app.id), Vec::new());
             b.put(APPS, app.id.as_str(), encode(&app));
             ids.push(app.id);
@@ -607,10 +670,58 @@ impl Registry {
         Ok(ids)
     }
 
+    /// Allocates a free semantic address for `holder` (in `b`), or says the pool is exhausted.
+    fn allocate_ip(&self, b: &mut Batch, alloc: &mut Alloc, holder: &str) -> Result<Ipv4Addr> {
+        let (lo, hi) = self.pool;
+        let mut cur = match alloc.cursor {
+            Some(c) => c,
+            None => self
+                .store
+                .get(META, "next_service_ip")?
+                .and_then(|v| String::from_utf8_lossy(&v).parse::<u32>().ok())
+                .filter(|c| (lo..=hi).contains(c))
+                .unwrap_or(lo),
+        };
+        for _ in lo..=hi {
+            let ip = Ipv4Addr::from(cur);
+            cur = if cur >= hi { lo } else { cur + 1 };
+            if alloc.taken.contains(&u32::from(ip)) || self.store.get(ADDRESSES, &ip.to_string())?.is_some() {
+                continue;
+            }
+            alloc.taken.insert(u32::from(ip));
+            alloc.cursor = Some(cur);
+            b.put(ADDRESSES, ip.to_string(), holder.as_bytes().to_vec());
+            b.put(META, "next_service_ip", cur.to_string().into_bytes());
+            return Ok(ip);
+        }
+        Err(RegistryError::Conflict(format!(
+            "no free address left in the service subnet {}-{}: every address is held by a service or an instance",
+            Ipv4Addr::from(lo),
+            Ipv4Addr::from(hi)
+        )))
+    }
+
+    /// Gives a service the Service IPs its SLA does not fix (kept across updates).
+    fn allocate_service_ips(&self, b: &mut Batch, alloc: &mut Alloc, svc: &mut ServiceRecord) -> Result<()> {
+        let asked = svc.spec.addresses.clone().unwrap_or_default();
+        svc.semantic.rr_ip = match (asked.rr_ip, svc.semantic.rr_ip) {
+            (Some(ip), _) => Some(ip),
+            (None, Some(kept)) => Some(kept),
+            (None, None) => Some(self.allocate_ip(b, alloc, svc.id.as_str())?),
+        };
+        svc.semantic.closest_ip = match (asked.closest_ip, svc.semantic.closest_ip) {
+            (Some(ip), _) => Some(ip),
+            (None, Some(kept)) => Some(kept),
+            (None, None) => Some(self.allocate_ip(b, alloc, svc.id.as_str())?),
+        };
+        Ok(())
+    }
+
     /// Adds service records for `specs` to `app` (in `b`), checking names and addresses.
     fn add_services(
         &self,
         b: &mut Batch,
+        alloc: &mut Alloc,
         app: &mut AppRecord,
         specs: Vec<MicroserviceSpec>,
         path: &str,
@@ -643,8 +754,10 @@ impl Registry {
                 instances: Vec::new(),
                 refused_by: BTreeMap::new(),
                 desired,
+                semantic: Semantic::default(),
             };
-            for (addr, field) in svc.addresses() {
+            let mut svc = svc;
+            for (addr, field) in svc.requested_addresses() {
                 if let Some(holder) = self.index(ADDRESSES, &addr)? {
                     return Err(RegistryError::Conflict(format!(
                         "{path}[{j}].addresses.{field}: {addr} is already used by service {holder}"
@@ -652,6 +765,7 @@ impl Registry {
                 }
                 b.put(ADDRESSES, addr, svc.id.as_str().as_bytes().to_vec());
             }
+            self.allocate_service_ips(b, alloc, &mut svc)?;
             b.put(SERVICES, svc.id.as_str(), encode(&svc));
             app.services.push(svc.id.clone());
             out.push(svc);
@@ -743,7 +857,8 @@ impl Registry {
             service_name: s.spec.microservice_name.clone(),
             service_ns: s.spec.microservice_namespace.clone(),
             image: s.spec.code.clone(),
-            rr_ip: addrs.rr_ip.map(|a| a.to_string()),
+            rr_ip: s.semantic.rr_ip.or(addrs.rr_ip).map(|a| a.to_string()),
+            closest_ip: s.semantic.closest_ip.or(addrs.closest_ip).map(|a| a.to_string()),
             rr_ip_v6: addrs.rr_ip_v6.map(|a| a.to_string()),
             status,
             status_detail,
@@ -800,7 +915,9 @@ impl Registry {
         let _w = self.write.lock();
         let mut app = self.owned_app(owner, app_id)?;
         let mut b = Batch::new();
-        let created = self.add_services(&mut b, &mut app, specs, "applications[0].microservices")?;
+        let mut alloc = Alloc::default();
+        alloc.reserve_requested(&specs);
+        let created = self.add_services(&mut b, &mut alloc, &mut app, specs, "applications[0].microservices")?;
         b.put(APPS, app.id.as_str(), encode(&app));
         self.store.commit(b)?;
         let Some(last) = created.last() else {
@@ -840,17 +957,21 @@ impl Registry {
             }
         }
         let mut b = Batch::new();
-        let old = s.addresses();
-        for (addr, _) in &old {
-            b.delete(ADDRESSES, addr.clone());
+        // Free the Service IPs (Instance IPs stay with their instances) and take what the new
+        // description asks for; Service IPs it does not fix are kept, so clients keep working.
+        for (addr, field) in s.addresses() {
+            if field != "instance_ip" {
+                b.delete(ADDRESSES, addr);
+            }
         }
         if let Some(r) = spec.replicas {
             s.desired = Some(r);
         }
         s.spec = spec;
-        for (addr, field) in s.addresses() {
+        for (addr, field) in s.requested_addresses() {
             if let Some(holder) = self.index(ADDRESSES, &addr)?
                 && holder != id.as_str()
+                && !holder.starts_with(&format!("{id}/"))
             {
                 return Err(RegistryError::Conflict(format!(
                     "addresses.{field}: {addr} is already used by service {holder}"
@@ -858,6 +979,19 @@ impl Registry {
             }
             b.put(ADDRESSES, addr, id.as_str().as_bytes().to_vec());
         }
+        let asked = s.spec.addresses.clone().unwrap_or_default();
+        for (asked_ip, kept) in [(asked.rr_ip, &mut s.semantic.rr_ip), (asked.closest_ip, &mut s.semantic.closest_ip)] {
+            match (asked_ip, *kept) {
+                (Some(ip), _) => *kept = Some(ip),
+                (None, Some(k)) => {
+                    b.put(ADDRESSES, k.to_string(), id.as_str().as_bytes().to_vec());
+                }
+                (None, None) => {}
+            }
+        }
+        let mut alloc = Alloc::default();
+        alloc.reserve_requested([&s.spec]);
+        self.allocate_service_ips(&mut b, &mut alloc, &mut s)?;
         b.put(SERVICES, id.as_str(), encode(&s));
         self.store.commit(b)?;
         Ok(Self::render_service(s, &app))
@@ -884,8 +1018,8 @@ impl Registry {
         if let Some(d) = s.desired.as_mut() {
             *d += 1;
         }
-        let instance = self.add_instance(&mut s)?;
         let mut b = Batch::new();
+        let instance = self.add_instance(&mut b, &mut Alloc::default(), &mut s)?;
         b.put(SERVICES, id.as_str(), encode(&s));
         self.store.commit(b)?;
         Ok(instance)
@@ -908,8 +1042,10 @@ impl Registry {
 
     /// A new instance record (not committed), with the status that says whether a cluster can
     /// take it now.
-    fn add_instance(&self, s: &mut ServiceRecord) -> Result<Instance> {
+    fn add_instance(&self, b: &mut Batch, alloc: &mut Alloc, s: &mut ServiceRecord) -> Result<Instance> {
         let now = self.clock.now_unix();
+        let holder = format!("{}/{}", s.id, s.next_instance);
+        let instance_ip = self.allocate_ip(b, alloc, &holder)?;
         let clusters = self.load_all::<ClusterRecord>(CLUSTERS, "")?;
         let active = clusters.iter().filter(|c| now - c.last_seen <= self.cluster_timeout).count();
         let (status, detail) = if active == 0 {
@@ -930,6 +1066,7 @@ impl Registry {
             cluster_location: None,
             worker_id: None,
             worker_name: None,
+            instance_ip: Some(instance_ip.to_string()),
             host_ip: None,
             publicip: None,
             cpu_percent: None,
@@ -949,6 +1086,7 @@ impl Registry {
     pub fn reconcile_replicas(&self) -> Result<bool> {
         let _w = self.write.lock();
         let mut b = Batch::new();
+        let mut alloc = Alloc::default();
         for mut s in self.load_all::<ServiceRecord>(SERVICES, "")? {
             let Some(want) = s.desired else { continue };
             let have = s.instances.len() as u32;
@@ -956,12 +1094,15 @@ impl Registry {
                 continue;
             }
             for _ in have..want {
-                self.add_instance(&mut s)?;
+                self.add_instance(&mut b, &mut alloc, &mut s)?;
             }
             if have > want {
                 s.instances.sort_by_key(|i| i.instance_number);
                 for gone in s.instances.split_off(want as usize) {
                     s.refused_by.remove(&gone.instance_number);
+                    if let Some(ip) = gone.instance_ip {
+                        b.delete(ADDRESSES, ip);
+                    }
                 }
             }
             b.put(SERVICES, s.id.as_str(), encode(&s));
@@ -977,17 +1118,19 @@ impl Registry {
     pub fn remove_instance(&self, owner: &UserId, id: &ServiceId, number: u32) -> Result<()> {
         let _w = self.write.lock();
         let (mut s, _) = self.owned_service(owner, id)?;
-        let before = s.instances.len();
-        s.instances.retain(|i| i.instance_number != number);
-        s.refused_by.remove(&number);
-        if s.instances.len() == before {
+        let Some(pos) = s.instances.iter().position(|i| i.instance_number == number) else {
             return Err(not_found("instance", format!("{number} of service {id}")));
-        }
+        };
+        let gone = s.instances.remove(pos);
+        s.refused_by.remove(&number);
         if s.instances.is_empty() {
             s.status = None;
             s.status_detail = None;
         }
         let mut b = Batch::new();
+        if let Some(ip) = gone.instance_ip {
+            b.delete(ADDRESSES, ip);
+        }
         b.put(SERVICES, id.as_str(), encode(&s));
         self.store.commit(b)?;
         Ok(())

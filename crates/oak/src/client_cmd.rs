@@ -342,7 +342,6 @@ pub async fn service(global: Global, cmd: ServiceCommand) -> anyhow::Result<()> 
                 Output::Table => {
                     let mut t = table(&["FIELD", "VALUE"]);
                     let ports: Vec<String> = v.spec.ports().iter().map(ToString::to_string).collect();
-                    let addrs = v.spec.addresses.clone().unwrap_or_default();
                     let rows: Vec<(&str, String)> = vec![
                         ("id", v.id.to_string()),
                         ("job name", v.job_name.clone()),
@@ -353,8 +352,8 @@ pub async fn service(global: Global, cmd: ServiceCommand) -> anyhow::Result<()> 
                         ("memory (MiB)", v.spec.memory.to_string()),
                         ("vcpus", v.spec.vcpus.to_string()),
                         ("ports", if ports.is_empty() { "-".into() } else { ports.join(", ") }),
-                        ("round-robin IP", addrs.rr_ip.map(|a| a.to_string()).unwrap_or_else(|| "-".into())),
-                        ("closest IP", addrs.closest_ip.map(|a| a.to_string()).unwrap_or_else(|| "-".into())),
+                        ("round-robin IP", v.rr_ip.clone().unwrap_or_else(|| "-".into())),
+                        ("closest IP", v.closest_ip.clone().unwrap_or_else(|| "-".into())),
                         ("status", status_of(&v)),
                         ("detail", v.status_detail.clone().unwrap_or_else(|| "-".into())),
                     ];
@@ -365,13 +364,14 @@ pub async fn service(global: Global, cmd: ServiceCommand) -> anyhow::Result<()> 
                     if v.instance_list.is_empty() {
                         println!("no instances");
                     } else {
-                        let mut it = table(&["INSTANCE", "STATUS", "CLUSTER", "WORKER", "DETAIL"]);
+                        let mut it = table(&["INSTANCE", "INSTANCE IP", "STATUS", "CLUSTER", "WORKER", "DETAIL"]);
                         for i in &v.instance_list {
                             it.add_row(vec![
                                 i.instance_number.to_string(),
+                                i.instance_ip.clone().unwrap_or_else(|| "-".into()),
                                 i.status.to_string(),
                                 i.cluster_id.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".into()),
-                                i.worker_id.clone().unwrap_or_else(|| "-".into()),
+                                i.worker_name.clone().or(i.worker_id.clone()).unwrap_or_else(|| "-".into()),
                                 i.status_detail.clone(),
                             ]);
                         }
