@@ -78,7 +78,8 @@ impl Hub {
     pub async fn logs(&self, cluster: &ClusterId, mut req: LogsRequest) -> Result<LogsReply, ApiError> {
         req.request_id = format!("r{}", self.requests.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
-        let sender = {
+        let request_id = req.request_id.clone();
+        let (sender, pending) = {
             let conns = self.conns.lock();
             let conn = conns.get(cluster).ok_or_else(|| {
                 ApiError::new(
@@ -86,16 +87,20 @@ impl Hub {
                     format!("cluster {cluster} is not connected; its logs cannot be read now"),
                 )
             })?;
-            conn.pending.lock().insert(req.request_id.clone(), tx);
-            conn.tx.clone()
+            conn.pending.lock().insert(request_id.clone(), tx);
+            (conn.tx.clone(), conn.pending.clone())
         };
-        sender
-            .send(RootToCluster::Logs(req))
-            .await
-            .map_err(|_| ApiError::new(ErrorCode::Unavailable, format!("cluster {cluster} disconnected")))?;
+        if sender.send(RootToCluster::Logs(req)).await.is_err() {
+            pending.lock().remove(&request_id);
+            return Err(ApiError::new(ErrorCode::Unavailable, format!("cluster {cluster} disconnected")));
+        }
         match tokio::time::timeout(Duration::from_secs(8), rx).await {
             Ok(Ok(r)) => Ok(r),
-            _ => Err(ApiError::new(ErrorCode::Unavailable, format!("cluster {cluster} did not answer in time"))),
+            _ => {
+                // Do not keep waiting for an answer that will not come.
+                pending.lock().remove(&request_id);
+                Err(ApiError::new(ErrorCode::Unavailable, format!("cluster {cluster} did not answer in time")))
+            }
         }
     }
 }
