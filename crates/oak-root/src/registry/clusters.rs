@@ -189,23 +189,17 @@ impl Registry {
                 .collect(),
         );
         let services: Vec<ServiceRecord> = self.load_all(SERVICES, "")?;
-        // Instances a cluster has not yet acknowledged still take room in its report.
+        // Instances a cluster has not yet acknowledged still take room in its report: reserve
+        // them on the slot they would take there (the first one, if none fits any more).
         for s in &services {
+            let req = request_of(&s.spec, &[]);
             for i in s.instances.iter().filter(|i| i.status == Status::ClusterScheduled) {
-                if let Some(idx) = i.cluster_id.as_ref().and_then(|c| snap.find(c.as_str())) {
-                    let req = request_of(&s.spec, &[]);
-                    if let Ok(p) = snap.place(
-                        &Request {
-                            direct: vec![i.cluster_id.clone().map(|c| c.to_string()).unwrap_or_default()],
-                            ..req.clone()
-                        },
-                        Policy::BestFit,
-                    ) {
-                        snap.reserve(p.candidate, p.slot, &req.resources);
-                    } else {
-                        snap.reserve(idx, 0, &req.resources);
-                    }
-                }
+                let Some(c) = &i.cluster_id else { continue };
+                let Some(idx) = snap.find(c.as_str()) else { continue };
+                let here = Request { direct: vec![c.to_string()], ..req.clone() };
+                let (cand, slot) =
+                    snap.place(&here, Policy::BestFit).map(|p| (p.candidate, p.slot)).unwrap_or((idx, 0));
+                snap.reserve(cand, slot, &req.resources);
             }
         }
         let mut b = Batch::new();
