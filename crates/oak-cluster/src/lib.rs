@@ -376,7 +376,11 @@ impl Cluster {
                     Vec::new()
                 }
                 Cmd::Lost(node, session) => self.core.worker_lost(&node, &session, t),
-                Cmd::Tick => self.core.reconcile(t),
+                Cmd::Tick => {
+                    // Requests the root stopped waiting for.
+                    pending_logs.retain(|_, tx| !tx.is_closed());
+                    self.core.reconcile(t)
+                }
             };
             self.persist(before);
             for o in outs {
