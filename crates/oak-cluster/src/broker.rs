@@ -24,16 +24,13 @@ impl Credentials {
     pub fn check(&self, client_id: &str, username: &str, password: &str) -> bool {
         let id_ok = client_id == username || client_id.strip_suffix("-ne") == Some(username);
         let stored = self.0.read().get(username).cloned();
-        let ok = id_ok && stored.is_some_and(|h| constant_eq(h.as_bytes(), hash(password).as_bytes()));
+        let ok = id_ok
+            && stored.is_some_and(|h| oak_store::secret::constant_time_eq(h.as_bytes(), hash(password).as_bytes()));
         if !ok {
             tracing::warn!(client = client_id, user = username, "MQTT login refused");
         }
         ok
     }
-}
-
-fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Starts the broker on its own thread (rumqttd's `start` blocks).

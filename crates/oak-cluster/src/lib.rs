@@ -18,7 +18,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use oak_api::link::{ClusterReport, DesiredInstance};
+use oak_api::link::DesiredInstance;
 use oak_api::node::{InstanceEvent, LogsReply, LogsRequest, NodeInfo, RegisterRequest, RegisterResponse};
 use oak_store::{Batch, RedbStore, Store};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -72,33 +72,6 @@ pub enum ClusterError {
 
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    rand::fill(&mut b[..]);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Reads a secret from `path`, or creates it (mode 0600).
-fn secret_file(path: &std::path::Path) -> Result<String, std::io::Error> {
-    if let Ok(s) = std::fs::read_to_string(path) {
-        let s = s.trim().to_owned();
-        if !s.is_empty() {
-            return Ok(s);
-        }
-    }
-    let s = random_hex(24);
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path)?.write_all(s.as_bytes())?;
-    Ok(s)
 }
 
 pub(crate) enum Cmd {
@@ -159,7 +132,7 @@ impl Cluster {
         std::fs::create_dir_all(&config.data_dir).map_err(dd)?;
         let worker_token = match &config.worker_token {
             Some(t) => t.clone(),
-            None => secret_file(&config.data_dir.join("worker-token")).map_err(dd)?,
+            None => oak_store::secret::read_or_create(&config.data_dir.join("worker-token")).map_err(dd)?,
         };
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("cluster.redb"), TABLES)?);
         let mut core = Core { timing: config.timing, ..Core::default() };
@@ -211,7 +184,7 @@ impl Cluster {
         };
         let (internal_user, internal_pw) = match &external {
             Some(e) => (e.user.clone(), e.password.clone()),
-            None => ("oak-cluster".to_owned(), random_hex(16)),
+            None => ("oak-cluster".to_owned(), oak_store::secret::random_hex(16)),
         };
         if external.is_none() {
             creds.set(&internal_user, broker::hash(&internal_pw));
@@ -230,8 +203,11 @@ impl Cluster {
                 ip => (ip.to_string(), self.config.mqtt_listen.port()),
             },
         };
-        let client_id =
-            if external.is_some() { format!("oak-cluster-{}", random_hex(4)) } else { internal_user.clone() };
+        let client_id = if external.is_some() {
+            format!("oak-cluster-{}", oak_store::secret::random_hex(4))
+        } else {
+            internal_user.clone()
+        };
         let mut opts = MqttOptions::new(client_id, mqtt_host, mqtt_port);
         if !internal_user.is_empty() {
             opts.set_credentials(internal_user, internal_pw);
@@ -325,7 +301,7 @@ impl Cluster {
             let before = self.persisted_view();
             let outs: Vec<Out> = match cmd {
                 Cmd::Register(req, reply) => {
-                    let r = self.register_worker(req, &creds, t);
+                    let r = self.register_worker(req, &creds);
                     let _ = reply.send(r);
                     Vec::new()
                 }
@@ -409,7 +385,6 @@ impl Cluster {
         &mut self,
         req: RegisterRequest,
         creds: &broker::Credentials,
-        t: f64,
     ) -> Result<RegisterResponse, String> {
         let valid_id =
             |s: &str| (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
@@ -423,10 +398,9 @@ impl Cluster {
         }
         let (username, password) = match &self.external_mqtt {
             Some(e) => (e.user.clone(), e.password.clone()),
-            None => (id.clone(), random_hex(24)),
+            None => (id.clone(), oak_store::secret::random_hex(24)),
         };
         // Active only from its first report over MQTT: then it is subscribed and can take work.
-        let _ = t;
         let rec = WorkerRec {
             id: id.clone(),
             reg: req,
@@ -488,9 +462,6 @@ impl Cluster {
     }
 }
 
-/// The latest full report, for tests and the link.
-pub type Report = ClusterReport;
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -516,7 +487,7 @@ fn token_ok(headers: &HeaderMap, expected: &str) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    got.len() == expected.len() && got.bytes().zip(expected.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+    oak_store::secret::constant_time_eq(got.as_bytes(), expected.as_bytes())
 }
 
 async fn register(

@@ -73,29 +73,6 @@ pub enum RootError {
     Serve(std::io::Error),
 }
 
-/// Reads a secret from `path`, or generates one there (readable by the owner only).
-fn secret_file(path: &std::path::Path) -> Result<String, std::io::Error> {
-    if let Ok(s) = std::fs::read_to_string(path) {
-        let s = s.trim().to_owned();
-        if !s.is_empty() {
-            return Ok(s);
-        }
-    }
-    let mut bytes = [0u8; 24];
-    rand::fill(&mut bytes[..]);
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path)?.write_all(token.as_bytes())?;
-    Ok(token)
-}
-
 /// A root orchestrator with its store open, ready to serve.
 pub struct Root {
     state: http::AppState,
@@ -150,7 +127,7 @@ impl Root {
         }
         let cluster_token = match &config.cluster_token {
             Some(t) if !t.is_empty() => t.clone(),
-            _ => secret_file(&config.data_dir.join("cluster-token"))
+            _ => oak_store::secret::read_or_create(&config.data_dir.join("cluster-token"))
                 .map_err(|source| RootError::DataDir { path: config.data_dir.display().to_string(), source })?,
         };
         let state =

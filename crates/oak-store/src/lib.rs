@@ -11,6 +11,7 @@
 
 mod mem;
 mod redb_store;
+pub mod secret;
 
 pub use mem::MemStore;
 pub use redb_store::RedbStore;

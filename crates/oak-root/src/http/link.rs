@@ -61,10 +61,6 @@ impl Hub {
         self.kick.notify_one();
     }
 
-    pub fn connected(&self) -> usize {
-        self.conns.lock().len()
-    }
-
     /// Closes the links of clusters that joined with a (now revoked) join token.
     pub fn close_token(&self, token_id: &str) {
         for c in self.conns.lock().values() {
@@ -120,10 +116,6 @@ pub async fn scheduler(state: AppState) {
     }
 }
 
-fn constant_eq(got: &str, expected: &str) -> bool {
-    got.len() == expected.len() && got.bytes().zip(expected.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
-}
-
 /// `GET /api/cluster/link`: a cluster joins with the deployment's cluster token or a live
 /// join token.
 pub(super) async fn link(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
@@ -133,7 +125,7 @@ pub(super) async fn link(State(state): State<AppState>, headers: HeaderMap, ws: 
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default()
         .to_owned();
-    let token_id = if constant_eq(&got, &state.cluster_token) {
+    let token_id = if oak_store::secret::constant_time_eq(got.as_bytes(), state.cluster_token.as_bytes()) {
         None
     } else {
         match state.registry.join_token_id(&got) {

@@ -37,9 +37,7 @@ impl Registry {
         if name.is_empty() || name.len() > 64 {
             return Err(invalid("name", "must be 1-64 characters"));
         }
-        let mut bytes = [0u8; 24];
-        rand::fill(&mut bytes[..]);
-        let secret: String = format!("oakj_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let secret = format!("oakj_{}", oak_store::secret::random_hex(24));
         let info = JoinToken {
             id: uuid::Uuid::new_v4().to_string(),
             name: name.to_owned(),
