@@ -1019,7 +1019,8 @@ impl Registry {
             *d += 1;
         }
         let mut b = Batch::new();
-        let instance = self.add_instance(&mut b, &mut Alloc::default(), &mut s)?;
+        let initial = self.initial_status()?;
+        let instance = self.add_instance(&mut b, &mut Alloc::default(), &mut s, &initial)?;
         b.put(SERVICES, id.as_str(), encode(&s));
         self.store.commit(b)?;
         Ok(instance)
@@ -1042,13 +1043,13 @@ impl Registry {
 
     /// A new instance record (not committed), with the status that says whether a cluster can
     /// take it now.
-    fn add_instance(&self, b: &mut Batch, alloc: &mut Alloc, s: &mut ServiceRecord) -> Result<Instance> {
+    /// The status a new instance starts with: REQUESTED when some cluster is active, else a
+    /// negative status that says why none can take it.
+    fn initial_status(&self) -> Result<(Status, String)> {
         let now = self.clock.now_unix();
-        let holder = format!("{}/{}", s.id, s.next_instance);
-        let instance_ip = self.allocate_ip(b, alloc, &holder)?;
         let clusters = self.load_all::<ClusterRecord>(CLUSTERS, "")?;
         let active = clusters.iter().filter(|c| now - c.last_seen <= self.cluster_timeout).count();
-        let (status, detail) = if active == 0 {
+        Ok(if active == 0 {
             let why = if clusters.is_empty() {
                 "no cluster has joined this root yet".to_owned()
             } else {
@@ -1057,7 +1058,20 @@ impl Registry {
             (Status::NoActiveClusterWithCapacity, format!("no active cluster can take it: {why}"))
         } else {
             (Status::Requested, "Waiting for scheduling decision".to_owned())
-        };
+        })
+    }
+
+    fn add_instance(
+        &self,
+        b: &mut Batch,
+        alloc: &mut Alloc,
+        s: &mut ServiceRecord,
+        initial: &(Status, String),
+    ) -> Result<Instance> {
+        let now = self.clock.now_unix();
+        let holder = format!("{}/{}", s.id, s.next_instance);
+        let instance_ip = self.allocate_ip(b, alloc, &holder)?;
+        let (status, detail) = initial.clone();
         let instance = Instance {
             instance_number: s.next_instance,
             status,
@@ -1087,14 +1101,20 @@ impl Registry {
         let _w = self.write.lock();
         let mut b = Batch::new();
         let mut alloc = Alloc::default();
+        let mut initial = None;
         for mut s in self.load_all::<ServiceRecord>(SERVICES, "")? {
             let Some(want) = s.desired else { continue };
             let have = s.instances.len() as u32;
             if have == want {
                 continue;
             }
-            for _ in have..want {
-                self.add_instance(&mut b, &mut alloc, &mut s)?;
+            if have < want && initial.is_none() {
+                initial = Some(self.initial_status()?);
+            }
+            if let Some(init) = &initial {
+                for _ in have..want {
+                    self.add_instance(&mut b, &mut alloc, &mut s, init)?;
+                }
             }
             if have > want {
                 s.instances.sort_by_key(|i| i.instance_number);

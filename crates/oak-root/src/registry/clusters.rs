@@ -165,10 +165,11 @@ impl Registry {
     pub fn schedule_pending(&self) -> Result<bool> {
         let _w = self.write.lock();
         let now = self.clock.now_unix();
+        let all = self.clusters()?;
+        let names: BTreeMap<ClusterId, String> = all.iter().map(|c| (c.id.clone(), c.name.clone())).collect();
         let clusters: Vec<ClusterRecord> =
-            self.clusters()?.into_iter().filter(|c| now - c.last_seen <= self.cluster_timeout).collect();
+            all.into_iter().filter(|c| now - c.last_seen <= self.cluster_timeout).collect();
         let active: std::collections::BTreeSet<ClusterId> = clusters.iter().map(|c| c.id.clone()).collect();
-        let names: BTreeMap<ClusterId, String> = self.clusters()?.into_iter().map(|c| (c.id, c.name)).collect();
         let mut snap = Snapshot::new(
             clusters
                 .iter()
