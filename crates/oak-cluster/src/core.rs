@@ -92,6 +92,9 @@ pub struct Core {
     pub assignments: BTreeMap<Key, Assignment>,
     pub timing: Timing,
     pub policy: Policy,
+    /// Assignments changed (or removed) since [`take_dirty`](Core::take_dirty): what the
+    /// cluster must write to its store, without re-serializing every assignment per message.
+    dirty: BTreeSet<Key>,
 }
 
 fn live(s: Status) -> bool {
@@ -109,6 +112,18 @@ fn request_of(d: &DesiredInstance) -> Request {
 }
 
 impl Core {
+    /// An assignment to change; it will be written to the store.
+    fn slot(&mut self, k: &Key) -> Option<&mut Assignment> {
+        let a = self.assignments.get_mut(k)?;
+        self.dirty.insert(k.clone());
+        Some(a)
+    }
+
+    /// The keys whose assignments changed or went away since the last call.
+    pub fn take_dirty(&mut self) -> BTreeSet<Key> {
+        std::mem::take(&mut self.dirty)
+    }
+
     pub fn active(&self, w: &WorkerRec, now: f64) -> bool {
         now - w.last_seen <= self.timing.heartbeat_timeout
     }
@@ -139,6 +154,7 @@ impl Core {
     }
 
     fn set(&mut self, k: &Key, worker: Option<String>, status: Status, detail: String, now: f64) {
+        self.dirty.insert(k.clone());
         let a = self.assignments.entry(k.clone()).or_insert(Assignment {
             worker: None,
             status,
@@ -184,7 +200,7 @@ impl Core {
                     outs.push(o);
                 }
                 self.set(k, Some(worker), Status::NodeScheduled, format!("placed on worker {name}"), now);
-                if let Some(a) = self.assignments.get_mut(k) {
+                if let Some(a) = self.slot(k) {
                     a.sent = now;
                 }
             }
@@ -198,7 +214,7 @@ impl Core {
                     }
                 };
                 self.set(k, None, status, why, now);
-                if let Some(a) = self.assignments.get_mut(k) {
+                if let Some(a) = self.slot(k) {
                     a.next_try = now + 2.0;
                 }
             }
@@ -224,7 +240,7 @@ impl Core {
                     }
                     let attempts = a.attempts + 1;
                     self.place(k, now, &mut outs);
-                    if let Some(x) = self.assignments.get_mut(k) {
+                    if let Some(x) = self.slot(k) {
                         x.attempts = attempts;
                     }
                 }
@@ -239,7 +255,7 @@ impl Core {
                         .unwrap_or_default();
                     self.fail(k, format!("worker {name} stopped reporting; placing it elsewhere"), now);
                     // Not the instance's fault: place it again at once, without backoff.
-                    if let Some(x) = self.assignments.get_mut(k) {
+                    if let Some(x) = self.slot(k) {
                         x.next_try = now;
                     }
                     if let Some(x) = self.assignments.get(k).cloned() {
@@ -255,7 +271,7 @@ impl Core {
                     {
                         outs.push(o);
                     }
-                    if let Some(x) = self.assignments.get_mut(k) {
+                    if let Some(x) = self.slot(k) {
                         x.sent = now;
                     }
                 }
@@ -265,6 +281,7 @@ impl Core {
         if self.desired_known {
             let gone: Vec<Key> = self.assignments.keys().filter(|k| !self.desired.contains_key(*k)).cloned().collect();
             for k in gone {
+                self.dirty.insert(k.clone());
                 if let Some(a) = self.assignments.remove(&k)
                     && let Some(w) = a.worker
                 {
@@ -283,7 +300,7 @@ impl Core {
     /// Marks an assignment failed; it is placed again after the backoff.
     fn fail(&mut self, k: &Key, detail: String, now: f64) {
         let delay = self.assignments.get(k).map(|a| self.backoff(a.attempts)).unwrap_or(1.0);
-        if let Some(a) = self.assignments.get_mut(k) {
+        if let Some(a) = self.slot(k) {
             a.status = Status::Failed;
             a.detail = detail;
             a.since = now;
@@ -367,7 +384,7 @@ impl Core {
                 let delay = self.backoff(attempts);
                 let detail = format!("{}; placed again in {delay:.0} s (attempt {})", ev.status_detail, attempts + 1);
                 self.set(&k, Some(node.to_owned()), ev.status, detail, now);
-                if let Some(a) = self.assignments.get_mut(&k) {
+                if let Some(a) = self.slot(&k) {
                     a.attempts = attempts;
                     a.next_try = now + delay;
                 }

@@ -135,7 +135,8 @@ impl Cluster {
             None => oak_store::secret::read_or_create(&config.data_dir.join("worker-token")).map_err(dd)?,
         };
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("cluster.redb"), TABLES)?);
-        let mut core = Core { timing: config.timing, ..Core::default() };
+        let mut core = Core::default();
+        core.timing = config.timing;
         for (id, bytes) in store.scan_prefix(WORKERS, "")? {
             match serde_json::from_slice::<WorkerRec>(&bytes) {
                 Ok(mut w) => {
@@ -298,7 +299,6 @@ impl Cluster {
                 c = rx.recv() => match c { Some(c) => c, None => break },
             };
             let t = now();
-            let before = self.persisted_view();
             let outs: Vec<Out> = match cmd {
                 Cmd::Register(req, reply) => {
                     let r = self.register_worker(req, &creds);
@@ -358,7 +358,7 @@ impl Cluster {
                     self.core.reconcile(t)
                 }
             };
-            self.persist(before);
+            self.persist();
             for o in outs {
                 if let Err(e) = mqtt.publish(o.topic.clone(), QoS::AtLeastOnce, false, o.payload).await {
                     tracing::warn!(topic = %o.topic, error = %e, "cannot queue an MQTT message");
@@ -429,31 +429,22 @@ impl Cluster {
         })
     }
 
-    /// The assignments as they should be on disk.
-    fn persisted_view(&self) -> Vec<(String, Vec<u8>)> {
-        self.core
-            .assignments
-            .iter()
-            .map(|((s, n), a)| (format!("{s}/{n}"), serde_json::to_vec(a).unwrap_or_default()))
-            .collect()
-    }
-
-    /// Writes the assignment changes since `before` in one batch.
-    fn persist(&self, before: Vec<(String, Vec<u8>)>) {
-        let after = self.persisted_view();
-        if after == before {
+    /// Writes the assignments that changed since the last call, in one batch.
+    fn persist(&mut self) {
+        let dirty = self.core.take_dirty();
+        if dirty.is_empty() {
             return;
         }
         let mut b = Batch::new();
-        let after_keys: std::collections::BTreeSet<&String> = after.iter().map(|(k, _)| k).collect();
-        for (k, _) in &before {
-            if !after_keys.contains(k) {
-                b.delete(ASSIGNMENTS, k.clone());
-            }
-        }
-        for (k, v) in after {
-            if !before.iter().any(|(bk, bv)| *bk == k && *bv == v) {
-                b.put(ASSIGNMENTS, k, v);
+        for k in dirty {
+            let key = format!("{}/{}", k.0, k.1);
+            match self.core.assignments.get(&k) {
+                Some(a) => {
+                    b.put(ASSIGNMENTS, key, serde_json::to_vec(a).unwrap_or_default());
+                }
+                None => {
+                    b.delete(ASSIGNMENTS, key);
+                }
             }
         }
         if let Err(e) = self.store.commit(b) {

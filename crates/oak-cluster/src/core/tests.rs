@@ -134,9 +134,13 @@ fn silent_workers_lose_their_instances_and_removed_ones_are_deleted() {
     let outs = c.worker_lost("a", "s-a", 11.0);
     assert_eq!(topics(&outs), ["nodes/a/control/delete", "nodes/b/control/deploy"]);
     // The root no longer wants it: the worker is told to delete it.
+    c.take_dirty();
     let outs = c.set_desired(vec![], 12.0);
     assert_eq!(topics(&outs), ["nodes/b/control/delete"]);
     assert!(c.assignments.is_empty());
+    // The removal is among what the cluster must write to its store, and only it.
+    assert_eq!(c.take_dirty().into_iter().collect::<Vec<_>>(), [(ServiceId::from("svc"), 0)]);
+    assert!(c.reconcile(13.0).is_empty() && c.take_dirty().is_empty(), "a quiet tick writes nothing");
 }
 
 #[test]
