@@ -175,8 +175,8 @@ fn the_root_places_instances_in_clusters_that_fit_and_moves_refused_ones() {
     assert_eq!(r.desired_for(&big).unwrap_or_default().len(), 1);
     assert!(r.desired_for(&small).unwrap_or_default().is_empty());
 
-    // The big cluster refuses it: it moves to the small one, if that fits (it does not: 0 MiB asked,
-    // so make the request fit the small one first).
+    // The big cluster refuses it: it moves to the small one, which can hold it (the service
+    // asks for no memory).
     let mut report = report_with_slot(8000);
     report.instances.push(oak_api::link::InstanceState {
         service_id: svc.clone(),
