@@ -9,6 +9,7 @@ pub mod error;
 pub mod ids;
 pub mod link;
 pub mod model;
+pub mod net;
 pub mod node;
 pub mod sla;
 pub mod status;

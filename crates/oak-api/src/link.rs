@@ -7,10 +7,13 @@
 //! lose any message, or the connection, and the next full-state message repairs it.
 
 use crate::ids::{ClusterId, ServiceId};
+use crate::net::ServiceTable;
 use crate::node::{LogsReply, LogsRequest};
 use crate::sla::MicroserviceSpec;
 use crate::status::Status;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 /// Path of the link on the root's HTTP port.
 pub const LINK_PATH: &str = "/api/cluster/link";
@@ -42,6 +45,14 @@ pub enum RootToCluster {
         instances: Vec<DesiredInstance>,
     },
     Logs(LogsRequest),
+    /// The subnet of every worker the cluster reported (allocated and kept by the root).
+    Subnets {
+        subnets: BTreeMap<String, Ipv4Addr>,
+    },
+    /// The tables of every semantic address the cluster reported interest in.
+    Tables {
+        tables: Vec<ServiceTable>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,6 +61,8 @@ pub struct DesiredInstance {
     pub instance_number: u32,
     pub job_name: String,
     pub spec: MicroserviceSpec,
+    #[serde(default)]
+    pub instance_ip: Option<Ipv4Addr>,
 }
 
 /// Free space of one kind in a cluster, for the root's scheduler: one entry per distinct
@@ -93,10 +106,23 @@ pub struct InstanceState {
     pub cpu_percent: Option<f64>,
     #[serde(default)]
     pub memory_mb: Option<f64>,
+    /// Overlay attachment: namespace address, tunnel port and location of its worker.
+    #[serde(default)]
+    pub ns_ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub host_port: Option<u16>,
+    #[serde(default)]
+    pub location: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterReport {
     pub aggregate: ClusterAggregate,
     pub instances: Vec<InstanceState>,
+    /// Ids of every worker the cluster knows (each holds a subnet while it is known).
+    #[serde(default)]
+    pub workers: Vec<String>,
+    /// Semantic addresses some worker of the cluster needs tables for.
+    #[serde(default)]
+    pub interests: Vec<Ipv4Addr>,
 }

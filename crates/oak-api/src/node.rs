@@ -10,11 +10,14 @@
 //! | `nodes/<id>/control/deploy` | cluster → worker | [`DeployCommand`] |
 //! | `nodes/<id>/control/delete` | cluster → worker | [`DeleteCommand`] |
 //! | `nodes/<id>/control/logs` | cluster → worker | [`LogsRequest`] |
+//! | `nodes/<id>/control/network` | cluster → worker | [`crate::net::WorkerNetwork`] (its subnet) |
+//! | `nodes/<id>/control/tables` | cluster → worker | [`crate::net::WorkerTables`] |
 
 use crate::ids::ServiceId;
 use crate::sla::MicroserviceSpec;
 use crate::status::Status;
 use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
 
 /// Identifier of a worker node, kept in the worker's data dir.
 pub type NodeId = String;
@@ -41,6 +44,12 @@ pub fn topic_delete(node: &str) -> String {
 }
 pub fn topic_logs_request(node: &str) -> String {
     format!("nodes/{node}/control/logs")
+}
+pub fn topic_network(node: &str) -> String {
+    format!("nodes/{node}/control/network")
+}
+pub fn topic_tables(node: &str) -> String {
+    format!("nodes/{node}/control/tables")
 }
 
 /// Static facts about a worker, sent at registration.
@@ -98,6 +107,9 @@ pub struct InstanceUsage {
     /// Percent of one core, averaged over the last interval.
     pub cpu_percent: f64,
     pub memory_mb: f64,
+    /// Its address in the worker's subnet, once attached to the overlay.
+    #[serde(default)]
+    pub ns_ip: Option<Ipv4Addr>,
 }
 
 /// Periodic report (`nodes/<id>/information`); its arrival is the heartbeat.
@@ -115,6 +127,17 @@ pub struct NodeInfo {
     pub location: Option<String>,
     /// Every instance the worker holds, whatever its state.
     pub instances: Vec<InstanceUsage>,
+    /// True when the worker runs the overlay: it takes instances only once it has a subnet.
+    #[serde(default)]
+    pub overlay: bool,
+    #[serde(default)]
+    pub subnet: Option<Ipv4Addr>,
+    /// Where other workers send tunnel traffic for this one.
+    #[serde(default)]
+    pub tunnel: Option<std::net::SocketAddrV4>,
+    /// Semantic addresses the worker needs tables for (level-triggered; see [`crate::net`]).
+    #[serde(default)]
+    pub interests: Vec<Ipv4Addr>,
 }
 
 /// A state change of an instance (`nodes/<id>/job`).
@@ -126,6 +149,8 @@ pub struct InstanceEvent {
     pub status_detail: String,
     #[serde(default)]
     pub exit_code: Option<u32>,
+    #[serde(default)]
+    pub ns_ip: Option<Ipv4Addr>,
 }
 
 /// Run an instance (`nodes/<id>/control/deploy`). Idempotent: a worker that already holds the
@@ -136,6 +161,9 @@ pub struct DeployCommand {
     pub instance_number: u32,
     pub job_name: String,
     pub spec: MicroserviceSpec,
+    /// The instance's semantic address (allocated by the root).
+    #[serde(default)]
+    pub instance_ip: Option<Ipv4Addr>,
 }
 
 /// Stop and remove an instance (`nodes/<id>/control/delete`).

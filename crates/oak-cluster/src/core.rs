@@ -14,11 +14,13 @@
 //! ```
 
 use oak_api::link::{ClusterAggregate, ClusterReport, DesiredInstance, FreeSlot, InstanceState};
+use oak_api::net::{ServiceTable, WorkerNetwork, WorkerTables};
 use oak_api::node::{self, DeleteCommand, DeployCommand, InstanceEvent, NodeInfo, RegisterRequest};
 use oak_api::{ServiceId, Status};
 use oak_sched::{Candidate, Policy, Request, Resources, Slot, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 pub type Key = (ServiceId, u32);
 
@@ -42,6 +44,10 @@ pub struct WorkerRec {
     pub last_seen: f64,
     #[serde(skip)]
     pub info: Option<NodeInfo>,
+    /// The worker's overlay subnet, as the root allocated it (the root keeps it; it is sent
+    /// again on every connection, so it is not stored here).
+    #[serde(skip)]
+    pub subnet: Option<Ipv4Addr>,
 }
 
 impl WorkerRec {
@@ -62,6 +68,9 @@ pub struct Assignment {
     pub next_try: f64,
     /// When the deploy command was last sent.
     pub sent: f64,
+    /// Its address in its worker's subnet, once attached.
+    #[serde(default)]
+    pub ns_ip: Option<Ipv4Addr>,
 }
 
 /// Timing of the cluster's decisions.
@@ -95,6 +104,10 @@ pub struct Core {
     /// Assignments changed (or removed) since [`take_dirty`](Core::take_dirty): what the
     /// cluster must write to its store, without re-serializing every assignment per message.
     dirty: BTreeSet<Key>,
+    /// Overlay tables from the root for the interests of this cluster's workers.
+    pub tables: Vec<ServiceTable>,
+    /// What each worker was last sent, so only changes go out.
+    sent_tables: BTreeMap<String, Vec<ServiceTable>>,
 }
 
 fn live(s: Status) -> bool {
@@ -128,10 +141,15 @@ impl Core {
         now - w.last_seen <= self.timing.heartbeat_timeout
     }
 
+    /// Active, and (when it runs the overlay) attached to it: it can take instances.
+    fn schedulable(&self, w: &WorkerRec, now: f64) -> bool {
+        self.active(w, now) && w.info.as_ref().is_none_or(|i| !i.overlay || i.subnet.is_some())
+    }
+
     fn snapshot(&self, now: f64) -> (Snapshot, Vec<String>) {
         let mut ids = Vec::new();
         let mut snap = Snapshot::default();
-        for w in self.workers.values().filter(|w| self.active(w, now)) {
+        for w in self.workers.values().filter(|w| self.schedulable(w, now)) {
             snap.add(Candidate {
                 id: w.id.clone(),
                 name: w.reg.name.clone(),
@@ -163,9 +181,13 @@ impl Core {
             attempts: 0,
             next_try: now,
             sent: 0.0,
+            ns_ip: None,
         });
         if a.status != status || a.worker != worker {
             a.since = now;
+        }
+        if a.worker != worker {
+            a.ns_ip = None;
         }
         a.worker = worker;
         a.status = status;
@@ -179,6 +201,7 @@ impl Core {
             instance_number: k.1,
             job_name: d.job_name.clone(),
             spec: d.spec.clone(),
+            instance_ip: d.instance_ip,
         };
         Some(out(node::topic_deploy(worker), &cmd))
     }
@@ -320,7 +343,18 @@ impl Core {
         let held: BTreeSet<Key> = info.instances.iter().map(|i| (i.service_id.clone(), i.instance_number)).collect();
         let Some(w) = self.workers.get_mut(node) else { return outs };
         w.last_seen = now;
+        let ns_ips: Vec<(Key, Option<Ipv4Addr>)> =
+            info.instances.iter().map(|i| ((i.service_id.clone(), i.instance_number), i.ns_ip)).collect();
         w.info = Some(info);
+        for (k, ip) in ns_ips {
+            if self.assignments.get(&k).is_some_and(|a| a.worker.as_deref() == Some(node) && a.ns_ip != ip)
+                && let Some(a) = self.slot(&k)
+            {
+                a.ns_ip = ip;
+            }
+        }
+        outs.extend(self.network_for(node));
+        outs.extend(self.tables_for(node));
         // Instances it holds that are not (or no longer) its own: remove them.
         for k in &held {
             let mine = self.assignments.get(k).is_some_and(|a| a.worker.as_deref() == Some(node));
@@ -372,6 +406,12 @@ impl Core {
             }
             return Vec::new();
         }
+        if ev.ns_ip.is_some()
+            && self.assignments.get(&k).is_some_and(|a| a.ns_ip != ev.ns_ip)
+            && let Some(a) = self.slot(&k)
+        {
+            a.ns_ip = ev.ns_ip;
+        }
         match ev.status {
             Status::Undeployed => {}
             Status::Dead | Status::Failed => {
@@ -396,6 +436,62 @@ impl Core {
             s => self.set(&k, Some(node.to_owned()), s, ev.status_detail, now),
         }
         self.reconcile(now)
+    }
+
+    /// The subnet message for a worker that runs the overlay without the subnet it was given.
+    fn network_for(&self, node: &str) -> Option<Out> {
+        let w = self.workers.get(node)?;
+        let info = w.info.as_ref()?;
+        let subnet = w.subnet?;
+        (info.overlay && info.subnet != Some(subnet)).then(|| out(node::topic_network(node), &WorkerNetwork { subnet }))
+    }
+
+    /// The tables a worker asked for, when they differ from what it was last sent.
+    fn tables_for(&mut self, node: &str) -> Option<Out> {
+        let interests: BTreeSet<Ipv4Addr> = self.workers.get(node)?.info.as_ref()?.interests.iter().copied().collect();
+        let mine: Vec<ServiceTable> = self
+            .tables
+            .iter()
+            .filter(|t| {
+                t.rr_ip
+                    .iter()
+                    .chain(&t.closest_ip)
+                    .chain(t.instances.iter().map(|i| &i.instance_ip))
+                    .any(|ip| interests.contains(ip))
+            })
+            .cloned()
+            .collect();
+        // A worker starts with no tables: nothing to send until it asks for some.
+        if self.sent_tables.get(node).map(Vec::as_slice).unwrap_or_default() == mine.as_slice() {
+            return None;
+        }
+        self.sent_tables.insert(node.to_owned(), mine.clone());
+        Some(out(node::topic_tables(node), &WorkerTables { tables: mine }))
+    }
+
+    /// The root's subnets for this cluster's workers.
+    pub fn set_subnets(&mut self, subnets: &BTreeMap<String, Ipv4Addr>) -> Vec<Out> {
+        let mut changed = Vec::new();
+        for (id, w) in self.workers.iter_mut() {
+            let s = subnets.get(id).copied();
+            if w.subnet != s {
+                w.subnet = s;
+                changed.push(id.clone());
+            }
+        }
+        changed.iter().filter_map(|id| self.network_for(id)).collect()
+    }
+
+    /// New tables from the root: each worker gets what changed for it.
+    pub fn set_tables(&mut self, tables: Vec<ServiceTable>) -> Vec<Out> {
+        self.tables = tables;
+        let ids: Vec<String> = self.workers.keys().cloned().collect();
+        ids.iter().filter_map(|id| self.tables_for(id)).collect()
+    }
+
+    /// A worker registered again (e.g. restarted): it has no tables.
+    pub fn forget_sent(&mut self, node: &str) {
+        self.sent_tables.remove(node);
     }
 
     /// The full observed state, for the root.
@@ -448,13 +544,26 @@ impl Core {
                     status_detail: a.detail.clone(),
                     worker_id: a.worker.clone(),
                     worker_name: w.map(|w| w.reg.name.clone()),
-                    host_ip: w.map(|w| w.reg.ip.clone()),
+                    host_ip: w.map(|w| {
+                        w.info.as_ref().and_then(|i| i.tunnel).map(|t| t.ip().to_string()).unwrap_or(w.reg.ip.clone())
+                    }),
                     cpu_percent: usage.map(|u| u.cpu_percent),
                     memory_mb: usage.map(|u| u.memory_mb),
+                    ns_ip: a.ns_ip,
+                    host_port: w.and_then(|w| w.info.as_ref()).and_then(|i| i.tunnel).map(|t| t.port()),
+                    location: w.and_then(|w| w.reg.location.clone()),
                 }
             })
             .collect();
-        ClusterReport { aggregate: agg, instances }
+        let workers = self.workers.keys().cloned().collect();
+        let interests: BTreeSet<Ipv4Addr> = self
+            .workers
+            .values()
+            .filter(|w| self.active(w, now))
+            .filter_map(|w| w.info.as_ref())
+            .flat_map(|i| i.interests.iter().copied())
+            .collect();
+        ClusterReport { aggregate: agg, instances, workers, interests: interests.into_iter().collect() }
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod broker;
 pub mod core;
+pub use oak_sched::Policy;
 mod link;
 
 use crate::core::{Core, Key, Out, Timing, WorkerRec};
@@ -56,6 +57,8 @@ pub struct ClusterConfig {
     pub worker_token: Option<String>,
     pub report_interval: Duration,
     pub timing: Timing,
+    /// How workers are ranked among those that fit.
+    pub policy: oak_sched::Policy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +87,8 @@ pub(crate) enum Cmd {
     ClusterId(String),
     /// A worker's last will: (node, session).
     Lost(String, String),
+    Subnets(std::collections::BTreeMap<String, std::net::Ipv4Addr>),
+    Tables(Vec<oak_api::net::ServiceTable>),
     Tick,
 }
 
@@ -137,6 +142,7 @@ impl Cluster {
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("cluster.redb"), TABLES)?);
         let mut core = Core::default();
         core.timing = config.timing;
+        core.policy = config.policy;
         for (id, bytes) in store.scan_prefix(WORKERS, "")? {
             match serde_json::from_slice::<WorkerRec>(&bytes) {
                 Ok(mut w) => {
@@ -352,6 +358,8 @@ impl Cluster {
                     Vec::new()
                 }
                 Cmd::Lost(node, session) => self.core.worker_lost(&node, &session, t),
+                Cmd::Subnets(s) => self.core.set_subnets(&s),
+                Cmd::Tables(tables) => self.core.set_tables(tables),
                 Cmd::Tick => {
                     // Requests the root stopped waiting for.
                     pending_logs.retain(|_, tx| !tx.is_closed());
@@ -407,7 +415,9 @@ impl Cluster {
             mqtt_password_hash: broker::hash(&password),
             last_seen: f64::MIN,
             info: None,
+            subnet: self.core.workers.get(&id).and_then(|w| w.subnet),
         };
+        self.core.forget_sent(&id);
         let mut b = Batch::new();
         b.put(WORKERS, id.clone(), serde_json::to_vec(&rec).unwrap_or_default());
         self.store.commit(b).map_err(|e| e.to_string())?;

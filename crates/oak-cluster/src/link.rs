@@ -103,6 +103,12 @@ async fn session(
                     Ok(RootToCluster::Desired { instances }) => {
                         let _ = core.send(Cmd::Desired(instances)).await;
                     }
+                    Ok(RootToCluster::Subnets { subnets }) => {
+                        let _ = core.send(Cmd::Subnets(subnets)).await;
+                    }
+                    Ok(RootToCluster::Tables { tables }) => {
+                        let _ = core.send(Cmd::Tables(tables)).await;
+                    }
                     Ok(RootToCluster::Logs(req)) => {
                         let (tx, rx) = oneshot::channel();
                         let _ = core.send(Cmd::Logs(req.clone(), tx)).await;

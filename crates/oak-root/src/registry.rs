@@ -159,6 +159,9 @@ struct ServiceRecord {
     desired: Option<u32>,
     #[serde(default)]
     semantic: Semantic,
+    /// Overlay attachment of running instances, by instance number.
+    #[serde(default)]
+    net: BTreeMap<u32, network::InstanceNet>,
 }
 
 impl ServiceRecord {
@@ -755,6 +758,7 @@ impl Registry {
                 refused_by: BTreeMap::new(),
                 desired,
                 semantic: Semantic::default(),
+                net: BTreeMap::new(),
             };
             let mut svc = svc;
             for (addr, field) in svc.requested_addresses() {
@@ -1186,8 +1190,9 @@ impl Registry {
 }
 
 mod clusters;
+mod network;
 mod tokens;
-pub use clusters::LogsTarget;
+pub use clusters::{LogsTarget, ReportOutcome};
 pub use tokens::{JoinToken, NewJoinToken};
 
 #[cfg(test)]

@@ -62,6 +62,8 @@ pub fn create_host(netns: &str, veth: &str, a: u8, b: u8) -> Result<Host, String
     ip(&["-n", netns, "addr", "add", &format!("{ip_in}/24"), "dev", "eth0"])?;
     ip(&["-n", netns, "link", "set", "eth0", "up"])?;
     ip(&["-n", netns, "route", "add", "default", "via", &ip_out])?;
+    // Hosts reach each other through the root namespace, as through a router.
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| format!("cannot enable forwarding: {e}"))?;
     Ok(Host { netns: netns.to_owned(), veth: veth.to_owned(), ip: ip_in, gateway: ip_out })
 }
 

@@ -12,14 +12,17 @@
 //! ```
 
 use crate::host;
+use oak_api::net::{WorkerNetwork, WorkerTables};
 use oak_api::node::{
     self, DeleteCommand, DeployCommand, InstanceEvent, InstanceUsage, LogsReply, LogsRequest, NodeInfo,
     RegisterRequest, RegisterResponse,
 };
 use oak_api::{ServiceId, Status};
+use oak_net::{Overlay, OverlayConfig};
 use oak_runtime::{Exit, InstanceSpec, Runtime};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +41,17 @@ pub struct WorkerConfig {
     pub location: Option<String>,
     /// Grace between SIGTERM and SIGKILL when an instance is removed.
     pub stop_grace: Duration,
+    /// The semantic overlay; `None` runs instances without it (loopback only).
+    pub overlay: Option<OverlaySettings>,
+}
+
+#[derive(Clone, Debug)]
+pub struct OverlaySettings {
+    /// UDP port of the tunnel.
+    pub port: u16,
+    /// Underlay address other workers reach this one at; default: the address this host
+    /// uses towards its cluster.
+    pub advertise: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +68,7 @@ type Key = (ServiceId, u32);
 
 struct Instance {
     container: String,
+    ns_ip: Option<Ipv4Addr>,
     status: Status,
     detail: String,
     one_shot: bool,
@@ -70,6 +85,12 @@ enum Command {
     Started(Key, Result<(), String>),
     Exited(Key, Exit),
     Report,
+    Network(WorkerNetwork),
+    Tables(WorkerTables),
+    /// The overlay came up (or failed to).
+    OverlayReady(Result<Arc<Overlay>, String>),
+    /// Packets wait for the table of a semantic address: report interests now.
+    Miss,
 }
 
 /// A registered worker, ready to run.
@@ -79,6 +100,8 @@ pub struct Worker<R: Runtime> {
     reg: RegisterResponse,
     mqtt_host: String,
     session: String,
+    /// The address this host uses towards its cluster.
+    reg_ip: String,
 }
 
 fn host_of(url: &str) -> Result<(String, u16), WorkerError> {
@@ -159,7 +182,8 @@ impl<R: Runtime> Worker<R> {
         std::fs::write(&id_file, &reg.id).map_err(dd)?;
         tracing::info!(node = %reg.id, name = %config.name, "registered with the cluster");
         let mqtt_host = reg.mqtt_host.clone().unwrap_or(host);
-        Ok(Self { config, runtime, reg, mqtt_host, session })
+        let reg_ip = req.ip.clone();
+        Ok(Self { config, runtime, reg, mqtt_host, session, reg_ip })
     }
 
     pub fn id(&self) -> &str {
@@ -207,6 +231,8 @@ impl<R: Runtime> Worker<R> {
                             }
                             Some("delete") => serde_json::from_slice(&p.payload).map(Command::Delete).ok(),
                             Some("logs") => serde_json::from_slice(&p.payload).map(Command::Logs).ok(),
+                            Some("network") => serde_json::from_slice(&p.payload).map(Command::Network).ok(),
+                            Some("tables") => serde_json::from_slice(&p.payload).map(Command::Tables).ok(),
                             _ => None,
                         };
                         match cmd {
@@ -245,6 +271,15 @@ impl<R: Runtime> Worker<R> {
             tx,
             config: self.config.clone(),
             last_cpu: host::cpu_times(),
+            overlay: None,
+            overlay_starting: false,
+            advertise: self
+                .config
+                .overlay
+                .as_ref()
+                .and_then(|o| o.advertise)
+                .or_else(|| self.reg_ip.parse().ok())
+                .unwrap_or(Ipv4Addr::LOCALHOST),
         };
         tokio::pin!(shutdown);
         loop {
@@ -266,6 +301,9 @@ impl<R: Runtime> Worker<R> {
             });
         }
         while removals.join_next().await.is_some() {}
+        if let Some(ov) = table.overlay.take() {
+            let _ = tokio::task::spawn_blocking(move || ov.shutdown()).await;
+        }
         // A clean goodbye: the broker does not publish the last will.
         let _ = table.client.disconnect().await;
         mqtt_task.abort();
@@ -281,6 +319,9 @@ struct Table<R: Runtime> {
     tx: mpsc::Sender<Command>,
     config: WorkerConfig,
     last_cpu: (u64, u64),
+    overlay: Option<Arc<Overlay>>,
+    overlay_starting: bool,
+    advertise: Ipv4Addr,
 }
 
 /// `<service>-<instance>-<node>`: unique even when workers share one containerd (as the
@@ -306,16 +347,24 @@ impl<R: Runtime> Table<R> {
             i.status = status;
             i.detail = detail.clone();
         }
-        let ev =
-            InstanceEvent { service_id: k.0.clone(), instance_number: k.1, status, status_detail: detail, exit_code };
+        let ev = InstanceEvent {
+            service_id: k.0.clone(),
+            instance_number: k.1,
+            status,
+            status_detail: detail,
+            exit_code,
+            ns_ip: self.instances.get(k).and_then(|i| i.ns_ip),
+        };
         self.publish(node::topic_job(&self.id), &ev).await;
     }
 
     async fn remove(&mut self, k: &Key) {
-        if let Some(i) = self.instances.remove(k)
-            && let Err(e) = self.runtime.remove(&i.container, self.config.stop_grace).await
-        {
+        let Some(i) = self.instances.remove(k) else { return };
+        if let Err(e) = self.runtime.remove(&i.container, self.config.stop_grace).await {
             tracing::warn!(container = %i.container, error = %e, "cannot remove instance");
+        }
+        if let Some(ov) = self.overlay.clone() {
+            let _ = tokio::task::spawn_blocking(move || ov.detach(&i.container)).await;
         }
     }
 
@@ -332,6 +381,7 @@ impl<R: Runtime> Table<R> {
                         status: Status::Undeployed,
                         status_detail: "removed".into(),
                         exit_code: None,
+                        ns_ip: None,
                     };
                     self.publish(node::topic_job(&self.id), &ev).await;
                 }
@@ -361,8 +411,59 @@ impl<R: Runtime> Table<R> {
                 };
                 self.event(&k, status, detail, code).await;
             }
-            Command::Report => self.report().await,
+            Command::Report | Command::Miss => self.report().await,
+            Command::Network(n) => self.network(n),
+            Command::OverlayReady(r) => {
+                self.overlay_starting = false;
+                match r {
+                    Ok(ov) => {
+                        self.overlay = Some(ov);
+                        // Schedulable from this report on.
+                        self.report().await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the overlay did not come up; retrying when the cluster resends")
+                    }
+                }
+            }
+            Command::Tables(t) => {
+                tracing::info!(
+                    services = t.tables.len(),
+                    instances = t.tables.iter().map(|s| s.instances.len()).sum::<usize>(),
+                    "overlay tables from the cluster"
+                );
+                if let Some(ov) = &self.overlay {
+                    ov.set_tables(&t.tables);
+                }
+            }
         }
+    }
+
+    /// The cluster told this worker its subnet: set up the overlay (once).
+    fn network(&mut self, n: WorkerNetwork) {
+        let Some(settings) = self.config.overlay.clone() else { return };
+        if let Some(ov) = &self.overlay {
+            if ov.subnet() != n.subnet {
+                tracing::error!(have = %ov.subnet(), told = %n.subnet, "the cluster sent a different subnet; keeping the one in use");
+            }
+            return;
+        }
+        if self.overlay_starting {
+            return;
+        }
+        self.overlay_starting = true;
+        let config =
+            OverlayConfig { advertise: self.advertise, port: settings.port, location: self.config.location.clone() };
+        let tx = self.tx.clone();
+        let miss_tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = Overlay::start(config, n.subnet, move |_| {
+                let _ = miss_tx.try_send(Command::Miss);
+            })
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+            let _ = tx.blocking_send(Command::OverlayReady(r));
+        });
     }
 
     async fn deploy(&mut self, d: DeployCommand) {
@@ -378,6 +479,24 @@ impl<R: Runtime> Table<R> {
         }
         let container = container_id(&k, &self.id);
         let log = self.config.data_dir.join("logs").join(format!("{container}.log"));
+        // With the overlay on, an instance gets an address in this worker's subnet before it
+        // starts; without a subnet yet it cannot run here (the cluster waits for one).
+        let overlay = match (&self.config.overlay, &self.overlay) {
+            (None, _) => None,
+            (Some(_), Some(ov)) => match ov.reserve(&container) {
+                Ok(ip) => Some((ov.clone(), ip)),
+                Err(e) => {
+                    self.refuse(&k, e.to_string()).await;
+                    return;
+                }
+            },
+            (Some(_), None) => {
+                self.refuse(&k, "this worker has no overlay subnet yet".into()).await;
+                return;
+            }
+        };
+        let ports = d.spec.ports();
+        let instance_ip = d.instance_ip;
         let spec = InstanceSpec {
             id: container.clone(),
             image: d.spec.code.clone(),
@@ -399,6 +518,7 @@ impl<R: Runtime> Table<R> {
             k.clone(),
             Instance {
                 container,
+                ns_ip: overlay.as_ref().map(|o| o.1),
                 status: Status::Creating,
                 detail: String::new(),
                 one_shot: d.spec.one_shot,
@@ -413,6 +533,15 @@ impl<R: Runtime> Table<R> {
         tokio::spawn(async move {
             let started = async {
                 rt.ensure_image(&spec.image).await.map_err(|e| e.to_string())?;
+                if let Some((ov, _)) = overlay {
+                    let (netns, id) = (spec.netns.clone(), spec.id.clone());
+                    tokio::task::spawn_blocking(move || {
+                        oak_runtime::netns::create(&netns)?;
+                        ov.attach(&id, &netns, instance_ip, &ports).map(|_| ()).map_err(|e| e.to_string())
+                    })
+                    .await
+                    .map_err(|e| e.to_string())??;
+                }
                 rt.start(&spec).await.map_err(|e| e.to_string())
             }
             .await;
@@ -427,6 +556,20 @@ impl<R: Runtime> Table<R> {
                 }
             }
         });
+    }
+
+    /// Reports an instance as FAILED without having started it.
+    async fn refuse(&mut self, k: &Key, detail: String) {
+        self.instances.remove(k);
+        let ev = InstanceEvent {
+            service_id: k.0.clone(),
+            instance_number: k.1,
+            status: Status::Failed,
+            status_detail: detail,
+            exit_code: None,
+            ns_ip: None,
+        };
+        self.publish(node::topic_job(&self.id), &ev).await;
     }
 
     fn logs(&self, req: &LogsRequest) -> LogsReply {
@@ -479,6 +622,7 @@ impl<R: Runtime> Table<R> {
                 status: i.status,
                 cpu_percent: i.cpu_percent,
                 memory_mb: mem,
+                ns_ip: i.ns_ip,
             });
         }
         usage.sort_by(|a, b| (&a.service_id, a.instance_number).cmp(&(&b.service_id, b.instance_number)));
@@ -498,6 +642,10 @@ impl<R: Runtime> Table<R> {
             gpus: 0,
             location: self.config.location.clone(),
             instances: usage,
+            overlay: self.config.overlay.is_some(),
+            subnet: self.overlay.as_ref().map(|o| o.subnet()),
+            tunnel: self.overlay.as_ref().map(|o| o.tunnel()),
+            interests: self.overlay.as_ref().map(|o| o.interests()).unwrap_or_default(),
         };
         self.publish(node::topic_information(&self.id), &info).await;
     }

@@ -42,6 +42,10 @@ pub struct ClusterArgs {
     /// Longest wait (ms) between placements of a crash-looping instance (1 s, 2 s, 4 s … cap).
     #[arg(long, default_value_t = 60000)]
     pub backoff_cap_ms: u64,
+    /// How workers are chosen among those that fit: `best-fit` packs them (keeps room for
+    /// large requests), `spread` uses the one with the most free memory.
+    #[arg(long, default_value = "best-fit", value_parser = ["best-fit", "spread"])]
+    pub placement: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -70,6 +74,15 @@ pub struct WorkerArgs {
     /// Run inside this network namespace (/run/netns/NAME), as if it were a separate host.
     #[arg(long)]
     pub netns: Option<String>,
+    /// UDP port of the overlay tunnel (must be reachable from the other workers).
+    #[arg(long, default_value_t = oak_api::net::TUNNEL_PORT)]
+    pub tunnel_port: u16,
+    /// Address other workers reach this one at (default: the one used towards the cluster).
+    #[arg(long)]
+    pub advertise_addr: Option<std::net::Ipv4Addr>,
+    /// Run instances without the semantic overlay (they get loopback only).
+    #[arg(long)]
+    pub no_overlay: bool,
 }
 
 pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
@@ -86,6 +99,7 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         worker_token: args.worker_token,
         report_interval: Duration::from_millis(args.report_interval_ms.max(100)),
+        policy: if args.placement == "spread" { oak_cluster::Policy::Spread } else { oak_cluster::Policy::BestFit },
         timing: oak_cluster::core::Timing {
             heartbeat_timeout: args.heartbeat_timeout_ms as f64 / 1000.0,
             backoff_cap: args.backoff_cap_ms.max(1000) as f64 / 1000.0,
@@ -120,6 +134,8 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         name: args.name.unwrap_or_else(hostname),
         location: args.location,
         stop_grace: Duration::from_secs(args.stop_grace),
+        overlay: (!args.no_overlay)
+            .then_some(oak_worker::OverlaySettings { port: args.tunnel_port, advertise: args.advertise_addr }),
     };
     let worker = oak_worker::Worker::register(config, Arc::new(runtime)).await?;
     tracing::info!(node = %worker.id(), "worker ready");

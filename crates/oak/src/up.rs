@@ -177,6 +177,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 format!("0.0.0.0:{mqtt}"),
                 "--data-dir".into(),
                 cdir.display().to_string(),
+                // The sample's client and server land on different workers, so its traffic
+                // crosses the overlay's tunnel.
+                "--placement".into(),
+                "spread".into(),
             ],
             &[("OAK_CLUSTER_TOKEN", &cluster_token)],
         )?;
@@ -276,6 +280,7 @@ async fn demo(url: &str, password: &str, args: &UpArgs) -> anyhow::Result<()> {
                 }
                 if running {
                     println!("  all running after {:.1} s", start.elapsed().as_secs_f64());
+                    show_overlay(&client, &svcs).await;
                 } else {
                     println!("  not all running after 60 s; see `oak instance list`");
                 }
@@ -285,9 +290,48 @@ async fn demo(url: &str, password: &str, args: &UpArgs) -> anyhow::Result<()> {
         }
     }
     println!("\ntry:");
+    println!("  oak service show <service id>      (semantic addresses, where each instance runs)");
     println!("  oak cluster list");
     println!("  oak instance list");
     println!("  oak logs <service id> --follow");
     println!("  oak app create -f ../shared/sla/blank_app_without_services.json");
     Ok(())
+}
+
+/// Waits for the sample's client to fetch the server's page through the round-robin IP and
+/// shows the path it took: client worker → Service IP → server worker, and the peer address
+/// the server saw (the client's Instance IP, never its real one).
+async fn show_overlay(client: &RootClient, svcs: &[oak_api::model::Service]) {
+    let (Some(c), Some(s)) =
+        (svcs.iter().find(|s| s.service_name == "client"), svcs.iter().find(|s| s.service_name == "server"))
+    else {
+        return;
+    };
+    let (Some(ci), Some(si)) = (c.instance_list.first(), s.instance_list.first()) else { return };
+    let where_ = |i: &oak_api::model::Instance| i.worker_name.clone().unwrap_or_else(|| "-".into());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let got = client.logs(c.id.as_str(), ci.instance_number, None, 4096).await.map(|l| l.text).unwrap_or_default();
+        if let Some(line) = got.lines().rev().find(|l| !l.trim().is_empty()) {
+            println!(
+                "  overlay: client on {} fetched http://{}/ from the server on {}: {:?}",
+                where_(ci),
+                s.rr_ip.clone().unwrap_or_default(),
+                where_(si),
+                line.trim()
+            );
+            let seen =
+                client.logs(s.id.as_str(), si.instance_number, None, 4096).await.map(|l| l.text).unwrap_or_default();
+            if let Some(peer) = seen.lines().rev().find(|l| l.contains("url:")).and_then(|l| l.split("]:").next()) {
+                println!(
+                    "  the server saw the client as {} (its Instance IP {})",
+                    peer.trim_start_matches("[::ffff:"),
+                    ci.instance_ip.clone().unwrap_or_default()
+                );
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!("  overlay: the client has fetched nothing within 20 s; see `oak logs {}`", c.id);
 }

@@ -80,6 +80,7 @@ fn register(core: &mut Core, w: &FakeWorker, now: f64) {
             mqtt_password_hash: String::new(),
             last_seen: now,
             info: None,
+            subnet: None,
         },
     );
 }
@@ -121,7 +122,14 @@ fn deliver(c: &mut SimCluster, outs: Vec<Out>) -> Vec<(String, InstanceEvent)> {
 }
 
 fn ev(s: &ServiceId, n: u32, status: Status, detail: &str) -> InstanceEvent {
-    InstanceEvent { service_id: s.clone(), instance_number: n, status, status_detail: detail.into(), exit_code: None }
+    InstanceEvent {
+        service_id: s.clone(),
+        instance_number: n,
+        status,
+        status_detail: detail.into(),
+        exit_code: None,
+        ns_ip: None,
+    }
 }
 
 /// Runs the cluster side until no more messages flow.
@@ -261,6 +269,7 @@ fn run(seed: u64, clusters: usize, workers_per_cluster: usize, services: usize, 
                                 status: *s,
                                 cpu_percent: 0.0,
                                 memory_mb: 1.0,
+                                ns_ip: None,
                             })
                             .collect();
                         let info = NodeInfo {
@@ -274,6 +283,10 @@ fn run(seed: u64, clusters: usize, workers_per_cluster: usize, services: usize, 
                             gpus: 0,
                             location: None,
                             instances,
+                            overlay: false,
+                            subnet: None,
+                            tunnel: None,
+                            interests: Vec::new(),
                         };
                         (w.id.clone(), info)
                     })

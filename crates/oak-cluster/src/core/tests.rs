@@ -22,6 +22,7 @@ fn worker(core: &mut Core, id: &str, mem: u64, now: f64) {
             mqtt_password_hash: String::new(),
             last_seen: now,
             info: None,
+            subnet: None,
         },
     );
 }
@@ -39,6 +40,7 @@ fn desired(n: u32, extra: serde_json::Value) -> DesiredInstance {
         instance_number: n,
         job_name: "a.b.s.n".into(),
         spec: parse_microservice(&spec, "").unwrap_or_else(|e| panic!("{e}")),
+        instance_ip: None,
     }
 }
 
@@ -53,6 +55,7 @@ fn ev(n: u32, status: Status) -> InstanceEvent {
         status,
         status_detail: "x".into(),
         exit_code: None,
+        ns_ip: None,
     }
 }
 
@@ -164,7 +167,12 @@ fn workers_are_told_to_drop_what_is_not_theirs() {
             status: Status::Running,
             cpu_percent: 0.0,
             memory_mb: 1.0,
+            ns_ip: None,
         }],
+        overlay: false,
+        subnet: None,
+        tunnel: None,
+        interests: vec![],
     };
     let outs = c.node_info("a", info, 1.0);
     assert_eq!(topics(&outs), ["nodes/a/control/delete"]);
@@ -182,4 +190,54 @@ fn the_report_shows_free_slots_and_instances() {
     assert_eq!(r.instances.len(), 1);
     assert_eq!(r.instances[0].status, Status::NodeScheduled);
     assert_eq!(r.instances[0].worker_name.as_deref(), Some("name-b"));
+}
+
+#[test]
+fn subnets_and_tables_reach_the_workers_that_need_them() {
+    let mut c = Core::default();
+    worker(&mut c, "a", 4000, 0.0);
+    worker(&mut c, "b", 4000, 0.0);
+    let info = |subnet: Option<Ipv4Addr>, interests: Vec<Ipv4Addr>| NodeInfo {
+        cpu_percent: 1.0,
+        cpu_cores: 4.0,
+        memory_mb: 4000,
+        memory_available_mb: 3000,
+        disk_free_mb: 1,
+        arch: "amd64".into(),
+        runtimes: vec!["container".into()],
+        gpus: 0,
+        location: None,
+        instances: vec![],
+        overlay: true,
+        subnet,
+        tunnel: None,
+        interests,
+    };
+    c.node_info("a", info(None, vec![]), 0.5);
+    c.node_info("b", info(None, vec![]), 0.5);
+    c.set_desired(vec![desired(0, json!({"memory": 10}))], 0.5);
+    // Without a subnet, an overlay worker takes nothing.
+    assert_eq!(c.assignments.get(&(ServiceId::from("svc"), 0)).map(|a| a.status), Some(Status::NoWorkerCapacity));
+    let subnets = BTreeMap::from([("a".to_owned(), Ipv4Addr::new(10, 18, 0, 0))]);
+    let outs = c.set_subnets(&subnets);
+    assert_eq!(topics(&outs), ["nodes/a/control/network"]);
+    // Sent again while the worker does not report it, not once it does.
+    assert_eq!(topics(&c.node_info("a", info(None, vec![]), 1.0)), ["nodes/a/control/network"]);
+    let rr = Ipv4Addr::new(10, 30, 30, 30);
+    // (after the 2 s retry delay of an unplaceable instance)
+    let outs = c.node_info("a", info(Some(Ipv4Addr::new(10, 18, 0, 0)), vec![rr]), 3.0);
+    assert!(!topics(&outs).contains(&"nodes/a/control/network".to_owned()));
+    assert!(topics(&outs).contains(&"nodes/a/control/deploy".to_owned()), "now it can take the instance");
+    // Tables go to the worker that asked for them, once per change.
+    let table = oak_api::net::ServiceTable {
+        service_id: ServiceId::from("svc"),
+        job_name: "a.b.s.n".into(),
+        rr_ip: Some(rr),
+        closest_ip: None,
+        instances: vec![],
+    };
+    assert_eq!(topics(&c.set_tables(vec![table.clone()])), ["nodes/a/control/tables"]);
+    assert!(c.set_tables(vec![table]).is_empty());
+    assert_eq!(c.report(3.0).interests, vec![rr]);
+    assert_eq!(c.report(3.0).workers, vec!["a".to_owned(), "b".to_owned()]);
 }

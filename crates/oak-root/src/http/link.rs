@@ -174,6 +174,7 @@ async fn session(state: AppState, socket: WebSocket, token_id: Option<String>) -
 
     let mut generation = state.hub.generation.subscribe();
     let mut last: Option<Vec<DesiredInstance>> = None;
+    let mut net = NetState::default();
     let mut resync = tokio::time::interval(Duration::from_secs(5));
     let result = loop {
         tokio::select! {
@@ -191,11 +192,20 @@ async fn session(state: AppState, socket: WebSocket, token_id: Option<String>) -
                 match serde_json::from_str::<ClusterToRoot>(&t) {
                     Ok(ClusterToRoot::Report(report)) => {
                         let cid = id.clone();
-                        match state.blocking(move |r| Ok(r.cluster_report(&cid, report)?)).await {
-                            Ok(rescheduled) => {
-                                if rescheduled { state.hub.kick(); }
+                        let (workers, interests) = (report.workers.clone(), report.interests.clone());
+                        match state.blocking(move |r| Ok(r.apply_report(&cid, report)?)).await {
+                            Ok(outcome) => {
+                                if outcome.rescheduled { state.hub.kick(); }
+                                // Other clusters may hold flows to what changed here.
+                                if outcome.net_changed { state.hub.bump(); }
                             }
                             Err(e) => tracing::warn!(cluster = %id, error = %e.message, "cannot apply a cluster report"),
+                        }
+                        if !net.reported || workers != net.workers || interests != net.interests {
+                            net.workers = workers;
+                            net.reported = true;
+                            net.interests = interests;
+                            if let Err(e) = push_net(&state, &id, &mut net, &mut sink).await { break Err(e); }
                         }
                     }
                     Ok(ClusterToRoot::Logs(reply)) => {
@@ -212,9 +222,11 @@ async fn session(state: AppState, socket: WebSocket, token_id: Option<String>) -
             }
             _ = generation.changed() => {
                 if let Err(e) = push(&state, &id, &mut last, &mut sink).await { break Err(e); }
+                if let Err(e) = push_net(&state, &id, &mut net, &mut sink).await { break Err(e); }
             }
             _ = resync.tick() => {
                 if let Err(e) = push(&state, &id, &mut last, &mut sink).await { break Err(e); }
+                if let Err(e) = push_net(&state, &id, &mut net, &mut sink).await { break Err(e); }
             }
         }
     };
@@ -224,6 +236,48 @@ async fn session(state: AppState, socket: WebSocket, token_id: Option<String>) -
     }
     tracing::info!(cluster = %id, "cluster disconnected");
     result
+}
+
+/// What a cluster asked of the overlay, and what it was last sent.
+#[derive(Default)]
+struct NetState {
+    /// No subnet is computed (or freed) before the cluster said which workers it has.
+    reported: bool,
+    workers: Vec<String>,
+    interests: Vec<std::net::Ipv4Addr>,
+    subnets: Option<std::collections::BTreeMap<String, std::net::Ipv4Addr>>,
+    tables: Option<Vec<oak_api::net::ServiceTable>>,
+}
+
+/// Sends the cluster its workers' subnets and the tables it asked for, when they changed.
+async fn push_net(
+    state: &AppState,
+    id: &ClusterId,
+    net: &mut NetState,
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+) -> Result<(), String> {
+    if !net.reported {
+        return Ok(());
+    }
+    let (cid, workers, interests) = (id.clone(), net.workers.clone(), net.interests.clone());
+    let (subnets, tables) =
+        match state.blocking(move |r| Ok((r.subnets_for(&cid, &workers)?, r.tables_for(&interests)?))).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(cluster = %id, error = %e.message, "cannot compute the overlay state of a cluster");
+                return Ok(());
+            }
+        };
+    if net.subnets.as_ref() != Some(&subnets) {
+        sink.send(text(&RootToCluster::Subnets { subnets: subnets.clone() })?).await.map_err(|e| e.to_string())?;
+        net.subnets = Some(subnets);
+    }
+    if net.tables.as_ref() != Some(&tables) {
+        tracing::info!(cluster = %id, services = tables.len(), "overlay tables to the cluster");
+        sink.send(text(&RootToCluster::Tables { tables: tables.clone() })?).await.map_err(|e| e.to_string())?;
+        net.tables = Some(tables);
+    }
+    Ok(())
 }
 
 /// Sends the cluster its desired set when it differs from what it was last sent.

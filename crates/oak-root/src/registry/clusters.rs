@@ -5,6 +5,13 @@ use super::*;
 use oak_api::link::{ClusterReport, DesiredInstance};
 use oak_sched::{Candidate, Policy, Request, Resources, Slot, Snapshot};
 
+/// What a cluster report changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReportOutcome {
+    pub rescheduled: bool,
+    pub net_changed: bool,
+}
+
 /// Where an instance's log can be asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogsTarget {
@@ -58,7 +65,7 @@ fn request_of(spec: &MicroserviceSpec, exclude: &[ClusterId]) -> Request {
     }
 }
 
-fn job_name(app: &AppRecord, spec: &MicroserviceSpec) -> String {
+pub(super) fn job_name(app: &AppRecord, spec: &MicroserviceSpec) -> String {
     format!("{}.{}.{}.{}", app.name, app.namespace, spec.microservice_name, spec.microservice_namespace)
 }
 
@@ -105,6 +112,12 @@ impl Registry {
 
     /// A cluster's full report. Returns true when placements changed (the scheduler should run).
     pub fn cluster_report(&self, cluster: &ClusterId, report: ClusterReport) -> Result<bool> {
+        Ok(self.apply_report(cluster, report)?.rescheduled)
+    }
+
+    /// A cluster's full report: whether the scheduler should run, and whether overlay tables
+    /// changed (clusters interested in them must be told).
+    pub fn apply_report(&self, cluster: &ClusterId, report: ClusterReport) -> Result<ReportOutcome> {
         let _w = self.write.lock();
         let now = self.clock.now_unix();
         let Some(mut rec) = self.load::<ClusterRecord>(CLUSTERS, cluster.as_str())? else {
@@ -115,6 +128,7 @@ impl Registry {
         let mut b = Batch::new();
         b.put(CLUSTERS, cluster.as_str(), encode(&rec));
         let mut rescheduled = false;
+        let mut net_changed = false;
         let mut by_service: BTreeMap<ServiceId, Vec<oak_api::link::InstanceState>> = BTreeMap::new();
         for i in report.instances {
             by_service.entry(i.service_id.clone()).or_default().push(i);
@@ -139,6 +153,27 @@ impl Registry {
                 }
                 let new = (st.status, st.status_detail.clone(), st.worker_id.clone(), st.host_ip.clone());
                 let old = (inst.status, inst.status_detail.clone(), inst.worker_id.clone(), inst.host_ip.clone());
+                let net = match (st.ns_ip, &st.host_ip, st.host_port) {
+                    (Some(ns_ip), Some(host_ip), Some(host_port)) if st.status == Status::Running => {
+                        Some(network::InstanceNet {
+                            ns_ip,
+                            host_ip: host_ip.clone(),
+                            host_port,
+                            location: st.location.clone(),
+                        })
+                    }
+                    _ => None,
+                };
+                if s.net.get(&st.instance_number) != net.as_ref()
+                    || (inst.status == Status::Running) != (st.status == Status::Running)
+                {
+                    match net {
+                        Some(n) => s.net.insert(st.instance_number, n),
+                        None => s.net.remove(&st.instance_number),
+                    };
+                    net_changed = true;
+                    changed = true;
+                }
                 if new != old || inst.cpu_percent != st.cpu_percent || inst.memory_mb != st.memory_mb {
                     inst.status = st.status;
                     inst.status_detail = st.status_detail;
@@ -157,7 +192,7 @@ impl Registry {
             }
         }
         self.store.commit(b)?;
-        Ok(rescheduled)
+        Ok(ReportOutcome { rescheduled, net_changed })
     }
 
     /// Picks a cluster for every instance that has none, or whose cluster refused it and
@@ -328,6 +363,7 @@ impl Registry {
                     instance_number: i.instance_number,
                     job_name: job_name(&app, &s.spec),
                     spec: s.spec.clone(),
+                    instance_ip: i.instance_ip.as_deref().and_then(|ip| ip.parse().ok()),
                 });
             }
         }

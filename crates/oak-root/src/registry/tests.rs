@@ -155,6 +155,8 @@ fn report_with_slot(mem: u64) -> oak_api::link::ClusterReport {
             ..Default::default()
         },
         instances: vec![],
+        workers: vec![],
+        interests: vec![],
     }
 }
 
@@ -188,6 +190,9 @@ fn the_root_places_instances_in_clusters_that_fit_and_moves_refused_ones() {
         host_ip: None,
         cpu_percent: None,
         memory_mb: None,
+        ns_ip: None,
+        host_port: None,
+        location: None,
     });
     assert!(r.cluster_report(&big, report).unwrap_or(false), "a refusal asks for rescheduling");
     assert!(r.schedule_pending().unwrap_or(false));
@@ -247,4 +252,72 @@ fn the_address_plan_allocates_reclaims_and_runs_out_clearly() {
     assert!(store.scan_prefix(ADDRESSES, "").unwrap_or_default().is_empty());
     let ids = r.create_applications(&admin, bare(&["b"])).unwrap_or_default();
     assert_eq!(ids.len(), 1);
+}
+
+#[test]
+fn worker_subnets_are_kept_moved_and_freed() {
+    let (_store, _clock, r, _admin) = setup();
+    let a = r.join_cluster("a", None, None).unwrap_or_else(|e| panic!("{e}"));
+    let b = r.join_cluster("b", None, None).unwrap_or_else(|e| panic!("{e}"));
+    let ws = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let first = r.subnets_for(&a, &ws(&["w1", "w2"])).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(first["w1"], Ipv4Addr::new(10, 18, 0, 0));
+    assert_eq!(first["w2"], Ipv4Addr::new(10, 18, 0, 64));
+    // Asked again: the same subnets; another cluster's worker gets a fresh one.
+    assert_eq!(r.subnets_for(&a, &ws(&["w1", "w2"])).unwrap_or_default(), first);
+    assert_eq!(r.subnets_for(&b, &ws(&["w3"])).unwrap_or_default()["w3"], Ipv4Addr::new(10, 18, 0, 128));
+    // Cluster a forgets w2: its subnet is free again (after the cursor wraps).
+    let now = r.subnets_for(&a, &ws(&["w1"])).unwrap_or_default();
+    assert_eq!(now.len(), 1);
+    // w1 joins cluster b: it keeps its subnet; cluster a no longer frees it.
+    let moved = r.subnets_for(&b, &ws(&["w3", "w1"])).unwrap_or_default();
+    assert_eq!(moved["w1"], first["w1"]);
+    assert!(r.subnets_for(&a, &[]).unwrap_or_default().is_empty());
+    assert_eq!(r.subnets_for(&b, &ws(&["w3", "w1"])).unwrap_or_default(), moved);
+}
+
+#[test]
+fn tables_name_running_attached_instances_of_the_asked_addresses() {
+    let (_store, _clock, r, admin) = setup();
+    let ids = r.create_applications(&admin, sla(&["a"])).unwrap_or_default();
+    let svc = r.get_app(&admin.id, &ids[0]).map(|a| a.microservices[0].clone()).unwrap_or_else(|e| panic!("{e}"));
+    let c = r.join_cluster("c", None, None).unwrap_or_else(|e| panic!("{e}"));
+    r.cluster_report(&c, report_with_slot(8000)).unwrap_or_else(|e| panic!("{e}"));
+    r.request_instance(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.schedule_pending().unwrap_or(false));
+    let s = r.get_service(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
+    let rr: Ipv4Addr = s.rr_ip.clone().unwrap_or_default().parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let iip: Ipv4Addr =
+        s.instance_list[0].instance_ip.clone().unwrap_or_default().parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
+    // Placed but not running: the table has no instance yet.
+    let t = r.tables_for(&[rr]).unwrap_or_default();
+    assert_eq!(t.len(), 1);
+    assert!(t[0].instances.is_empty());
+    let mut report = report_with_slot(8000);
+    report.instances.push(oak_api::link::InstanceState {
+        service_id: svc.clone(),
+        instance_number: 0,
+        status: Status::Running,
+        status_detail: "running".into(),
+        worker_id: Some("w".into()),
+        worker_name: Some("w".into()),
+        host_ip: Some("192.168.50.2".into()),
+        cpu_percent: None,
+        memory_mb: None,
+        ns_ip: Some(Ipv4Addr::new(10, 18, 0, 66)),
+        host_port: Some(50103),
+        location: None,
+    });
+    let outcome = r.apply_report(&c, report.clone()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(outcome.net_changed);
+    assert!(!r.apply_report(&c, report).unwrap_or_default().net_changed, "the same report changes nothing");
+    // By Service IP or by Instance IP: the same table.
+    for key in [rr, iip] {
+        let t = r.tables_for(&[key, Ipv4Addr::new(10, 30, 250, 250)]).unwrap_or_default();
+        assert_eq!(t.len(), 1, "unknown addresses are left out");
+        assert_eq!(t[0].instances.len(), 1);
+        assert_eq!(t[0].instances[0].instance_ip, iip);
+        assert_eq!(t[0].instances[0].ns_ip, Ipv4Addr::new(10, 18, 0, 66));
+        assert_eq!((t[0].instances[0].host_ip.as_str(), t[0].instances[0].host_port), ("192.168.50.2", 50103));
+    }
 }

@@ -68,7 +68,7 @@ impl RootProcess {
             let mut cmd = Command::new(OAK);
             cmd.args(["root", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
                 .arg(dir)
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", log_level())
                 .env_remove("OAK_ADMIN_PASSWORD")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit());
@@ -330,7 +330,7 @@ async fn spawn_cluster_proc(
             .arg("--data-dir")
             .arg(dir)
             .env("OAK_CLUSTER_TOKEN", token.trim())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_level())
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
@@ -457,7 +457,7 @@ impl Hierarchy {
                 .args(["--token", token, "--name", &format!("{}-w{i}", self.prefix)])
                 .args(["--containerd-namespace", &self.ns, "--stop-grace", "1", "--data-dir"])
                 .arg(self.dir.path().join(format!("w{i}")))
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", log_level())
                 .stdout(Stdio::null())
                 .spawn()
                 .unwrap(),
@@ -535,5 +535,20 @@ impl Drop for Hierarchy {
             let (netns, veth) = self.host(i);
             oak_runtime::netns::remove_host(&netns, &veth);
         }
+    }
+}
+
+/// Log filter for the processes a test starts: `OAK_E2E_LOG` (e.g. `info`) when debugging.
+pub fn log_level() -> String {
+    std::env::var("OAK_E2E_LOG").unwrap_or_else(|_| "warn".into())
+}
+
+/// With `OAK_E2E_PAUSE` set, a failing test stops here for ten minutes with its processes,
+/// namespaces and containers up, so they can be inspected (`ip netns exec …`).
+#[allow(dead_code)]
+pub async fn pause_if_asked(why: &str) {
+    if std::env::var("OAK_E2E_PAUSE").is_ok() {
+        eprintln!("PAUSED ({why}); inspect now, the test goes on in 10 minutes");
+        tokio::time::sleep(Duration::from_secs(600)).await;
     }
 }

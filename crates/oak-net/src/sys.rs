@@ -1,0 +1,233 @@
+//! The few system calls the data plane needs that std does not offer: opening a TUN device
+//! and moving several UDP datagrams per call (`sendmmsg`/`recvmmsg`).
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const IFF_TUN: libc::c_short = 0x0001;
+const IFF_NO_PI: libc::c_short = 0x1000;
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// A layer-3 TUN device without packet information, opened non-blocking. It exists as long
+/// as this value lives.
+pub struct Tun {
+    fd: OwnedFd,
+    name: String,
+}
+
+impl Tun {
+    pub fn open(name: &str) -> io::Result<Self> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {name:?}")));
+        }
+        // SAFETY: a NUL-terminated path literal; the returned descriptor is checked.
+        let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI, _pad: [0; 22] };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `IfReq` lays out.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { fd, name: name.to_owned() })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads one packet; `WouldBlock` when none is queued.
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    }
+
+    /// Writes one packet.
+    pub fn write(&self, pkt: &[u8]) -> io::Result<usize> {
+        // SAFETY: reads `pkt.len()` bytes from `pkt`.
+        let n = unsafe { libc::write(self.fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len()) };
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    }
+
+    /// Waits until a packet can be read, at most `timeout_ms`. True when one can.
+    pub fn wait_readable(&self, timeout_ms: i32) -> bool {
+        poll_in(self.fd.as_raw_fd(), timeout_ms)
+    }
+}
+
+fn poll_in(fd: RawFd, timeout_ms: i32) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    r > 0 && p.revents & libc::POLLIN != 0
+}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Up to `cap` datagrams per call, with buffers and headers allocated once.
+pub struct Batch {
+    pub bufs: Vec<Vec<u8>>,
+    pub lens: Vec<usize>,
+    pub addrs: Vec<SocketAddrV4>,
+    raw_addrs: Vec<libc::sockaddr_in>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: the raw pointers inside `iovs`/`hdrs` only ever point into this value's own
+// buffers and are rebuilt before every call; the value is used by one thread at a time.
+unsafe impl Send for Batch {}
+
+impl Batch {
+    pub fn new(cap: usize, buf_size: usize) -> Self {
+        let zero_addr = sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+        Self {
+            bufs: vec![vec![0; buf_size]; cap],
+            lens: vec![0; cap],
+            addrs: vec![SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); cap],
+            raw_addrs: vec![zero_addr; cap],
+            iovs: (0..cap).map(|_| libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }).collect(),
+            // SAFETY: mmsghdr is plain old data; all-zero is a valid (empty) value.
+            hdrs: (0..cap).map(|_| unsafe { std::mem::zeroed::<libc::mmsghdr>() }).collect(),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.bufs.len()
+    }
+
+    fn prepare(&mut self, n: usize, for_send: bool) {
+        for i in 0..n {
+            let len = if for_send { self.lens[i] } else { self.bufs[i].len() };
+            self.iovs[i] = libc::iovec { iov_base: self.bufs[i].as_mut_ptr().cast(), iov_len: len };
+            if for_send {
+                self.raw_addrs[i] = sockaddr(self.addrs[i]);
+            }
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.raw_addrs[i] as *mut libc::sockaddr_in).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+            self.hdrs[i].msg_len = 0;
+        }
+    }
+
+    /// Sends datagrams `0..n` (`bufs[i][..lens[i]]` to `addrs[i]`). Returns how many went;
+    /// a datagram the kernel refuses is skipped, not retried.
+    pub fn send(&mut self, sock: &UdpSocket, n: usize) -> usize {
+        let mut done = 0;
+        while done < n {
+            self.prepare(n, true);
+            // SAFETY: hdrs[done..n] point into this batch's live buffers and addresses.
+            let r = unsafe {
+                libc::sendmmsg(sock.as_raw_fd(), self.hdrs[done..].as_mut_ptr(), (n - done) as libc::c_uint, 0)
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // E.g. no route, or a full buffer: skip this one datagram.
+                done += 1;
+                continue;
+            }
+            done += r as usize;
+        }
+        done
+    }
+
+    /// Receives up to `capacity()` datagrams, waiting at most the socket's read timeout for
+    /// the first. Fills `lens` and `addrs`; returns the count (0 on timeout).
+    pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        let cap = self.capacity();
+        self.prepare(cap, false);
+        // SAFETY: hdrs point into this batch's live buffers and address slots.
+        let r = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                cap as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(e),
+            };
+        }
+        let n = r as usize;
+        for i in 0..n {
+            self.lens[i] = self.hdrs[i].msg_len as usize;
+            let a = self.raw_addrs[i];
+            self.addrs[i] =
+                SocketAddrV4::new(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)), u16::from_be(a.sin_port));
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_move_many_datagrams_per_call() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = match rx.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            _ => unreachable!(),
+        };
+        let mut out = Batch::new(8, 64);
+        for i in 0..8 {
+            out.bufs[i][0] = i as u8;
+            out.lens[i] = 1 + i;
+            out.addrs[i] = to;
+        }
+        assert_eq!(out.send(&tx, 8), 8);
+        let mut inb = Batch::new(16, 64);
+        let mut got = Vec::new();
+        while got.len() < 8 {
+            let n = inb.recv(&rx).unwrap();
+            assert!(n > 0);
+            for i in 0..n {
+                got.push((inb.bufs[i][0], inb.lens[i]));
+                assert_eq!(
+                    inb.addrs[i],
+                    match tx.local_addr().unwrap() {
+                        std::net::SocketAddr::V4(a) => a,
+                        _ => unreachable!(),
+                    }
+                );
+            }
+        }
+        assert_eq!(got, (0..8).map(|i| (i as u8, 1 + i as usize)).collect::<Vec<_>>());
+    }
+}

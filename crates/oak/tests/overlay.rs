@@ -1,0 +1,245 @@
+//! The semantic overlay end to end: real containers in instance namespaces on workers that
+//! are separate network namespaces, a TUN proxy and UDP tunnel per worker. Needs root and
+//! containerd (CI has both).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::Hierarchy;
+use oak_api::Status;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// An HTTP server answering its host name on port 80, and on port 81 a line server that
+/// answers every line with its host name (for a long-lived connection).
+const SERVER: &str = "mkdir -p /www && echo from-$HOSTNAME > /www/index.html \
+    && printf '#!/bin/sh\nwhile read l; do echo from-$HOSTNAME; done\n' > /lines && chmod +x /lines \
+    && (nc -ll -p 81 -e /lines &) && exec httpd -f -vv -p 80 -h /www";
+
+fn service(name: &str, cmd: &str, extra: Value) -> Value {
+    let mut m = json!({
+        "microserviceID": "", "microservice_name": name, "microservice_namespace": "e2e",
+        "virtualization": "container", "code": oak_runtime::testimage::IMAGE,
+        "cmd": ["sh", "-c", cmd], "memory": 32, "vcpus": 0.2
+    });
+    if let (Some(o), Some(e)) = (m.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    m
+}
+
+fn app(name: &str, services: Vec<Value>) -> Value {
+    json!({"sla_version": "v2.0", "customerID": "Admin",
+           "applications": [{"application_name": name, "application_namespace": "e2e", "application_desc": "", "microservices": services}]})
+}
+
+fn on(worker: &str) -> Value {
+    json!({"constraints": [{"type": "direct", "node": worker}]})
+}
+
+fn running(n: usize) -> impl Fn(&[oak_api::model::Instance]) -> bool {
+    move |is| is.len() == n && is.iter().all(|i| i.status == Status::Running)
+}
+
+/// `wget` run inside an instance's network namespace (with the host's busybox): what a
+/// client in that instance gets.
+fn fetch_from(container: &str, url: &str) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &format!("oak-{container}"), "timeout", "5", "busybox", "wget", "-q", "-O", "-", url])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+fn container_of(h: &Hierarchy, service: &str, n: u32) -> String {
+    h.containers().into_iter().find(|c| c.starts_with(&format!("{service}-{n}-"))).unwrap()
+}
+
+async fn log_of(h: &Hierarchy, service: &str, n: u32) -> String {
+    h.admin.logs(service, n, None, 1 << 20).await.map(|l| l.text).unwrap_or_default()
+}
+
+/// What of ours is left in a host namespace: links, routes, netfilter rules.
+fn leftovers(netns: &str) -> Vec<String> {
+    let run = |args: &[&str]| {
+        let out = Command::new("ip").args(["netns", "exec", netns]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut left: Vec<String> = run(&["ip", "-o", "link", "show"])
+        .lines()
+        .filter(|l| l.contains("oak"))
+        .map(|l| format!("link: {l}"))
+        .collect();
+    left.extend(run(&["ip", "route", "show"]).lines().filter(|l| l.contains("oak")).map(|l| format!("route: {l}")));
+    for t in ["nat", "filter"] {
+        left.extend(
+            run(&["iptables", "-t", t, "-S"]).lines().filter(|l| l.contains("OAK")).map(|l| format!("{t}: {l}")),
+        );
+    }
+    left
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_and_server_across_workers() {
+    if !common::can_run_containers("overlay") {
+        return;
+    }
+    let h = Hierarchy::start("ovl", 2).await;
+    let (w0, w1) = ("ovl-w0", "ovl-w1");
+    let mut server = service("server", SERVER, on(w1));
+    server["addresses"] = json!({"rr_ip": "10.30.30.30"});
+    let client = service("client", "while true; do wget -q -O - http://10.30.30.30/ && echo; sleep 0.3; done", on(w0));
+    let created = h.admin.create_applications(&app("clientsrvr", vec![client, server])).await.unwrap();
+    let a = created.into_iter().find(|a| a.application_name == "clientsrvr").unwrap();
+    let (client, server) = (a.microservices[0].to_string(), a.microservices[1].to_string());
+    h.admin.request_instance(&server).await.unwrap();
+    h.admin.request_instance(&client).await.unwrap();
+    let s = h.wait_for(&server, 60, "server RUNNING", running(1)).await;
+    let c = h.wait_for(&client, 60, "client RUNNING", running(1)).await;
+    assert_eq!(s.instance_list[0].worker_name.as_deref(), Some(w1));
+    assert_eq!(c.instance_list[0].worker_name.as_deref(), Some(w0));
+    let client_ip = c.instance_list[0].instance_ip.clone().unwrap();
+
+    // The client container, looping on wget, receives the page from the other worker.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = log_of(&h, &client, 0).await;
+        if log.contains("from-instance-0") {
+            break;
+        }
+        if Instant::now() > deadline {
+            common::pause_if_asked("the client never got the page").await;
+        }
+        assert!(Instant::now() < deadline, "the client never got the page; its log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The server saw the client's Instance IP as its peer.
+    let log = log_of(&h, &server, 0).await;
+    assert!(log.contains(&format!("[::ffff:{client_ip}]:")), "server log does not name {client_ip}:\n{log}");
+
+    // Undeploy leaves nothing of the instances on either worker: only the worker's own
+    // bridge, TUN and chains remain while it runs.
+    h.admin.delete_application(&a.id.to_string()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !h.containers().is_empty() {
+        assert!(Instant::now() < deadline, "containers left: {:?}", h.containers());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..2 {
+        let (netns, _) = h.host(i);
+        let veths: Vec<String> = leftovers(&netns).into_iter().filter(|l| l.contains("oakv")).collect();
+        assert!(veths.is_empty(), "instance veths left on {netns}: {veths:?}");
+        let dnat: Vec<String> = leftovers(&netns).into_iter().filter(|l| l.contains("DNAT")).collect();
+        assert!(dnat.is_empty(), "port rules left on {netns}: {dnat:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balancing_instance_ips_recovery_and_cleanup() {
+    if !common::can_run_containers("overlay") {
+        return;
+    }
+    let mut h = Hierarchy::start_opts("ovb", 2, 500, 3000, &["--placement", "spread"]).await;
+    let (w0, w1) = ("ovb-w0", "ovb-w1");
+    // Three replicas over two workers: two on w1, one on w0 (with the client).
+    let mut server = service("server", SERVER, json!({"replicas": 3}));
+    server["addresses"] = json!({"rr_ip": "10.30.40.40"});
+    let client = service("client", "exec sleep 100000", on(w0));
+    let created = h.admin.create_applications(&app("balance", vec![client, server])).await.unwrap();
+    let a = created.into_iter().find(|a| a.application_name == "balance").unwrap();
+    let (client, server) = (a.microservices[0].to_string(), a.microservices[1].to_string());
+    h.admin.request_instance(&client).await.unwrap();
+    let s = h.wait_for(&server, 60, "3 replicas RUNNING", running(3)).await;
+    h.wait_for(&client, 60, "client RUNNING", running(1)).await;
+    let placed: BTreeMap<u32, String> =
+        s.instance_list.iter().map(|i| (i.instance_number, i.worker_name.clone().unwrap())).collect();
+    assert!(placed.values().any(|w| w == w0) && placed.values().any(|w| w == w1), "not spread: {placed:?}");
+    let cont = container_of(&h, &client, 0);
+
+    // 300 new connections to the round-robin IP: exactly 100 per replica.
+    let mut hits: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..300 {
+        let page = fetch_from(&cont, "http://10.30.40.40/").unwrap();
+        *hits.entry(page).or_default() += 1;
+    }
+    assert_eq!(hits.len(), 3, "{hits:?}");
+    assert!(hits.values().all(|n| *n == 100), "not an even split: {hits:?}");
+
+    // The Instance IP of replica 2 always lands on replica 2.
+    let iip2 = s.instance_list.iter().find(|i| i.instance_number == 2).unwrap().instance_ip.clone().unwrap();
+    for _ in 0..20 {
+        assert_eq!(fetch_from(&cont, &format!("http://{iip2}/")).unwrap(), "from-instance-2");
+    }
+
+    // A long-lived connection stays on its replica: one TCP connection, many requests.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &format!("oak-{cont}"), "sh", "-c"])
+        .arg("(for i in 1 2 3 4 5 6; do echo hi; sleep 0.2; done) | timeout 3 busybox nc 10.30.40.40 81")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answers: Vec<&str> = text.lines().filter(|l| l.starts_with("from-instance-")).collect();
+    assert!(answers.len() >= 5, "too few answers on a kept connection: {text}");
+    assert!(answers.iter().all(|a| *a == answers[0]), "a kept connection switched replicas: {answers:?}");
+
+    // Recovery: kill the worker of a replica; new connections stop going there.
+    let victim_worker = placed.values().find(|w| *w == w1).unwrap().clone();
+    let victim_idx = 1;
+    assert_eq!(victim_worker, h.worker_names[victim_idx]);
+    h.workers[victim_idx].kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = h.admin.service(&server).await.unwrap();
+        let on_w1 = s.instance_list.iter().filter(|i| i.worker_name.as_deref() == Some(w1)).count();
+        if on_w1 == 0 && s.instance_list.iter().all(|i| i.status == Status::Running) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicas did not move off the dead worker: {:#?}", s.instance_list);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut hits: BTreeMap<String, u32> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hits.values().sum::<u32>() < 30 {
+        match fetch_from(&cont, "http://10.30.40.40/") {
+            Ok(page) => *hits.entry(page).or_default() += 1,
+            Err(e) => {
+                if Instant::now() > deadline {
+                    common::pause_if_asked(&format!("unreachable from {cont}")).await;
+                }
+                assert!(Instant::now() < deadline, "the service stayed unreachable: {e}")
+            }
+        }
+    }
+    assert_eq!(hits.len(), 3, "all three replicas (now on w0) answer: {hits:?}");
+
+    // Cleanup. The killed worker comes back: it removes what it ran before and sets its
+    // network up afresh. Then undeploy: no instance veth or port rule remains anywhere, and
+    // once the workers stop, nothing of ours at all.
+    h.workers[victim_idx] = h.spawn_worker(victim_idx);
+    h.admin.delete_application(&a.id.to_string()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !h.containers().is_empty() {
+        assert!(Instant::now() < deadline, "containers left: {:?}", h.containers());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..2 {
+        let (netns, _) = h.host(i);
+        let left: Vec<String> =
+            leftovers(&netns).into_iter().filter(|l| l.contains("oakv") || l.contains("DNAT")).collect();
+        assert!(left.is_empty(), "instance leftovers on {netns}: {left:?}");
+    }
+    for i in 0..2 {
+        let (netns, _) = h.host(i);
+        h.workers[i].stop();
+        let left = leftovers(&netns);
+        assert!(left.is_empty(), "left on {netns} after its worker stopped: {left:#?}");
+    }
+}
