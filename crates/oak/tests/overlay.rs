@@ -243,3 +243,36 @@ async fn balancing_instance_ips_recovery_and_cleanup() {
         assert!(left.is_empty(), "left on {netns} after its worker stopped: {left:#?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reaches_a_service_in_another_cluster() {
+    if !common::can_run_containers("overlay") {
+        return;
+    }
+    let mut h = Hierarchy::start("ovc", 1).await;
+    let (port, mqtt) = (common::free_port(), common::free_port());
+    let (_b, token) = h.spawn_cluster("cl-ovc-b", port, mqtt, 500).await;
+    let w = h.spawn_worker_to(1, port, &token);
+    h.workers.push(w);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.admin.clusters(true).await.unwrap().iter().map(|c| c.active_nodes).sum::<u32>() < 2 {
+        assert!(Instant::now() < deadline, "the second cluster did not join");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut server = service("server", SERVER, json!({"constraints": [{"type": "direct", "cluster": "cl-ovc-b"}]}));
+    server["addresses"] = json!({"rr_ip": "10.30.50.50"});
+    let client = service("client", "exec sleep 100000", json!({"constraints": [{"type": "direct", "cluster": "cl-ovc"}]}));
+    let created = h.admin.create_applications(&app("multi", vec![client, server])).await.unwrap();
+    let a = created.into_iter().find(|a| a.application_name == "multi").unwrap();
+    let (client, server) = (a.microservices[0].to_string(), a.microservices[1].to_string());
+    h.admin.request_instance(&server).await.unwrap();
+    h.admin.request_instance(&client).await.unwrap();
+    let s = h.wait_for(&server, 60, "server RUNNING", running(1)).await;
+    let c = h.wait_for(&client, 60, "client RUNNING", running(1)).await;
+    assert_ne!(s.instance_list[0].cluster_id, c.instance_list[0].cluster_id, "the two run in different clusters");
+    let cont = container_of(&h, &client, 0);
+    assert_eq!(fetch_from(&cont, "http://10.30.50.50/").unwrap(), "from-instance-0");
+    let log = log_of(&h, &server, 0).await;
+    let client_ip = c.instance_list[0].instance_ip.clone().unwrap();
+    assert!(log.contains(&format!("[::ffff:{client_ip}]:")), "server log does not name {client_ip}:\n{log}");
+}
