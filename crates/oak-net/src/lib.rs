@@ -13,6 +13,7 @@
 
 pub mod dataplane;
 pub mod host;
+pub mod offload;
 pub mod packet;
 pub mod proxy;
 pub mod sys;
@@ -75,7 +76,8 @@ impl Overlay {
         host::teardown();
         let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, config.port))
             .map_err(|e| NetError::Setup(format!("cannot bind the tunnel port udp/{}: {e}", config.port)))?;
-        let tun = sys::Tun::open(host::TUN).map_err(|e| NetError::Setup(format!("cannot open a TUN device: {e}")))?;
+        let tun =
+            sys::Tun::open(host::TUN, true).map_err(|e| NetError::Setup(format!("cannot open a TUN device: {e}")))?;
         if let Err(e) = host::setup(subnet, tun.name()) {
             host::teardown();
             return Err(NetError::Setup(e));

@@ -62,6 +62,8 @@ pub enum DropReason {
     UnknownSource,
     /// Too many packets already wait for that destination.
     QueueFull,
+    /// Too large to keep while waiting (a TCP super-packet; TCP sends it again).
+    TooLarge,
     /// Tunnel traffic for an address outside this worker's subnet.
     NotLocal,
 }
@@ -128,6 +130,7 @@ pub struct Stats {
 }
 
 const MAX_WAITING: usize = 32;
+const MAX_WAITING_LEN: usize = 2048;
 
 pub struct Proxy {
     me: SocketAddrV4,
@@ -312,6 +315,9 @@ impl Proxy {
     }
 
     fn wait(&self, dst: Ipv4Addr, pkt: &[u8], now: Instant) -> Verdict {
+        if pkt.len() > MAX_WAITING_LEN {
+            return Verdict::Drop(DropReason::TooLarge);
+        }
         let mut w = self.waiting.lock();
         let first = !w.contains_key(&dst);
         let entry = w.entry(dst).or_insert_with(|| Waiting { since: now, packets: Vec::new() });

@@ -6,8 +6,15 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
 
 #[repr(C)]
 struct IfReq {
@@ -21,10 +28,13 @@ struct IfReq {
 pub struct Tun {
     fd: OwnedFd,
     name: String,
+    offload: bool,
 }
 
 impl Tun {
-    pub fn open(name: &str) -> io::Result<Self> {
+    /// With `offload`, every packet read or written carries a `virtio_net_hdr` in front
+    /// ([`crate::offload::VnetHdr`]) and the kernel may pass TCP super-packets (TSO).
+    pub fn open(name: &str, offload: bool) -> io::Result<Self> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {name:?}")));
         }
@@ -35,13 +45,23 @@ impl Tun {
         }
         // SAFETY: `fd` is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI, _pad: [0; 22] };
+        let flags = IFF_TUN | IFF_NO_PI | if offload { IFF_VNET_HDR } else { 0 };
+        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags, _pad: [0; 22] };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `IfReq` lays out.
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self { fd, name: name.to_owned() })
+        // SAFETY: TUNSETOFFLOAD takes the flags by value.
+        if offload && unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { fd, name: name.to_owned(), offload })
+    }
+
+    /// True when packets carry a `virtio_net_hdr`.
+    pub fn offload(&self) -> bool {
+        self.offload
     }
 
     pub fn name(&self) -> &str {
@@ -59,6 +79,13 @@ impl Tun {
     pub fn write(&self, pkt: &[u8]) -> io::Result<usize> {
         // SAFETY: reads `pkt.len()` bytes from `pkt`.
         let n = unsafe { libc::write(self.fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len()) };
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    }
+
+    /// Writes one packet given in parts (`writev`).
+    pub fn write_parts(&self, parts: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+        // SAFETY: IoSlice is ABI-compatible with iovec on Unix; the kernel only reads them.
+        let n = unsafe { libc::writev(self.fd.as_raw_fd(), parts.as_ptr().cast(), parts.len() as libc::c_int) };
         if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
     }
 
@@ -187,6 +214,183 @@ impl Batch {
             let a = self.raw_addrs[i];
             self.addrs[i] =
                 SocketAddrV4::new(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)), u16::from_be(a.sin_port));
+        }
+        Ok(n)
+    }
+}
+
+/// Sets the socket's receive and send buffers to `bytes` each, beyond the `rmem_max` and
+/// `wmem_max` limits when allowed (root). Bursts of 64 KB datagrams overflow the default
+/// 208 KB at once, and every overflow drops a whole burst of inner segments.
+pub fn set_buffers(sock: &UdpSocket, bytes: usize) -> bool {
+    let v = bytes.min(i32::MAX as usize) as libc::c_int;
+    let set = |opt: libc::c_int| {
+        // SAFETY: a valid int option.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    let rcv = set(libc::SO_RCVBUFFORCE) || set(libc::SO_RCVBUF);
+    let snd = set(libc::SO_SNDBUFFORCE) || set(libc::SO_SNDBUF);
+    rcv && snd
+}
+
+/// Asks the kernel to coalesce received datagrams (UDP GRO). False when it cannot.
+pub fn enable_udp_gro(sock: &UdpSocket) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid int option.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            SOL_UDP,
+            UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
+/// Sends datagrams given as `parts` (consecutive iovecs; every datagram is `seg` bytes but
+/// the last of each call, which may be shorter) to `to` with UDP segmentation offload. The
+/// caller groups them: `calls` holds, per call, the range of `parts` and its byte count.
+pub fn send_gso(
+    sock: &UdpSocket,
+    to: SocketAddrV4,
+    parts: &[std::io::IoSlice<'_>],
+    seg: usize,
+    calls: &[(usize, usize, usize)],
+) -> io::Result<()> {
+    let mut addr = sockaddr(to);
+    for &(from, until, bytes) in calls {
+        let iov = &parts[from..until];
+        // One cmsg with a u16; CMSG_SPACE(2) is at most 24 bytes.
+        let mut ctrl = [0u64; 4];
+        // SAFETY: msghdr is plain old data; the pointers below stay valid for the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len() as _;
+        if bytes > seg {
+            // SAFETY: CMSG_SPACE of a u16 fits in `ctrl` (32 bytes).
+            let space = unsafe { libc::CMSG_SPACE(2) } as usize;
+            msg.msg_control = ctrl.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            // SAFETY: msg_control points at `space` zeroed bytes; CMSG_FIRSTHDR is non-null.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = SOL_UDP;
+                (*c).cmsg_type = UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg as u16);
+            }
+        }
+        loop {
+            // SAFETY: `msg` is fully initialised; IoSlice is ABI-compatible with iovec.
+            let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
+            if r >= 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Receives up to `cap` (possibly coalesced) datagrams per call; for each, the size of the
+/// datagrams it holds (`segs`, equal to its length when not coalesced).
+pub struct GroBatch {
+    pub bufs: Vec<Vec<u8>>,
+    pub lens: Vec<usize>,
+    pub segs: Vec<usize>,
+    ctrl: Vec<[u64; 8]>,
+    raw_addrs: Vec<libc::sockaddr_in>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    /// Offset in each buffer where data starts (room for a header in front).
+    pub headroom: usize,
+}
+
+// SAFETY: as for `Batch`: the raw pointers only point into this value's own buffers.
+unsafe impl Send for GroBatch {}
+
+impl GroBatch {
+    pub fn new(cap: usize, buf_size: usize, headroom: usize) -> Self {
+        let zero_addr = sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+        Self {
+            bufs: vec![vec![0; headroom + buf_size]; cap],
+            lens: vec![0; cap],
+            segs: vec![0; cap],
+            ctrl: vec![[0; 8]; cap],
+            raw_addrs: vec![zero_addr; cap],
+            iovs: (0..cap).map(|_| libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }).collect(),
+            // SAFETY: mmsghdr is plain old data; all-zero is a valid (empty) value.
+            hdrs: (0..cap).map(|_| unsafe { std::mem::zeroed::<libc::mmsghdr>() }).collect(),
+            headroom,
+        }
+    }
+
+    /// Waits at most the socket's read timeout for the first datagram; returns the count.
+    pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        let cap = self.bufs.len();
+        for i in 0..cap {
+            let room = self.bufs[i].len() - self.headroom;
+            self.iovs[i] = libc::iovec { iov_base: self.bufs[i][self.headroom..].as_mut_ptr().cast(), iov_len: room };
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.raw_addrs[i] as *mut libc::sockaddr_in).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = self.ctrl[i].as_mut_ptr().cast();
+            h.msg_controllen = std::mem::size_of::<[u64; 8]>() as _;
+            h.msg_flags = 0;
+            self.hdrs[i].msg_len = 0;
+        }
+        // SAFETY: every header points into this batch's live buffers.
+        let r = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                cap as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(e),
+            };
+        }
+        let n = r as usize;
+        for i in 0..n {
+            let len = self.hdrs[i].msg_len as usize;
+            self.lens[i] = len;
+            self.segs[i] = len;
+            let h = &self.hdrs[i].msg_hdr;
+            // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_* walk within it.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(h);
+                while !c.is_null() {
+                    if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                        let seg = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                        if seg > 0 {
+                            self.segs[i] = seg as usize;
+                        }
+                    }
+                    c = libc::CMSG_NXTHDR(h, c);
+                }
+            }
         }
         Ok(n)
     }

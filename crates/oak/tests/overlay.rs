@@ -261,7 +261,8 @@ async fn a_client_reaches_a_service_in_another_cluster() {
     }
     let mut server = service("server", SERVER, json!({"constraints": [{"type": "direct", "cluster": "cl-ovc-b"}]}));
     server["addresses"] = json!({"rr_ip": "10.30.50.50"});
-    let client = service("client", "exec sleep 100000", json!({"constraints": [{"type": "direct", "cluster": "cl-ovc"}]}));
+    let client =
+        service("client", "exec sleep 100000", json!({"constraints": [{"type": "direct", "cluster": "cl-ovc"}]}));
     let created = h.admin.create_applications(&app("multi", vec![client, server])).await.unwrap();
     let a = created.into_iter().find(|a| a.application_name == "multi").unwrap();
     let (client, server) = (a.microservices[0].to_string(), a.microservices[1].to_string());

@@ -1,0 +1,232 @@
+//! The overlay's data plane against a direct veth between the same two instance namespaces,
+//! in the same run: TCP throughput (iperf3), UDP and TCP request/response latency (64 B,
+//! p50/p99), and HTTP request time to a service with 1 and with 9 replicas (paper Fig. 8).
+//! Two workers, each its own network namespace; client and server on different workers.
+//! Needs root, containerd and iperf3.
+//!
+//! `cargo bench -p oak --bench overlay` (env: OAK_BENCH_SECS, iperf3 seconds, default 5).
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::Hierarchy;
+use oak_api::Status;
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const DIRECT_CLIENT: &str = "192.168.213.1";
+const DIRECT_SERVER: &str = "192.168.213.2";
+
+fn service(name: &str, cmd: &str, extra: Value) -> Value {
+    let mut m = json!({
+        "microserviceID": "", "microservice_name": name, "microservice_namespace": "bench",
+        "virtualization": "container", "code": oak_runtime::testimage::IMAGE,
+        "cmd": ["sh", "-c", cmd], "memory": 16, "vcpus": 0.1
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        m[k] = v.clone();
+    }
+    m
+}
+
+fn netns_of(h: &Hierarchy, service: &str, n: u32) -> String {
+    let c = h.containers().into_iter().find(|c| c.starts_with(&format!("{service}-{n}-"))).unwrap();
+    format!("oak-{c}")
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Gbit/s received by an iperf3 client in `client_ns` against `target`.
+fn iperf(server_ns: &str, client_ns: &str, target: &str, secs: u32) -> f64 {
+    sh(&["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-D", "-p", "5201"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let out =
+        sh(&["ip", "netns", "exec", client_ns, "iperf3", "-c", target, "-p", "5201", "-t", &secs.to_string(), "-J"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() / 1e9
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Runs `f` on a thread inside network namespace `ns`.
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        oak_runtime::netns::enter(&ns).unwrap();
+        f()
+    })
+}
+
+/// Echo servers (UDP and TCP, port 9007) in `ns`, for `secs`.
+fn echo_servers(ns: &str) {
+    in_ns(ns, || {
+        let u = UdpSocket::bind("0.0.0.0:9007").unwrap();
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = u.recv_from(&mut buf) {
+            let _ = u.send_to(&buf[..n], from);
+        }
+    });
+    in_ns(ns, || {
+        let l = TcpListener::bind("0.0.0.0:9007").unwrap();
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                s.set_nodelay(true).unwrap();
+                let mut buf = [0u8; 64];
+                while s.read_exact(&mut buf).is_ok() {
+                    if s.write_all(&buf).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// (UDP p50, p99, TCP p50, p99) in µs of 64-byte request/response to `target`.
+fn latency(client_ns: &str, target: &str, probes: usize) -> (f64, f64, f64, f64) {
+    let addr: SocketAddr = format!("{target}:9007").parse().unwrap();
+    in_ns(client_ns, move || {
+        let u = UdpSocket::bind("0.0.0.0:0").unwrap();
+        u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        u.connect(addr).unwrap();
+        let mut buf = [0u8; 64];
+        let mut udp = Vec::with_capacity(probes);
+        for i in 0..probes + 200 {
+            let t = Instant::now();
+            u.send(&buf).unwrap();
+            if u.recv(&mut buf).is_err() {
+                continue;
+            }
+            if i >= 200 {
+                udp.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut tcp = Vec::with_capacity(probes);
+        for i in 0..probes + 200 {
+            let t = Instant::now();
+            s.write_all(&buf).unwrap();
+            s.read_exact(&mut buf).unwrap();
+            if i >= 200 {
+                tcp.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        (percentile(&mut udp, 0.5), percentile(&mut udp, 0.99), percentile(&mut tcp, 0.5), percentile(&mut tcp, 0.99))
+    })
+    .join()
+    .unwrap()
+}
+
+/// Per-request times (ms) of `n` HTTP/1.0 GETs, a new connection each, to `target`.
+fn http_times(client_ns: &str, target: &str, n: usize) -> Vec<f64> {
+    let addr: SocketAddr = format!("{target}:80").parse().unwrap();
+    in_ns(client_ns, move || {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+            let mut body = Vec::new();
+            s.read_to_end(&mut body).unwrap();
+            assert!(body.starts_with(b"HTTP/1."), "{}", String::from_utf8_lossy(&body));
+            v.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        v
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if !common::can_run_containers("overlay bench") {
+        return;
+    }
+    let secs: u32 = std::env::var("OAK_BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let h = Hierarchy::start_opts("ovp", 2, 500, 3000, &["--placement", "spread"]).await;
+    let server_cmd = "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www";
+    let on = |w: &str| json!({"constraints": [{"type": "direct", "node": w}]});
+    let mut srv = service("srv", "exec sleep 100000", on("ovp-w1"));
+    srv["addresses"] = json!({"rr_ip": "10.30.60.60"});
+    let mut one =
+        service("one", server_cmd, json!({"replicas": 1, "constraints": [{"type": "direct", "node": "ovp-w1"}]}));
+    one["addresses"] = json!({"rr_ip": "10.30.60.61"});
+    let mut nine = service("nine", server_cmd, json!({"replicas": 9}));
+    nine["addresses"] = json!({"rr_ip": "10.30.60.69"});
+    let cli = service("cli", "exec sleep 100000", on("ovp-w0"));
+    let sla = json!({"sla_version": "v2.0", "customerID": "Admin", "applications": [{
+        "application_name": "perf", "application_namespace": "bench", "application_desc": "",
+        "microservices": [cli, srv, one, nine]}]});
+    let app =
+        h.admin.create_applications(&sla).await.unwrap().into_iter().find(|a| a.application_name == "perf").unwrap();
+    let ids: Vec<String> = app.microservices.iter().map(ToString::to_string).collect();
+    h.admin.request_instance(&ids[0]).await.unwrap();
+    h.admin.request_instance(&ids[1]).await.unwrap();
+    for (id, n) in [(&ids[0], 1), (&ids[1], 1), (&ids[2], 1), (&ids[3], 9)] {
+        h.wait_for(id, 120, "RUNNING", |is| is.len() == n && is.iter().all(|i| i.status == Status::Running)).await;
+    }
+    let (cns, sns) = (netns_of(&h, &ids[0], 0), netns_of(&h, &ids[1], 0));
+
+    // The direct path: a veth straight between the two instance namespaces.
+    sh(&["ip", "link", "add", "oakbd0", "netns", &cns, "type", "veth", "peer", "name", "oakbd1", "netns", &sns]);
+    sh(&["ip", "-n", &cns, "addr", "add", &format!("{DIRECT_CLIENT}/30"), "dev", "oakbd0"]);
+    sh(&["ip", "-n", &sns, "addr", "add", &format!("{DIRECT_SERVER}/30"), "dev", "oakbd1"]);
+    sh(&["ip", "-n", &cns, "link", "set", "oakbd0", "up"]);
+    sh(&["ip", "-n", &sns, "link", "set", "oakbd1", "up"]);
+
+    let date = sh(&["date", "-u", "+%Y-%m-%d"]);
+    println!("overlay bench, {} (2 workers, client and server on different workers)\n", date.trim());
+    // Warm the overlay's tables first: the first packet to an address waits for resolution.
+    echo_servers(&sns);
+    let _ = latency(&cns, "10.30.60.60", 10);
+    let (mut ov, mut dir) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        ov.push(iperf(&sns, &cns, "10.30.60.60", secs));
+        dir.push(iperf(&sns, &cns, DIRECT_SERVER, secs));
+    }
+    let (o, d) = (percentile(&mut ov, 0.5), percentile(&mut dir, 0.5));
+    println!("| TCP throughput (iperf3 -t {secs}, median of 3) | Gbit/s |");
+    println!("|---|---|");
+    println!("| direct veth | {d:.2} |");
+    println!("| overlay (RR Service IP, TUN + UDP tunnel) | {o:.2} |");
+    println!("| ratio overlay / direct | {:.0} % |\n", o / d * 100.0);
+
+    let probes = 5000;
+    let ol = latency(&cns, "10.30.60.60", probes);
+    let dl = latency(&cns, DIRECT_SERVER, probes);
+    println!("| 64 B request/response ({probes} probes) | UDP p50 µs | UDP p99 µs | TCP p50 µs | TCP p99 µs |");
+    println!("|---|---|---|---|---|");
+    println!("| direct veth | {:.1} | {:.1} | {:.1} | {:.1} |", dl.0, dl.1, dl.2, dl.3);
+    println!("| overlay | {:.1} | {:.1} | {:.1} | {:.1} |", ol.0, ol.1, ol.2, ol.3);
+    println!(
+        "| added by the overlay | {:+.1} | {:+.1} | {:+.1} | {:+.1} |\n",
+        ol.0 - dl.0,
+        ol.1 - dl.1,
+        ol.2 - dl.2,
+        ol.3 - dl.3
+    );
+
+    let n = 1000;
+    let _ = http_times(&cns, "10.30.60.61", 20);
+    let _ = http_times(&cns, "10.30.60.69", 20);
+    let mut t1 = http_times(&cns, "10.30.60.61", n);
+    let mut t9 = http_times(&cns, "10.30.60.69", n);
+    println!("| HTTP GET, new connection each ({n} sequential) | p50 ms | p99 ms |");
+    println!("|---|---|---|");
+    println!("| 1 replica (RR IP) | {:.3} | {:.3} |", percentile(&mut t1, 0.5), percentile(&mut t1, 0.99));
+    println!("| 9 replicas (RR IP) | {:.3} | {:.3} |", percentile(&mut t9, 0.5), percentile(&mut t9, 0.99));
+}
