@@ -220,6 +220,32 @@ async fn balancing_instance_ips_recovery_and_cleanup() {
     }
     assert_eq!(hits.len(), 3, "all three replicas (now on w0) answer: {hits:?}");
 
+    // Scale down: the removed replica gets no new connection, and its Instance IP leads
+    // nowhere any more (the root released it).
+    let s = h.admin.service(&server).await.unwrap();
+    let gone_ip = s.instance_list.iter().find(|i| i.instance_number == 2).unwrap().instance_ip.clone().unwrap();
+    let scaled = Instant::now();
+    h.admin.scale(&server, 2).await.unwrap();
+    h.wait_for(&server, 30, "2 replicas", running(2)).await;
+    // Within the root's reconcile interval (2 s), new connections stop reaching it.
+    loop {
+        let recent: Vec<String> = (0..6).filter_map(|_| fetch_from(&cont, "http://10.30.40.40/").ok()).collect();
+        if !recent.iter().any(|p| p == "from-instance-2") {
+            break;
+        }
+        assert!(scaled.elapsed() < Duration::from_secs(4), "replica 2 still answers: {recent:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut hits: BTreeMap<String, u32> = BTreeMap::new();
+    while hits.values().sum::<u32>() < 20 {
+        match fetch_from(&cont, "http://10.30.40.40/") {
+            Ok(page) => *hits.entry(page).or_default() += 1,
+            Err(e) => assert!(Instant::now() < deadline, "the service became unreachable: {e}"),
+        }
+    }
+    assert!(!hits.contains_key("from-instance-2"), "the removed replica still answers: {hits:?}");
+    assert!(fetch_from(&cont, &format!("http://{gone_ip}/")).is_err(), "{gone_ip} still leads somewhere");
+
     // Cleanup. The killed worker comes back: it removes what it ran before and sets its
     // network up afresh. Then undeploy: no instance veth or port rule remains anywhere, and
     // once the workers stop, nothing of ours at all.
