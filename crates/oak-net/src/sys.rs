@@ -143,13 +143,10 @@ impl Batch {
         self.bufs.len()
     }
 
-    fn prepare(&mut self, n: usize, for_send: bool) {
+    fn prepare(&mut self, n: usize) {
         for i in 0..n {
-            let len = if for_send { self.lens[i] } else { self.bufs[i].len() };
-            self.iovs[i] = libc::iovec { iov_base: self.bufs[i].as_mut_ptr().cast(), iov_len: len };
-            if for_send {
-                self.raw_addrs[i] = sockaddr(self.addrs[i]);
-            }
+            self.iovs[i] = libc::iovec { iov_base: self.bufs[i].as_mut_ptr().cast(), iov_len: self.lens[i] };
+            self.raw_addrs[i] = sockaddr(self.addrs[i]);
             let h = &mut self.hdrs[i].msg_hdr;
             h.msg_name = (&mut self.raw_addrs[i] as *mut libc::sockaddr_in).cast();
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
@@ -167,7 +164,7 @@ impl Batch {
     pub fn send(&mut self, sock: &UdpSocket, n: usize) -> usize {
         let mut done = 0;
         while done < n {
-            self.prepare(n, true);
+            self.prepare(n);
             // SAFETY: hdrs[done..n] point into this batch's live buffers and addresses.
             let r = unsafe {
                 libc::sendmmsg(sock.as_raw_fd(), self.hdrs[done..].as_mut_ptr(), (n - done) as libc::c_uint, 0)
@@ -184,38 +181,6 @@ impl Batch {
             done += r as usize;
         }
         done
-    }
-
-    /// Receives up to `capacity()` datagrams, waiting at most the socket's read timeout for
-    /// the first. Fills `lens` and `addrs`; returns the count (0 on timeout).
-    pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
-        let cap = self.capacity();
-        self.prepare(cap, false);
-        // SAFETY: hdrs point into this batch's live buffers and address slots.
-        let r = unsafe {
-            libc::recvmmsg(
-                sock.as_raw_fd(),
-                self.hdrs.as_mut_ptr(),
-                cap as libc::c_uint,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => Ok(0),
-                _ => Err(e),
-            };
-        }
-        let n = r as usize;
-        for i in 0..n {
-            self.lens[i] = self.hdrs[i].msg_len as usize;
-            let a = self.raw_addrs[i];
-            self.addrs[i] =
-                SocketAddrV4::new(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)), u16::from_be(a.sin_port));
-        }
-        Ok(n)
     }
 }
 
@@ -399,16 +364,43 @@ impl GroBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
-    #[test]
-    fn batches_move_many_datagrams_per_call() {
+    fn v4(a: SocketAddr) -> SocketAddrV4 {
+        match a {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!(),
+        }
+    }
+
+    fn receiver() -> (UdpSocket, SocketAddrV4) {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+        assert!(enable_udp_gro(&rx), "this kernel has UDP GRO");
+        assert!(set_buffers(&rx, 4 << 20));
+        let to = v4(rx.local_addr().unwrap());
+        (rx, to)
+    }
+
+    /// Everything received within the timeout: (datagram sizes, bytes).
+    fn drain(rx: &UdpSocket) -> Vec<(usize, Vec<u8>)> {
+        let mut inb = GroBatch::new(4, 65535, 0);
+        let mut got = Vec::new();
+        loop {
+            let n = inb.recv(rx).unwrap();
+            if n == 0 {
+                return got;
+            }
+            for i in 0..n {
+                got.push((inb.segs[i], inb.bufs[i][..inb.lens[i]].to_vec()));
+            }
+        }
+    }
+
+    #[test]
+    fn batches_send_many_datagrams_per_call() {
+        let (rx, to) = receiver();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = match rx.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        };
         let mut out = Batch::new(8, 64);
         for i in 0..8 {
             out.bufs[i][0] = i as u8;
@@ -416,22 +408,37 @@ mod tests {
             out.addrs[i] = to;
         }
         assert_eq!(out.send(&tx, 8), 8);
-        let mut inb = Batch::new(16, 64);
-        let mut got = Vec::new();
-        while got.len() < 8 {
-            let n = inb.recv(&rx).unwrap();
-            assert!(n > 0);
-            for i in 0..n {
-                got.push((inb.bufs[i][0], inb.lens[i]));
-                assert_eq!(
-                    inb.addrs[i],
-                    match tx.local_addr().unwrap() {
-                        std::net::SocketAddr::V4(a) => a,
-                        _ => unreachable!(),
-                    }
-                );
-            }
-        }
+        // Different sizes: the kernel does not coalesce them.
+        let got: Vec<(u8, usize)> = drain(&rx)
+            .into_iter()
+            .map(|(seg, b)| {
+                assert_eq!(seg, b.len());
+                (b[0], b.len())
+            })
+            .collect();
         assert_eq!(got, (0..8).map(|i| (i as u8, 1 + i as usize)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn segmentation_offload_round_trips_through_the_kernel() {
+        let (rx, to) = receiver();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // 100 datagrams of 1000 bytes and a last one of 10, in parts of unequal sizes.
+        let data: Vec<u8> = (0..100_010u32).map(|i| (i % 251) as u8).collect();
+        let parts: Vec<std::io::IoSlice<'_>> = data.chunks(700).map(std::io::IoSlice::new).collect();
+        // Calls of 70 parts: 49 000 bytes, 49 whole datagrams each (the last call: the rest).
+        let mut calls = Vec::new();
+        let mut from = 0;
+        while from < parts.len() {
+            let until = (from + 70).min(parts.len());
+            let bytes = parts[from..until].iter().map(|p| p.len()).sum();
+            calls.push((from, until, bytes));
+            from = until;
+        }
+        send_gso(&tx, to, &parts, 1000, &calls).unwrap();
+        let got = drain(&rx);
+        let joined: Vec<u8> = got.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+        assert_eq!(joined, data, "all bytes, in order");
+        assert!(got.iter().any(|(seg, b)| *seg == 1000 && b.len() > 1000), "GRO coalesced some datagrams");
     }
 }

@@ -5,30 +5,11 @@
 
 mod common;
 
-use common::Hierarchy;
+use common::{Hierarchy, app, service};
 use oak_api::Status;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn service(name: &str, cmd: &str, memory: u64, vcpus: f64, extra: Value) -> Value {
-    let mut m = json!({
-        "microserviceID": "", "microservice_name": name, "microservice_namespace": "e2e",
-        "virtualization": "container", "code": oak_runtime::testimage::IMAGE,
-        "cmd": ["sh", "-c", cmd], "memory": memory, "vcpus": vcpus
-    });
-    if let (Some(o), Some(e)) = (m.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            o.insert(k.clone(), v.clone());
-        }
-    }
-    m
-}
-
-fn app(name: &str, services: Vec<Value>) -> Value {
-    json!({"sla_version": "v2.0", "customerID": "Admin",
-           "applications": [{"application_name": name, "application_namespace": "e2e", "application_desc": "", "microservices": services}]})
-}
 
 fn all(status: Status) -> impl Fn(&[oak_api::model::Instance]) -> bool {
     move |is| !is.is_empty() && is.iter().all(|i| i.status == status)

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Hierarchy;
+use common::{Hierarchy, app};
 use oak_api::Status;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -19,22 +19,7 @@ const SERVER: &str = "mkdir -p /www && echo from-$HOSTNAME > /www/index.html \
     && (nc -ll -p 81 -e /lines &) && exec httpd -f -vv -p 80 -h /www";
 
 fn service(name: &str, cmd: &str, extra: Value) -> Value {
-    let mut m = json!({
-        "microserviceID": "", "microservice_name": name, "microservice_namespace": "e2e",
-        "virtualization": "container", "code": oak_runtime::testimage::IMAGE,
-        "cmd": ["sh", "-c", cmd], "memory": 32, "vcpus": 0.2
-    });
-    if let (Some(o), Some(e)) = (m.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            o.insert(k.clone(), v.clone());
-        }
-    }
-    m
-}
-
-fn app(name: &str, services: Vec<Value>) -> Value {
-    json!({"sla_version": "v2.0", "customerID": "Admin",
-           "applications": [{"application_name": name, "application_namespace": "e2e", "application_desc": "", "microservices": services}]})
+    common::service(name, cmd, 32, 0.2, extra)
 }
 
 fn on(worker: &str) -> Value {

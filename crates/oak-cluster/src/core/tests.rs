@@ -44,6 +44,26 @@ fn desired(n: u32, extra: serde_json::Value) -> DesiredInstance {
     }
 }
 
+/// A worker's report with no instances.
+fn info() -> NodeInfo {
+    NodeInfo {
+        cpu_percent: 1.0,
+        cpu_cores: 4.0,
+        memory_mb: 4000,
+        memory_available_mb: 3000,
+        disk_free_mb: 1,
+        arch: "amd64".into(),
+        runtimes: vec!["container".into()],
+        gpus: 0,
+        location: None,
+        instances: vec![],
+        overlay: false,
+        subnet: None,
+        tunnel: None,
+        interests: vec![],
+    }
+}
+
 fn topics(outs: &[Out]) -> Vec<String> {
     outs.iter().map(|o| o.topic.clone()).collect()
 }
@@ -152,15 +172,6 @@ fn workers_are_told_to_drop_what_is_not_theirs() {
     worker(&mut c, "a", 4000, 0.0);
     c.set_desired(vec![], 0.0);
     let info = NodeInfo {
-        cpu_percent: 1.0,
-        cpu_cores: 4.0,
-        memory_mb: 4000,
-        memory_available_mb: 3000,
-        disk_free_mb: 1,
-        arch: "amd64".into(),
-        runtimes: vec!["container".into()],
-        gpus: 0,
-        location: None,
         instances: vec![node::InstanceUsage {
             service_id: ServiceId::from("old"),
             instance_number: 7,
@@ -169,10 +180,7 @@ fn workers_are_told_to_drop_what_is_not_theirs() {
             memory_mb: 1.0,
             ns_ip: None,
         }],
-        overlay: false,
-        subnet: None,
-        tunnel: None,
-        interests: vec![],
+        ..info()
     };
     let outs = c.node_info("a", info, 1.0);
     assert_eq!(topics(&outs), ["nodes/a/control/delete"]);
@@ -197,22 +205,8 @@ fn subnets_and_tables_reach_the_workers_that_need_them() {
     let mut c = Core::default();
     worker(&mut c, "a", 4000, 0.0);
     worker(&mut c, "b", 4000, 0.0);
-    let info = |subnet: Option<Ipv4Addr>, interests: Vec<Ipv4Addr>| NodeInfo {
-        cpu_percent: 1.0,
-        cpu_cores: 4.0,
-        memory_mb: 4000,
-        memory_available_mb: 3000,
-        disk_free_mb: 1,
-        arch: "amd64".into(),
-        runtimes: vec!["container".into()],
-        gpus: 0,
-        location: None,
-        instances: vec![],
-        overlay: true,
-        subnet,
-        tunnel: None,
-        interests,
-    };
+    let info =
+        |subnet: Option<Ipv4Addr>, interests: Vec<Ipv4Addr>| NodeInfo { overlay: true, subnet, interests, ..info() };
     c.node_info("a", info(None, vec![]), 0.5);
     c.node_info("b", info(None, vec![]), 0.5);
     c.set_desired(vec![desired(0, json!({"memory": 10}))], 0.5);

@@ -552,3 +552,24 @@ pub async fn pause_if_asked(why: &str) {
         tokio::time::sleep(Duration::from_secs(600)).await;
     }
 }
+
+/// A microservice of the offline test image running `sh -c cmd`, with `extra` fields merged in.
+pub fn service(name: &str, cmd: &str, memory: u64, vcpus: f64, extra: serde_json::Value) -> serde_json::Value {
+    let mut m = serde_json::json!({
+        "microserviceID": "", "microservice_name": name, "microservice_namespace": "e2e",
+        "virtualization": "container", "code": oak_runtime::testimage::IMAGE,
+        "cmd": ["sh", "-c", cmd], "memory": memory, "vcpus": vcpus
+    });
+    if let (Some(o), Some(e)) = (m.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    m
+}
+
+/// An SLA with one application `name` (namespace `e2e`) of these microservices.
+pub fn app(name: &str, services: Vec<serde_json::Value>) -> serde_json::Value {
+    serde_json::json!({"sla_version": "v2.0", "customerID": "Admin",
+           "applications": [{"application_name": name, "application_namespace": "e2e", "application_desc": "", "microservices": services}]})
+}
