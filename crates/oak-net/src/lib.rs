@@ -22,7 +22,7 @@ use crate::host::Subnet;
 use oak_api::net::ServiceTable;
 use oak_api::sla::PortMapping;
 use parking_lot::Mutex;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
 use std::time::Instant;
@@ -57,7 +57,9 @@ pub struct Overlay {
     subnet: Subnet,
     proxy: Arc<Proxy>,
     dataplane: Mutex<Option<dataplane::Dataplane>>,
-    free: Mutex<BTreeSet<Ipv4Addr>>,
+    /// Free namespace addresses, longest free first: an address just released is reused
+    /// last, so a peer's stale table does not lead to a new instance.
+    free: Mutex<VecDeque<Ipv4Addr>>,
     attached: Mutex<HashMap<String, Attached>>,
 }
 
@@ -122,7 +124,7 @@ impl Overlay {
         if let Some(a) = att.get(container) {
             return Ok(a.ns_ip);
         }
-        let ip = self.free.lock().pop_first().ok_or(NetError::Exhausted(self.subnet.base))?;
+        let ip = self.free.lock().pop_front().ok_or(NetError::Exhausted(self.subnet.base))?;
         att.insert(container.to_owned(), Attached { ns_ip: ip });
         Ok(ip)
     }
@@ -155,7 +157,7 @@ impl Overlay {
         self.proxy.remove_local(a.ns_ip);
         host::remove_ports(container);
         host::detach(a.ns_ip);
-        self.free.lock().insert(a.ns_ip);
+        self.free.lock().push_back(a.ns_ip);
     }
 
     /// New tables from the cluster; packets that waited for them go out now.

@@ -427,7 +427,7 @@ impl<R: Runtime> Table<R> {
                 }
             }
             Command::Tables(t) => {
-                tracing::info!(
+                tracing::debug!(
                     services = t.tables.len(),
                     instances = t.tables.iter().map(|s| s.instances.len()).sum::<usize>(),
                     "overlay tables from the cluster"

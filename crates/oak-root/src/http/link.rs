@@ -273,7 +273,7 @@ async fn push_net(
         net.subnets = Some(subnets);
     }
     if net.tables.as_ref() != Some(&tables) {
-        tracing::info!(cluster = %id, services = tables.len(), "overlay tables to the cluster");
+        tracing::debug!(cluster = %id, services = tables.len(), "overlay tables to the cluster");
         sink.send(text(&RootToCluster::Tables { tables: tables.clone() })?).await.map_err(|e| e.to_string())?;
         net.tables = Some(tables);
     }
