@@ -23,6 +23,8 @@ pub enum ClientError {
     Transport { url: String, source: reqwest::Error },
     #[error("cannot decode the answer of {url}: {reason}")]
     Decode { url: String, reason: String },
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -46,7 +48,18 @@ pub struct RootClient {
 impl RootClient {
     /// `base` is like `http://127.0.0.1:10000`.
     pub fn new(base: &str) -> Self {
+        oak_tls::install_provider();
         Self { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_owned(), token: None }
+    }
+
+    /// A client that trusts only the CA certificates in `ca_pem` for an `https://` root.
+    pub fn with_ca(base: &str, ca_pem: &[u8]) -> Result<Self, ClientError> {
+        let tls = oak_tls::client_config(ca_pem).map_err(ClientError::Tls)?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .build()
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), token: None })
     }
 
     pub fn with_token(mut self, token: impl Into<String>) -> Self {

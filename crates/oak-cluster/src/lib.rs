@@ -59,6 +59,8 @@ pub struct ClusterConfig {
     pub timing: Timing,
     /// How workers are ranked among those that fit.
     pub policy: oak_sched::Policy,
+    /// For an `https://` root: the CA (PEM) its certificate must chain to.
+    pub root_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +282,7 @@ impl Cluster {
                 location: self.config.location.clone(),
                 cluster_id: self.cluster_id.clone(),
                 report_interval: self.config.report_interval,
+                root_ca: self.config.root_ca.clone(),
             },
             tx.clone(),
             report_rx,

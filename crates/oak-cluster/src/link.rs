@@ -17,6 +17,8 @@ pub struct LinkConfig {
     pub location: Option<String>,
     pub cluster_id: Option<String>,
     pub report_interval: Duration,
+    /// For an `https://` root: the CA (PEM) its certificate must chain to.
+    pub root_ca: Option<std::path::PathBuf>,
 }
 
 fn ws_url(root: &str) -> String {
@@ -62,7 +64,14 @@ async fn session(
         .parse()
         .map_err(|_| "the cluster token is not a valid header value".to_owned())?;
     req.headers_mut().insert("authorization", auth);
-    let (ws, _) = tokio_tungstenite::connect_async(req).await.map_err(|e| e.to_string())?;
+    let connector = match (req.uri().scheme_str(), &cfg.root_ca) {
+        (Some("wss"), Some(ca)) => Some(tokio_tungstenite::Connector::Rustls(oak_tls::client_config_file(ca)?)),
+        (Some("wss"), None) => return Err("the root is https: give --root-ca FILE (the CA of its certificate)".into()),
+        _ => None,
+    };
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector)
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut sink, mut stream) = ws.split();
     let send = |m: &ClusterToRoot| serde_json::to_string(m).map(|t| Message::Text(t.into())).map_err(|e| e.to_string());
     sink.send(send(&ClusterToRoot::Hello {

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod clock;
 pub mod http;
 pub mod registry;
+mod tls;
 
 use clock::{Clock, SystemClock};
 use oak_store::{RedbStore, Store};
@@ -147,6 +148,21 @@ impl Root {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), RootError> {
+        let scheduler = tokio::spawn(http::link::scheduler(self.state.clone()));
+        let app = http::router(self.state);
+        let r = axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(RootError::Serve);
+        scheduler.abort();
+        r
+    }
+
+    /// Like [`serve`](Self::serve), over HTTPS with `tls` (see [`oak_tls::server_config`]).
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        tls: std::sync::Arc<oak_tls::ServerConfig>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), RootError> {
+        let listener = tls::TlsListener::new(listener, tls).map_err(RootError::Serve)?;
         let scheduler = tokio::spawn(http::link::scheduler(self.state.clone()));
         let app = http::router(self.state);
         let r = axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(RootError::Serve);

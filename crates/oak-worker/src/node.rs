@@ -160,6 +160,7 @@ impl<R: Runtime> Worker<R> {
             ),
         };
         let session = req.session.clone();
+        oak_tls::install_provider();
         let http = reqwest::Client::new();
         let url = format!("{}/api/node/register", config.cluster_url.trim_end_matches('/'));
         let mut delay = Duration::from_millis(200);

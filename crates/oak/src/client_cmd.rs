@@ -17,6 +17,20 @@ pub struct Global {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
+    /// For an `https://` root: the CA certificate (PEM) its certificate must chain to.
+    #[arg(long, env = "OAK_CA", global = true)]
+    pub ca: Option<std::path::PathBuf>,
+}
+
+/// A client for `root`, trusting `ca` when given.
+fn root_client(root: &str, ca: Option<&std::path::Path>) -> anyhow::Result<RootClient> {
+    match ca {
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;
+            Ok(RootClient::with_ca(root, &pem)?)
+        }
+        None => Ok(RootClient::new(root)),
+    }
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +130,7 @@ pub enum ClusterCommand {
 struct Session {
     root: String,
     creds: Option<Credentials>,
+    ca: Option<std::path::PathBuf>,
 }
 
 impl Session {
@@ -126,15 +141,15 @@ impl Session {
             .filter(|t| !t.is_empty())
             .map(|token| Credentials { root: root.clone(), token, ..Credentials::default() })
             .or_else(|| settings::read_credentials().filter(|c| c.root == root));
-        Ok(Self { root, creds })
+        Ok(Self { root, creds, ca: global.ca.clone() })
     }
 
-    fn client(&self) -> RootClient {
-        let c = RootClient::new(&self.root);
-        match &self.creds {
+    fn client(&self) -> anyhow::Result<RootClient> {
+        let c = root_client(&self.root, self.ca.as_deref())?;
+        Ok(match &self.creds {
             Some(cr) => c.with_token(cr.token.clone()),
             None => c,
-        }
+        })
     }
 
     /// Runs `op`; when the access token has expired, refreshes it once and retries.
@@ -143,19 +158,19 @@ impl Session {
         F: Fn(RootClient) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
-        match op(self.client()).await {
+        match op(self.client()?).await {
             Err(e) if e.code() == Some(ErrorCode::Unauthenticated) => {
                 let Some(cr) = self.creds.clone().filter(|c| !c.refresh_token.is_empty()) else {
                     return Err(anyhow::anyhow!("{e}; run `oak login --root {}`", self.root));
                 };
-                let fresh = RootClient::new(&self.root)
+                let fresh = root_client(&self.root, self.ca.as_deref())?
                     .refresh(&cr.refresh_token)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}; run `oak login --root {}`", self.root))?;
                 let updated = Credentials { token: fresh.token, ..cr };
                 settings::write_credentials(&updated)?;
                 self.creds = Some(updated);
-                Ok(op(self.client()).await?)
+                Ok(op(self.client()?).await?)
             }
             other => Ok(other?),
         }
@@ -180,7 +195,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         None => rpassword::prompt_password(format!("password for {} at {root}: ", args.username))
             .context("cannot read the password")?,
     };
-    let resp = RootClient::new(&root).login(&args.username, &password).await?;
+    let resp = root_client(&root, args.global.ca.as_deref())?.login(&args.username, &password).await?;
     settings::write_credentials(&Credentials {
         root: root.clone(),
         username: args.username.clone(),

@@ -95,9 +95,20 @@ struct RootArgs {
     /// Token clusters join with (default: generated into <data-dir>/cluster-token).
     #[arg(long, env = "OAK_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "OAK_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, env = "OAK_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (e.g. behind a TLS-terminating proxy, or for
+    /// the original oak-cli on a trusted network). Without it, plain HTTP is for loopback only.
+    #[arg(long)]
+    insecure_plain_http: bool,
 }
 
 fn init_logging() {
+    oak_tls::install_provider();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn,rumqttd=warn,rumqttc=warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
@@ -133,12 +144,30 @@ async fn run_root(args: RootArgs) -> anyhow::Result<()> {
     config.access_token_ttl_secs = args.access_token_ttl;
     config.cluster_token = args.cluster_token;
     config.cluster_timeout_secs = args.cluster_timeout_ms.max(1000) as f64 / 1000.0;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(oak_tls::server_config(cert, key).map_err(anyhow::Error::msg)?),
+        _ => None,
+    };
+    if tls.is_none() && !config.listen.ip().is_loopback() {
+        if !args.insecure_plain_http {
+            anyhow::bail!(
+                "refusing to serve plain HTTP on {}: give --tls-cert and --tls-key (PEM), listen on a loopback \
+                 address, or pass --insecure-plain-http",
+                config.listen
+            );
+        }
+        tracing::warn!(listen = %config.listen, "serving plain HTTP on a non-loopback address (--insecure-plain-http): passwords and tokens cross the network in clear");
+    }
     let root = oak_root::Root::open(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "root orchestrator ready");
-    root.serve(listener, shutdown_signal()).await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %listener.local_addr()?, scheme, data_dir = %config.data_dir.display(), "root orchestrator ready");
+    match tls {
+        Some(tls) => root.serve_tls(listener, tls, shutdown_signal()).await?,
+        None => root.serve(listener, shutdown_signal()).await?,
+    }
     tracing::info!("root orchestrator stopped");
     Ok(())
 }
@@ -177,7 +206,7 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             }
             Command::Cluster(ClusterCmd { sub: Some(client_cmd::ClusterCommand::List { active, output }), run }) => {
-                let global = client_cmd::Global { root: run.root, output };
+                let global = client_cmd::Global { root: run.root, output, ca: run.root_ca };
                 client_cmd::cluster(global, active).await
             }
             Command::Cluster(ClusterCmd { sub: None, run }) => serve::cluster(run).await,

@@ -42,6 +42,9 @@ pub struct ClusterArgs {
     /// Longest wait (ms) between placements of a crash-looping instance (1 s, 2 s, 4 s … cap).
     #[arg(long, default_value_t = 60000)]
     pub backoff_cap_ms: u64,
+    /// For an `https://` root: the CA certificate (PEM) its certificate must chain to.
+    #[arg(long, env = "OAK_ROOT_CA")]
+    pub root_ca: Option<PathBuf>,
     /// How workers are chosen among those that fit: `best-fit` packs them (keeps room for
     /// large requests), `spread` uses the one with the most free memory.
     #[arg(long, default_value = "best-fit", value_parser = ["best-fit", "spread"])]
@@ -99,6 +102,7 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         worker_token: args.worker_token,
         report_interval: Duration::from_millis(args.report_interval_ms.max(100)),
+        root_ca: args.root_ca,
         policy: if args.placement == "spread" { oak_cluster::Policy::Spread } else { oak_cluster::Policy::BestFit },
         timing: oak_cluster::core::Timing {
             heartbeat_timeout: args.heartbeat_timeout_ms as f64 / 1000.0,

@@ -634,7 +634,7 @@ async fn repeated_failed_logins_are_throttled() {
 
 /// Opens the cluster link by hand: 101 when the token is accepted, 401 when not.
 async fn link_status(root: &RootProcess, token: &str) -> u16 {
-    reqwest::Client::new()
+    common::http()
         .get(format!("{}/api/cluster/link", root.url))
         .header("authorization", format!("Bearer {token}"))
         .header("connection", "Upgrade")

@@ -294,7 +294,7 @@ async fn the_broker_refuses_anonymous_and_foreign_clients() {
         "wrong password"
     );
     // Registration needs the worker token.
-    let resp = reqwest::Client::new()
+    let resp = common::http()
         .post(format!("http://127.0.0.1:{}/api/node/register", h.cluster_port()))
         .bearer_auth("not-the-token")
         .json(&json!({"name": "intruder", "ip": "1.2.3.4", "arch": "amd64", "runtimes": [], "cpu_cores": 1.0, "memory_mb": 1}))

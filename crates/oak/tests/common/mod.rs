@@ -96,7 +96,7 @@ impl RootProcess {
 
     async fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let http = reqwest::Client::new();
+        let http = http();
         while Instant::now() < deadline {
             if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
                 return false;
@@ -177,7 +177,7 @@ impl RootProcess {
         token: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> (u16, serde_json::Value) {
-        let mut req = reqwest::Client::new().request(method, format!("{}{path}", self.url));
+        let mut req = http().request(method, format!("{}{path}", self.url));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -572,4 +572,10 @@ pub fn service(name: &str, cmd: &str, memory: u64, vcpus: f64, extra: serde_json
 pub fn app(name: &str, services: Vec<serde_json::Value>) -> serde_json::Value {
     serde_json::json!({"sla_version": "v2.0", "customerID": "Admin",
            "applications": [{"application_name": name, "application_namespace": "e2e", "application_desc": "", "microservices": services}]})
+}
+
+/// An HTTP client (TLS through the ring provider, installed first).
+pub fn http() -> reqwest::Client {
+    oak_tls::install_provider();
+    reqwest::Client::new()
 }
