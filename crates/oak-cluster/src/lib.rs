@@ -11,6 +11,7 @@
 
 mod broker;
 pub mod core;
+mod guard;
 pub use oak_sched::Policy;
 mod link;
 
@@ -195,9 +196,20 @@ impl Cluster {
             Some(e) => (e.user.clone(), e.password.clone()),
             None => ("oak-cluster".to_owned(), oak_store::secret::random_hex(16)),
         };
+        // The embedded broker listens on loopback only; workers reach it through the guard,
+        // which keeps each of them under its own topics.
+        let mut internal_broker = None;
         if external.is_none() {
             creds.set(&internal_user, broker::hash(&internal_pw));
-            broker::start(self.config.mqtt_listen, creds.clone()).map_err(ClusterError::Broker)?;
+            let guard_listener = tokio::net::TcpListener::bind(self.config.mqtt_listen).await.map_err(|e| {
+                ClusterError::Broker(format!("cannot listen for MQTT on {}: {e}", self.config.mqtt_listen))
+            })?;
+            let internal = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| ClusterError::Broker(format!("cannot find a loopback port for the broker: {e}")))?;
+            broker::start(internal, creds.clone()).map_err(ClusterError::Broker)?;
+            tokio::spawn(guard::serve(guard_listener, internal));
+            internal_broker = Some(internal);
         }
         self.external_mqtt = external.clone();
 
@@ -205,12 +217,10 @@ impl Cluster {
         let (report_tx, report_rx) = watch::channel(self.core.report(now()));
 
         // MQTT client of the cluster itself.
-        let (mqtt_host, mqtt_port) = match &external {
-            Some(e) => (e.host.clone(), e.port),
-            None => match self.config.mqtt_listen.ip() {
-                ip if ip.is_unspecified() => ("127.0.0.1".to_owned(), self.config.mqtt_listen.port()),
-                ip => (ip.to_string(), self.config.mqtt_listen.port()),
-            },
+        let (mqtt_host, mqtt_port) = match (&external, internal_broker) {
+            (Some(e), _) => (e.host.clone(), e.port),
+            (None, Some(internal)) => (internal.ip().to_string(), internal.port()),
+            (None, None) => ("127.0.0.1".to_owned(), self.config.mqtt_listen.port()),
         };
         let client_id = if external.is_some() {
             format!("oak-cluster-{}", oak_store::secret::random_hex(4))

@@ -302,4 +302,49 @@ async fn the_broker_refuses_anonymous_and_foreign_clients() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
+
+    // A registered worker (with the worker token) gets its own MQTT credentials; with them it
+    // can subscribe and publish only under its own nodes/<id>/ (the cluster's guard).
+    let reg: serde_json::Value = common::http()
+        .post(format!("http://127.0.0.1:{}/api/node/register", h.cluster_port()))
+        .bearer_auth(h.worker_token())
+        .json(&json!({"name": "nosy", "ip": "1.2.3.4", "arch": "amd64", "runtimes": [], "cpu_cores": 1.0, "memory_mb": 1, "session": "s"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, pw) = (reg["id"].as_str().unwrap().to_owned(), reg["mqtt_password"].as_str().unwrap().to_owned());
+    let mut opts = rumqttc::MqttOptions::new(format!("{id}-ne"), "127.0.0.1", h.mqtt_port);
+    opts.set_credentials(id.clone(), pw);
+    let (c, mut ev) = rumqttc::AsyncClient::new(opts, 10);
+    let other = token.trim().to_owned();
+    c.subscribe(format!("nodes/{id}/control/#"), rumqttc::QoS::AtLeastOnce).await.unwrap();
+    c.subscribe(format!("nodes/{other}/control/#"), rumqttc::QoS::AtLeastOnce).await.unwrap();
+    c.subscribe("nodes/+/information", rumqttc::QoS::AtLeastOnce).await.unwrap();
+    let mut acks = Vec::new();
+    while acks.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(5), ev.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(a)))) => acks.push(a.return_codes),
+            Ok(Ok(_)) => {}
+            other => panic!("no SUBACK: {other:?}"),
+        }
+    }
+    use rumqttc::SubscribeReasonCode::{Failure, Success};
+    assert!(matches!(acks[0][..], [Success(_)]), "its own topics: {acks:?}");
+    assert_eq!(acks[1], vec![Failure], "another worker's topics");
+    assert_eq!(acks[2], vec![Failure], "everyone's reports");
+    // Publishing as another worker ends the connection.
+    c.publish(format!("nodes/{other}/job"), rumqttc::QoS::AtLeastOnce, false, b"{}".to_vec()).await.unwrap();
+    let closed = async {
+        loop {
+            if ev.poll().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the guard closes a connection that publishes as another worker");
 }

@@ -489,6 +489,11 @@ impl Hierarchy {
         self.cluster_port
     }
 
+    /// The token workers register with at the first cluster.
+    pub fn worker_token(&self) -> &str {
+        &self.worker_token
+    }
+
     pub fn worker_dir(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("w{i}"))
     }

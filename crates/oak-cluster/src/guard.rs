@@ -1,0 +1,239 @@
+//! Topic authorization in front of the embedded broker (rumqttd has no hook for it): every
+//! worker connection passes through this guard, which reads the MQTT 3.1.1 packets the
+//! worker sends and lets through only what stays under its own `nodes/<id>/` (its will, its
+//! publishes, its subscriptions). A refused subscription is answered with a failure code and
+//! not forwarded; a refused publish or will closes the connection. Both are logged. What the
+//! broker sends back is copied unchanged.
+//!
+//! The worker's identity is the user name it logs in with, which the broker then checks
+//! against that worker's credentials.
+
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The largest packet a worker may send (reports of many instances fit easily).
+pub const MAX_PACKET: usize = 4 * 1024 * 1024;
+
+const CONNECT: u8 = 1;
+const PUBLISH: u8 = 3;
+const SUBSCRIBE: u8 = 8;
+
+/// What the guard decides about one packet from a worker.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Forward,
+    /// A SUBSCRIBE outside the worker's topics: answer with this SUBACK, do not forward.
+    Refuse(Vec<u8>),
+    /// Close the connection; the reason is logged.
+    Close(String),
+}
+
+fn string(b: &[u8], at: &mut usize) -> Option<String> {
+    let len = usize::from(u16::from_be_bytes([*b.get(*at)?, *b.get(*at + 1)?]));
+    let s = b.get(*at + 2..*at + 2 + len)?;
+    *at += 2 + len;
+    String::from_utf8(s.to_vec()).ok()
+}
+
+/// The length of a packet's fixed header and its body, once `b` holds its fixed header.
+/// `Err` for a malformed length.
+pub fn frame(b: &[u8]) -> Result<Option<(usize, usize)>, String> {
+    let mut len = 0usize;
+    for i in 0..4 {
+        let Some(&byte) = b.get(1 + i) else { return Ok(None) };
+        len |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            if len > MAX_PACKET {
+                return Err(format!("a packet of {len} bytes is over the limit of {MAX_PACKET}"));
+            }
+            return Ok(Some((2 + i, len)));
+        }
+    }
+    Err("a malformed packet length".into())
+}
+
+fn allowed(topic: &str, node: &str) -> bool {
+    topic.strip_prefix("nodes/").and_then(|r| r.strip_prefix(node)).is_some_and(|r| r.starts_with('/'))
+        && !node.is_empty()
+}
+
+/// The node a CONNECT packet logs in as, after checking its will topic. `body` is the
+/// packet without its fixed header.
+pub fn connect(body: &[u8]) -> Result<String, String> {
+    let mut at = 0;
+    let proto = string(body, &mut at).ok_or("a malformed CONNECT")?;
+    let level = *body.get(at).ok_or("a malformed CONNECT")?;
+    if proto != "MQTT" || level != 4 {
+        return Err(format!("only MQTT 3.1.1 is accepted (got {proto:?} level {level})"));
+    }
+    let flags = *body.get(at + 1).ok_or("a malformed CONNECT")?;
+    at += 4;
+    let _client_id = string(body, &mut at).ok_or("a malformed CONNECT client id")?;
+    let will = if flags & 0x04 != 0 {
+        let topic = string(body, &mut at).ok_or("a malformed CONNECT will")?;
+        let _msg = string(body, &mut at);
+        Some(topic)
+    } else {
+        None
+    };
+    if flags & 0x80 == 0 {
+        return Err("a CONNECT without a user name".into());
+    }
+    let user = string(body, &mut at).ok_or("a malformed CONNECT user name")?;
+    if let Some(w) = will
+        && !allowed(&w, &user)
+    {
+        return Err(format!("worker {user} may not leave a will on {w}"));
+    }
+    Ok(user)
+}
+
+/// Decides about a packet (`first` its first byte, `body` the rest after the fixed header)
+/// that `node` sends.
+pub fn check(node: &str, first: u8, body: &[u8]) -> Verdict {
+    match first >> 4 {
+        CONNECT => Verdict::Close("a second CONNECT".into()),
+        PUBLISH => {
+            let mut at = 0;
+            match string(body, &mut at) {
+                Some(t) if allowed(&t, node) => Verdict::Forward,
+                Some(t) => Verdict::Close(format!("worker {node} may not publish to {t}")),
+                None => Verdict::Close("a malformed PUBLISH".into()),
+            }
+        }
+        SUBSCRIBE => {
+            let Some(id) = body.get(..2) else { return Verdict::Close("a malformed SUBSCRIBE".into()) };
+            let mut at = 2;
+            let mut codes = Vec::new();
+            let mut all_ok = true;
+            while at < body.len() {
+                let Some(filter) = string(body, &mut at) else {
+                    return Verdict::Close("a malformed SUBSCRIBE".into());
+                };
+                let Some(&qos) = body.get(at) else { return Verdict::Close("a malformed SUBSCRIBE".into()) };
+                at += 1;
+                let ok = allowed(&filter, node);
+                all_ok &= ok;
+                if !ok {
+                    tracing::warn!(node, filter = %filter, "refused a subscription outside the worker's topics");
+                }
+                codes.push(if ok { qos.min(1) } else { 0x80 });
+            }
+            if codes.is_empty() {
+                return Verdict::Close("a SUBSCRIBE without filters".into());
+            }
+            if all_ok {
+                Verdict::Forward
+            } else {
+                let mut ack = vec![0x90, (2 + codes.len()) as u8, id[0], id[1]];
+                ack.extend(codes);
+                Verdict::Refuse(ack)
+            }
+        }
+        _ => Verdict::Forward,
+    }
+}
+
+/// Accepts worker connections on `listener` and relays them to the broker at `upstream`.
+pub async fn serve(listener: TcpListener, upstream: SocketAddr) {
+    loop {
+        let (client, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot accept an MQTT connection");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            if let Err(e) = relay(client, upstream).await {
+                tracing::info!(peer = %peer, reason = %e, "MQTT connection closed by the guard");
+            }
+        });
+    }
+}
+
+async fn relay(client: TcpStream, upstream: SocketAddr) -> Result<(), String> {
+    let _ = client.set_nodelay(true);
+    let broker = TcpStream::connect(upstream).await.map_err(|e| format!("cannot reach the broker: {e}"))?;
+    let _ = broker.set_nodelay(true);
+    let (mut from_client, client_w) = client.into_split();
+    let (mut from_broker, mut to_broker) = broker.into_split();
+    let client_w = std::sync::Arc::new(tokio::sync::Mutex::new(client_w));
+    let down_w = client_w.clone();
+    let down = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from_broker.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if down_w.lock().await.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // The broker closed (e.g. it refused the login): so does the worker's connection.
+        let _ = down_w.lock().await.shutdown().await;
+    });
+    let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
+    let mut node: Option<String> = None;
+    let result = loop {
+        // One whole packet in `buf[..end]`.
+        let (head, len) = loop {
+            match frame(&buf) {
+                Ok(Some(f)) if buf.len() >= f.0 + f.1 => break f,
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match from_client.read(&mut chunk).await {
+                Ok(0) => {
+                    down.abort();
+                    return Ok(());
+                }
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => {
+                    down.abort();
+                    return Err(e.to_string());
+                }
+            }
+        };
+        let end = head + len;
+        let (first, body) = (buf[0], &buf[head..end]);
+        let verdict = match &node {
+            None if first >> 4 == CONNECT => match connect(body) {
+                Ok(user) => {
+                    node = Some(user);
+                    Verdict::Forward
+                }
+                Err(e) => Verdict::Close(e),
+            },
+            None => Verdict::Close("the first packet must be CONNECT".into()),
+            Some(n) => check(n, first, body),
+        };
+        match verdict {
+            Verdict::Forward => {
+                if let Err(e) = to_broker.write_all(&buf[..end]).await {
+                    break Err(e.to_string());
+                }
+            }
+            Verdict::Refuse(ack) => {
+                if let Err(e) = client_w.lock().await.write_all(&ack).await {
+                    break Err(e.to_string());
+                }
+            }
+            Verdict::Close(why) => {
+                tracing::warn!(node = node.as_deref().unwrap_or("?"), reason = %why, "closing an MQTT connection");
+                break Err(why);
+            }
+        }
+        buf.drain(..end);
+    };
+    down.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests;
