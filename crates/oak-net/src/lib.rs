@@ -61,6 +61,7 @@ pub struct Overlay {
     /// last, so a peer's stale table does not lead to a new instance.
     free: Mutex<VecDeque<Ipv4Addr>>,
     attached: Mutex<HashMap<String, Attached>>,
+    dropped_logged: std::sync::atomic::AtomicU64,
 }
 
 pub use proxy::Proxy;
@@ -102,6 +103,7 @@ impl Overlay {
             dataplane: Mutex::new(Some(dp)),
             free: Mutex::new(subnet.hosts().collect()),
             attached: Mutex::default(),
+            dropped_logged: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -170,10 +172,20 @@ impl Overlay {
         }
     }
 
-    /// Addresses this worker needs tables for; also expires idle flows.
+    /// Addresses this worker needs tables for; also expires idle flows, and logs how many
+    /// packets were dropped since the last call (malformed, not for this worker, or waiting
+    /// too long): one line per report, never one per packet.
     pub fn interests(&self) -> Vec<Ipv4Addr> {
         let now = Instant::now();
         self.proxy.sweep(now);
+        let dropped = self.proxy.stats.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        let before = self.dropped_logged.swap(dropped, std::sync::atomic::Ordering::Relaxed);
+        if dropped > before {
+            tracing::info!(
+                dropped = dropped - before,
+                "overlay packets dropped (malformed, not for an instance here, or no table in time)"
+            );
+        }
         self.proxy.interests(now)
     }
 
