@@ -52,6 +52,13 @@ async fn log_of(h: &Hierarchy, service: &str, n: u32) -> String {
     h.admin.logs(service, n, None, 1 << 20).await.map(|l| l.text).unwrap_or_default()
 }
 
+/// The underlay address of a host namespace (its eth0).
+fn host_ip(netns: &str) -> String {
+    let out = Command::new("ip").args(["-n", netns, "-4", "-o", "addr", "show", "eth0"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace().skip_while(|w| *w != "inet").nth(1).unwrap().split('/').next().unwrap().to_owned()
+}
+
 /// What of ours is left in a host namespace: links, routes, netfilter rules.
 fn leftovers(netns: &str) -> Vec<String> {
     let run = |args: &[&str]| {
@@ -81,6 +88,7 @@ async fn client_and_server_across_workers() {
     let (w0, w1) = ("ovl-w0", "ovl-w1");
     let mut server = service("server", SERVER, on(w1));
     server["addresses"] = json!({"rr_ip": "10.30.30.30"});
+    server["port"] = json!("8080:80/tcp");
     let client = service("client", "while true; do wget -q -O - http://10.30.30.30/ && echo; sleep 0.3; done", on(w0));
     let created = h.admin.create_applications(&app("clientsrvr", vec![client, server])).await.unwrap();
     let a = created.into_iter().find(|a| a.application_name == "clientsrvr").unwrap();
@@ -109,6 +117,15 @@ async fn client_and_server_across_workers() {
     // The server saw the client's Instance IP as its peer.
     let log = log_of(&h, &server, 0).await;
     assert!(log.contains(&format!("[::ffff:{client_ip}]:")), "server log does not name {client_ip}:\n{log}");
+
+    // The port mapping: the worker's own address, port 8080, reaches the server (from outside
+    // the overlay: here, the root namespace).
+    let worker_ip = host_ip(&h.host(1).0);
+    let out = Command::new("timeout")
+        .args(["5", "busybox", "wget", "-q", "-O", "-", &format!("http://{worker_ip}:8080/")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "from-instance-0", "port 8080 on {worker_ip}");
 
     // Undeploy leaves nothing of the instances on either worker: only the worker's own
     // bridge, TUN and chains remain while it runs.
