@@ -65,6 +65,13 @@ pub struct WorkerNetwork {
     pub subnet: Ipv4Addr,
 }
 
+/// A digest of a set of tables (FNV-1a over their JSON): a worker reports the digest of the
+/// tables it holds, so its cluster notices one that went missing and sends it again.
+pub fn digest(tables: &[ServiceTable]) -> u64 {
+    let bytes = serde_json::to_vec(tables).unwrap_or_default();
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
 /// Parses `LAT,LONG` into degrees.
 pub fn parse_location(s: &str) -> Option<(f64, f64)> {
     let (a, b) = s.split_once(',')?;

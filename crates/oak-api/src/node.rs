@@ -138,6 +138,9 @@ pub struct NodeInfo {
     /// Semantic addresses the worker needs tables for (level-triggered; see [`crate::net`]).
     #[serde(default)]
     pub interests: Vec<Ipv4Addr>,
+    /// [`crate::net::digest`] of the tables the worker holds.
+    #[serde(default)]
+    pub tables_digest: Option<u64>,
 }
 
 /// A state change of an instance (`nodes/<id>/job`).

@@ -448,7 +448,9 @@ impl Core {
 
     /// The tables a worker asked for, when they differ from what it was last sent.
     fn tables_for(&mut self, node: &str) -> Option<Out> {
-        let interests: BTreeSet<Ipv4Addr> = self.workers.get(node)?.info.as_ref()?.interests.iter().copied().collect();
+        let info = self.workers.get(node)?.info.as_ref()?;
+        let interests: BTreeSet<Ipv4Addr> = info.interests.iter().copied().collect();
+        let held = info.tables_digest;
         let mine: Vec<ServiceTable> = self
             .tables
             .iter()
@@ -461,8 +463,10 @@ impl Core {
             })
             .cloned()
             .collect();
-        // A worker starts with no tables: nothing to send until it asks for some.
-        if self.sent_tables.get(node).map(Vec::as_slice).unwrap_or_default() == mine.as_slice() {
+        // A worker starts with no tables: nothing to send until it asks for some. What was
+        // sent but did not arrive (the worker reports a different digest) goes again.
+        let sent = self.sent_tables.get(node).map(Vec::as_slice).unwrap_or_default();
+        if sent == mine.as_slice() && held.is_none_or(|d| d == oak_api::net::digest(&mine)) {
             return None;
         }
         self.sent_tables.insert(node.to_owned(), mine.clone());

@@ -274,6 +274,7 @@ impl<R: Runtime> Worker<R> {
             last_cpu: host::cpu_times(),
             overlay: None,
             overlay_starting: false,
+            tables_digest: oak_api::net::digest(&[]),
             advertise: self
                 .config
                 .overlay
@@ -323,6 +324,8 @@ struct Table<R: Runtime> {
     overlay: Option<Arc<Overlay>>,
     overlay_starting: bool,
     advertise: Ipv4Addr,
+    /// Digest of the overlay tables last applied (of none, at first).
+    tables_digest: u64,
 }
 
 /// `<service>-<instance>-<node>`: unique even when workers share one containerd (as the
@@ -435,6 +438,7 @@ impl<R: Runtime> Table<R> {
                 );
                 if let Some(ov) = &self.overlay {
                     ov.set_tables(&t.tables);
+                    self.tables_digest = oak_api::net::digest(&t.tables);
                 }
             }
         }
@@ -647,6 +651,7 @@ impl<R: Runtime> Table<R> {
             subnet: self.overlay.as_ref().map(|o| o.subnet()),
             tunnel: self.overlay.as_ref().map(|o| o.tunnel()),
             interests: self.overlay.as_ref().map(|o| o.interests()).unwrap_or_default(),
+            tables_digest: self.overlay.as_ref().map(|_| self.tables_digest),
         };
         self.publish(node::topic_information(&self.id), &info).await;
     }

@@ -287,6 +287,7 @@ fn run(seed: u64, clusters: usize, workers_per_cluster: usize, services: usize, 
                             subnet: None,
                             tunnel: None,
                             interests: Vec::new(),
+                            tables_digest: None,
                         };
                         (w.id.clone(), info)
                     })

@@ -61,6 +61,7 @@ fn info() -> NodeInfo {
         subnet: None,
         tunnel: None,
         interests: vec![],
+        tables_digest: None,
     }
 }
 
@@ -231,7 +232,14 @@ fn subnets_and_tables_reach_the_workers_that_need_them() {
         instances: vec![],
     };
     assert_eq!(topics(&c.set_tables(vec![table.clone()])), ["nodes/a/control/tables"]);
-    assert!(c.set_tables(vec![table]).is_empty());
+    assert!(c.set_tables(vec![table.clone()]).is_empty());
+    // The worker reports it still holds no tables (the message was lost): they go again,
+    // until it reports holding them.
+    let a = Ipv4Addr::new(10, 18, 0, 0);
+    let lost = NodeInfo { tables_digest: Some(oak_api::net::digest(&[])), ..info(Some(a), vec![rr]) };
+    assert!(topics(&c.node_info("a", lost, 3.5)).contains(&"nodes/a/control/tables".to_owned()));
+    let held = NodeInfo { tables_digest: Some(oak_api::net::digest(&[table])), ..info(Some(a), vec![rr]) };
+    assert!(!topics(&c.node_info("a", held, 4.0)).contains(&"nodes/a/control/tables".to_owned()));
     assert_eq!(c.report(3.0).interests, vec![rr]);
     assert_eq!(c.report(3.0).workers, vec!["a".to_owned(), "b".to_owned()]);
 }
