@@ -26,6 +26,33 @@ fn ip(args: &[&str]) -> Result<(), String> {
     run("ip", args).map(|_| ())
 }
 
+/// Several `ip` commands in one process (`ip -batch -`), inside `netns` when given: each
+/// process costs about 2 ms, and attaching an instance takes five commands.
+fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<(), String> {
+    use std::io::Write;
+    let mut args = Vec::new();
+    if let Some(n) = netns {
+        args.extend(["-n", n]);
+    }
+    args.extend(["-batch", "-"]);
+    let mut child = Command::new("ip")
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(lines.join("\n").as_bytes()).map_err(|e| format!("cannot feed ip: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("ip -batch: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {} ({}): {}", args.join(" "), lines.join("; "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
 fn ipt(args: &[&str]) -> Result<(), String> {
     let mut a = vec!["-w"];
     a.extend_from_slice(args);
@@ -124,11 +151,21 @@ pub fn attach(netns: &str, subnet: Subnet, ns_ip: Ipv4Addr) -> Result<(), String
     let host = veth_name(ns_ip);
     let mtu = MTU.to_string();
     let r = (|| {
-        ip(&["link", "add", &host, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu, "netns", netns])?;
-        ip(&["link", "set", &host, "master", BRIDGE, "up"])?;
-        ip(&["-n", netns, "addr", "add", &format!("{ns_ip}/{}", Subnet::PREFIX), "dev", "eth0"])?;
-        ip(&["-n", netns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", netns, "route", "add", "default", "via", &subnet.gateway().to_string()])
+        ip_batch(
+            None,
+            &[
+                format!("link add {host} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {netns}"),
+                format!("link set {host} master {BRIDGE} up"),
+            ],
+        )?;
+        ip_batch(
+            Some(netns),
+            &[
+                format!("addr add {ns_ip}/{} dev eth0", Subnet::PREFIX),
+                "link set eth0 up".to_owned(),
+                format!("route add default via {}", subnet.gateway()),
+            ],
+        )
     })();
     if r.is_err() {
         let _ = ip(&["link", "del", &host]);
