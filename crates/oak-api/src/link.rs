@@ -61,6 +61,7 @@ pub struct DesiredInstance {
     pub instance_number: u32,
     pub job_name: String,
     pub spec: MicroserviceSpec,
+    /// The instance's semantic address (allocated by the root).
     #[serde(default)]
     pub instance_ip: Option<Ipv4Addr>,
 }

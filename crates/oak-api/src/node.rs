@@ -14,7 +14,6 @@
 //! | `nodes/<id>/control/tables` | cluster → worker | [`crate::net::WorkerTables`] |
 
 use crate::ids::ServiceId;
-use crate::sla::MicroserviceSpec;
 use crate::status::Status;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -156,18 +155,10 @@ pub struct InstanceEvent {
     pub ns_ip: Option<Ipv4Addr>,
 }
 
-/// Run an instance (`nodes/<id>/control/deploy`). Idempotent: a worker that already holds the
-/// instance ignores it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DeployCommand {
-    pub service_id: ServiceId,
-    pub instance_number: u32,
-    pub job_name: String,
-    pub spec: MicroserviceSpec,
-    /// The instance's semantic address (allocated by the root).
-    #[serde(default)]
-    pub instance_ip: Option<Ipv4Addr>,
-}
+/// Run an instance (`nodes/<id>/control/deploy`): the [`crate::link::DesiredInstance`] the
+/// root sent, passed on as it is. Idempotent: a worker that already holds the instance
+/// ignores it.
+pub type DeployCommand = crate::link::DesiredInstance;
 
 /// Stop and remove an instance (`nodes/<id>/control/delete`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

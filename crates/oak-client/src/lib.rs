@@ -48,14 +48,13 @@ pub struct RootClient {
 impl RootClient {
     /// `base` is like `http://127.0.0.1:10000`.
     pub fn new(base: &str) -> Self {
-        oak_tls::install_provider();
-        Self { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_owned(), token: None }
+        Self { http: oak_tls::http_client(), base: base.trim_end_matches('/').to_owned(), token: None }
     }
 
     /// A client that trusts only the CA certificates in `ca_pem` for an `https://` root.
     pub fn with_ca(base: &str, ca_pem: &[u8]) -> Result<Self, ClientError> {
         let tls = oak_tls::client_config(ca_pem).map_err(ClientError::Tls)?;
-        let http = reqwest::Client::builder()
+        let http = oak_tls::http_client_builder()
             .use_preconfigured_tls((*tls).clone())
             .build()
             .map_err(|e| ClientError::Tls(e.to_string()))?;

@@ -15,7 +15,7 @@
 
 use oak_api::link::{ClusterAggregate, ClusterReport, DesiredInstance, FreeSlot, InstanceState};
 use oak_api::net::{ServiceTable, WorkerNetwork, WorkerTables};
-use oak_api::node::{self, DeleteCommand, DeployCommand, InstanceEvent, NodeInfo, RegisterRequest};
+use oak_api::node::{self, DeleteCommand, InstanceEvent, NodeInfo, RegisterRequest};
 use oak_api::{ServiceId, Status};
 use oak_sched::{Candidate, Policy, Request, Resources, Slot, Snapshot};
 use serde::{Deserialize, Serialize};
@@ -106,8 +106,9 @@ pub struct Core {
     dirty: BTreeSet<Key>,
     /// Overlay tables from the root for the interests of this cluster's workers.
     pub tables: Vec<ServiceTable>,
-    /// What each worker was last sent, so only changes go out.
-    sent_tables: BTreeMap<String, Vec<ServiceTable>>,
+    /// What each worker was last sent, and its digest, so only changes go out (and the
+    /// tables are not serialized again at every report to compare digests).
+    sent_tables: BTreeMap<String, (Vec<ServiceTable>, u64)>,
 }
 
 fn live(s: Status) -> bool {
@@ -195,15 +196,7 @@ impl Core {
     }
 
     fn deploy(&self, k: &Key, worker: &str) -> Option<Out> {
-        let d = self.desired.get(k)?;
-        let cmd = DeployCommand {
-            service_id: k.0.clone(),
-            instance_number: k.1,
-            job_name: d.job_name.clone(),
-            spec: d.spec.clone(),
-            instance_ip: d.instance_ip,
-        };
-        Some(out(node::topic_deploy(worker), &cmd))
+        Some(out(node::topic_deploy(worker), self.desired.get(k)?))
     }
 
     fn delete(k: &Key, worker: &str) -> Out {
@@ -465,11 +458,15 @@ impl Core {
             .collect();
         // A worker starts with no tables: nothing to send until it asks for some. What was
         // sent but did not arrive (the worker reports a different digest) goes again.
-        let sent = self.sent_tables.get(node).map(Vec::as_slice).unwrap_or_default();
-        if sent == mine.as_slice() && held.is_none_or(|d| d == oak_api::net::digest(&mine)) {
+        let (sent, sent_digest) = match self.sent_tables.get(node) {
+            Some((t, d)) => (t.as_slice(), *d),
+            None => (&[][..], oak_api::net::digest(&[])),
+        };
+        if sent == mine.as_slice() && held.is_none_or(|d| d == sent_digest) {
             return None;
         }
-        self.sent_tables.insert(node.to_owned(), mine.clone());
+        let digest = oak_api::net::digest(&mine);
+        self.sent_tables.insert(node.to_owned(), (mine.clone(), digest));
         Some(out(node::topic_tables(node), &WorkerTables { tables: mine }))
     }
 

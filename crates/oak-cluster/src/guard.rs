@@ -126,7 +126,19 @@ pub fn check(node: &str, first: u8, body: &[u8]) -> Verdict {
             if all_ok {
                 Verdict::Forward
             } else {
-                let mut ack = vec![0x90, (2 + codes.len()) as u8, id[0], id[1]];
+                let mut ack = vec![0x90];
+                // The remaining length is a variable-length integer: more than 125 filters
+                // need two bytes of it.
+                let mut len = 2 + codes.len();
+                loop {
+                    let byte = (len % 128) as u8;
+                    len /= 128;
+                    ack.push(if len > 0 { byte | 0x80 } else { byte });
+                    if len == 0 {
+                        break;
+                    }
+                }
+                ack.extend_from_slice(id);
                 ack.extend(codes);
                 Verdict::Refuse(ack)
             }

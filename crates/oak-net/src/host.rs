@@ -233,26 +233,3 @@ pub fn remove_ports(tag: &str) {
         let _ = ipt(&del);
     }
 }
-
-/// What of ours is left in this network namespace (for tests and `oak` diagnostics).
-pub fn leftovers() -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(links) = run("ip", &["-o", "link", "show"]) {
-        for l in links.lines() {
-            if let Some(n) = l.split(':').nth(1).map(str::trim)
-                && (n.starts_with("oakv") || n == BRIDGE || n == TUN)
-            {
-                out.push(format!("link {n}"));
-            }
-        }
-    }
-    if let Ok(routes) = run("ip", &["route", "show"]) {
-        out.extend(routes.lines().filter(|l| l.contains(TUN) || l.contains(BRIDGE)).map(|l| format!("route {l}")));
-    }
-    for table in ["nat", "filter"] {
-        if let Ok(rules) = run("iptables", &["-w", "-t", table, "-S"]) {
-            out.extend(rules.lines().filter(|l| l.contains("OAK-")).map(|l| format!("{table}: {l}")));
-        }
-    }
-    out
-}

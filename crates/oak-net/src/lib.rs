@@ -116,10 +116,6 @@ impl Overlay {
         SocketAddrV4::new(self.config.advertise, self.config.port)
     }
 
-    pub fn proxy(&self) -> &Arc<Proxy> {
-        &self.proxy
-    }
-
     /// Reserves an address for `container` (before its namespace exists).
     pub fn reserve(&self, container: &str) -> Result<Ipv4Addr, NetError> {
         let mut att = self.attached.lock();

@@ -4,7 +4,7 @@
 //! - the TUN is opened with a `virtio_net_hdr` in front of every packet ([`VnetHdr`]) and TSO
 //!   on: the kernel hands the proxy TCP "super-packets" of up to 64 KB;
 //! - the proxy translates a super-packet once, cuts it into MTU-sized segments
-//!   ([`split_tcp`]) and sends them with one UDP GSO call;
+//!   ([`segment_headers`]; payloads are sent from where they lie) with one UDP GSO call;
 //! - the receiving worker gets them back in one UDP GRO read, translates each, glues
 //!   consecutive segments of a flow back together ([`coalesce`]) and writes one
 //!   super-packet to its TUN, which the kernel delivers as such to the container.
@@ -146,21 +146,6 @@ pub fn partial_checksum(b: &mut [u8]) -> bool {
     true
 }
 
-/// Cuts a TCP super-packet into segments of at most `mss` payload bytes, each a complete
-/// packet with valid checksums, back to back in `out` (cleared first). Returns the length
-/// of a full segment (every segment but the last has it; the last may be shorter), or
-/// `None` if `pkt` is not a TCP packet `packet::parse` accepts.
-pub fn split_tcp(pkt: &[u8], mss: usize, out: &mut Vec<u8>) -> Option<usize> {
-    let mut hdrs = Vec::new();
-    let (hdr, n) = segment_headers(pkt, mss, &mut hdrs)?;
-    out.clear();
-    for (i, h) in hdrs.chunks(hdr).enumerate().take(n) {
-        out.extend_from_slice(h);
-        out.extend_from_slice(segment_payload(pkt, hdr, mss, i));
-    }
-    Some(hdr + mss.min(pkt.len().saturating_sub(hdr)))
-}
-
 /// Payload of segment `i` of a super-packet with headers of `hdr` bytes.
 pub fn segment_payload(pkt: &[u8], hdr: usize, mss: usize, i: usize) -> &[u8] {
     let total = usize::from(be16(pkt, 2)).min(pkt.len());
@@ -168,8 +153,8 @@ pub fn segment_payload(pkt: &[u8], hdr: usize, mss: usize, i: usize) -> &[u8] {
     &payload[(i * mss).min(payload.len())..((i + 1) * mss).min(payload.len())]
 }
 
-/// The headers of the segments [`split_tcp`] would make, back to back in `hdrs` (cleared
-/// first), with their checksums computed over the payloads where they lie in `pkt`: the
+/// The headers of the MTU-sized segments of a TCP super-packet, back to back in `hdrs`
+/// (cleared first), with their checksums computed over the payloads where they lie in `pkt`: the
 /// segments can then be sent from `pkt` without copying their payloads. Returns (header
 /// length, number of segments).
 pub fn segment_headers(pkt: &[u8], mss: usize, hdrs: &mut Vec<u8>) -> Option<(usize, usize)> {
@@ -245,7 +230,7 @@ fn same_flow(a: &[u8], b: &[u8], hdr: usize) -> bool {
 }
 
 /// Glues runs of consecutive TCP segments of one flow back into super-packets (the reverse
-/// of [`split_tcp`]) without copying them: `buf` holds datagrams of `seg` bytes each (the
+/// of [`segment_headers`]) without copying them: `buf` holds datagrams of `seg` bytes each (the
 /// last may be shorter), as one UDP GRO read returns them, already translated; `ok[i]`
 /// says whether datagram `i` is to be delivered. For each packet to write, `emit` gets its
 /// parts: a [`VnetHdr`], the first segment (its header patched in place), and the payloads

@@ -13,7 +13,7 @@ use crate::packet::{self, Packet, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use oak_api::net::{ServiceTable, distance_km, is_semantic, parse_location};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -413,10 +413,6 @@ impl Proxy {
             packet::rewrite(pkt, &p, svc, p.dst);
         }
         Some(())
-    }
-
-    pub fn me(&self) -> SocketAddr {
-        SocketAddr::V4(self.me)
     }
 }
 

@@ -139,10 +139,6 @@ impl Batch {
         }
     }
 
-    pub fn capacity(&self) -> usize {
-        self.bufs.len()
-    }
-
     fn prepare(&mut self, n: usize) {
         for i in 0..n {
             self.iovs[i] = libc::iovec { iov_base: self.bufs[i].as_mut_ptr().cast(), iov_len: self.lens[i] };

@@ -11,10 +11,19 @@ use std::sync::Arc;
 
 pub use rustls::{ClientConfig, ServerConfig};
 
-/// Makes ring the process's crypto provider, as HTTP clients built without a TLS
-/// configuration of their own expect. Idempotent.
-pub fn install_provider() {
+/// An HTTP client builder. reqwest is built without a crypto provider of its own (its
+/// default would be aws-lc, a C++ build): ring is made the process's provider first, which
+/// every client built without a TLS configuration of its own needs. Build every HTTP client
+/// through here.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
     let _ = default_provider().install_default();
+    reqwest::Client::builder()
+}
+
+/// [`http_client_builder`] with the defaults.
+pub fn http_client() -> reqwest::Client {
+    // Building with defaults fails only without a usable TLS backend, which ring provides.
+    http_client_builder().build().unwrap_or_default()
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {

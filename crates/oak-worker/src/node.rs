@@ -160,8 +160,7 @@ impl<R: Runtime> Worker<R> {
             ),
         };
         let session = req.session.clone();
-        oak_tls::install_provider();
-        let http = reqwest::Client::new();
+        let http = oak_tls::http_client();
         let url = format!("{}/api/node/register", config.cluster_url.trim_end_matches('/'));
         let mut delay = Duration::from_millis(200);
         let reg: RegisterResponse = loop {

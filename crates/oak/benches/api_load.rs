@@ -70,8 +70,7 @@ async fn main() {
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
-    oak_tls::install_provider();
-    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+    let http = oak_tls::http_client_builder().pool_max_idle_per_host(256).build().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let token = loop {
         let r = http

@@ -108,7 +108,6 @@ struct RootArgs {
 }
 
 fn init_logging() {
-    oak_tls::install_provider();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn,rumqttd=warn,rumqttc=warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

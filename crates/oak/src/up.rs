@@ -99,8 +99,7 @@ impl Drop for Hierarchy {
 
 async fn wait_ready(url: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
-    oak_tls::install_provider();
-    let http = reqwest::Client::new();
+    let http = oak_tls::http_client();
     while Instant::now() < deadline {
         if http.get(format!("{url}/docs/openapi.json")).send().await.is_ok_and(|r| r.status().is_success()) {
             return Ok(());

@@ -294,27 +294,18 @@ async fn the_broker_refuses_anonymous_and_foreign_clients() {
         "wrong password"
     );
     // Registration needs the worker token.
-    let resp = common::http()
-        .post(format!("http://127.0.0.1:{}/api/node/register", h.cluster_port()))
-        .bearer_auth("not-the-token")
-        .json(&json!({"name": "intruder", "ip": "1.2.3.4", "arch": "amd64", "runtimes": [], "cpu_cores": 1.0, "memory_mb": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
+    let register = |token: String| {
+        common::http()
+            .post(format!("http://127.0.0.1:{}/api/node/register", h.cluster_port()))
+            .bearer_auth(token)
+            .json(&json!({"name": "nosy", "ip": "1.2.3.4", "arch": "amd64", "runtimes": [], "cpu_cores": 1.0, "memory_mb": 1, "session": "s"}))
+            .send()
+    };
+    assert_eq!(register("not-the-token".into()).await.unwrap().status(), 401);
 
     // A registered worker (with the worker token) gets its own MQTT credentials; with them it
     // can subscribe and publish only under its own nodes/<id>/ (the cluster's guard).
-    let reg: serde_json::Value = common::http()
-        .post(format!("http://127.0.0.1:{}/api/node/register", h.cluster_port()))
-        .bearer_auth(h.worker_token())
-        .json(&json!({"name": "nosy", "ip": "1.2.3.4", "arch": "amd64", "runtimes": [], "cpu_cores": 1.0, "memory_mb": 1, "session": "s"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reg: serde_json::Value = register(h.worker_token().to_owned()).await.unwrap().json().await.unwrap();
     let (id, pw) = (reg["id"].as_str().unwrap().to_owned(), reg["mqtt_password"].as_str().unwrap().to_owned());
     let mut opts = rumqttc::MqttOptions::new(format!("{id}-ne"), "127.0.0.1", h.mqtt_port);
     opts.set_credentials(id.clone(), pw);

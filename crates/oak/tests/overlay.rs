@@ -52,6 +52,21 @@ async fn log_of(h: &Hierarchy, service: &str, n: u32) -> String {
     h.admin.logs(service, n, None, 1 << 20).await.map(|l| l.text).unwrap_or_default()
 }
 
+/// Deletes an application and waits (30 s at most) until its containers are gone and then
+/// (5 s more at most; a container leaves containerd a moment before its worker has removed
+/// its namespace, veth and port rules) no instance veth or port rule is left on a host.
+async fn undeploy_cleanly(h: &Hierarchy, app: &str) {
+    h.admin.delete_application(app).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !h.containers().is_empty() {
+        assert!(Instant::now() < deadline, "containers left: {:?}", h.containers());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..h.workers.len() {
+        instance_leftovers_go(&h.host(i).0).await;
+    }
+}
+
 /// Waits (5 s at most) until no instance veth or port rule is left in a host namespace.
 async fn instance_leftovers_go(netns: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -143,18 +158,7 @@ async fn client_and_server_across_workers() {
 
     // Undeploy leaves nothing of the instances on either worker: only the worker's own
     // bridge, TUN and chains remain while it runs.
-    h.admin.delete_application(&a.id.to_string()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !h.containers().is_empty() {
-        assert!(Instant::now() < deadline, "containers left: {:?}", h.containers());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // (A container disappears from containerd a moment before its worker has removed its
-    // namespace, veth and port rules: give it a few seconds.)
-    for i in 0..2 {
-        let (netns, _) = h.host(i);
-        instance_leftovers_go(&netns).await;
-    }
+    undeploy_cleanly(&h, &a.id.to_string()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,16 +269,7 @@ async fn balancing_instance_ips_recovery_and_cleanup() {
     // network up afresh. Then undeploy: no instance veth or port rule remains anywhere, and
     // once the workers stop, nothing of ours at all.
     h.workers[victim_idx] = h.spawn_worker(victim_idx);
-    h.admin.delete_application(&a.id.to_string()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !h.containers().is_empty() {
-        assert!(Instant::now() < deadline, "containers left: {:?}", h.containers());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    for i in 0..2 {
-        let (netns, _) = h.host(i);
-        instance_leftovers_go(&netns).await;
-    }
+    undeploy_cleanly(&h, &a.id.to_string()).await;
     for i in 0..2 {
         let (netns, _) = h.host(i);
         h.workers[i].stop();

@@ -300,7 +300,7 @@ fn run(seed: u64, clusters: usize, workers_per_cluster: usize, services: usize, 
             let outs = c.core.reconcile(t);
             settle(c, outs, t);
             if t >= c.partitioned_until {
-                reg.cluster_report(&c.id, c.core.report(t)).unwrap();
+                reg.apply_report(&c.id, c.core.report(t)).unwrap();
             }
         }
 

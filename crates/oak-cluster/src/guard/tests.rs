@@ -49,6 +49,17 @@ fn a_worker_stays_under_its_own_topics() {
 }
 
 #[test]
+fn a_refusal_of_many_filters_is_a_well_formed_suback() {
+    let filters: Vec<String> = (2..202).map(|i| format!("nodes/n{i}/x")).collect();
+    let refs: Vec<&str> = filters.iter().map(String::as_str).collect();
+    let Verdict::Refuse(ack) = check("n1", 0x82, &subscribe(&refs)) else { panic!("not refused") };
+    // Fixed header (type, two length bytes), packet id, one code per filter.
+    assert_eq!(frame(&ack), Ok(Some((3, 202))));
+    assert_eq!(ack.len(), 3 + 202);
+    assert!(ack[5..].iter().all(|c| *c == 0x80));
+}
+
+#[test]
 fn lengths_are_framed_and_bounded() {
     assert_eq!(frame(&[0x30]), Ok(None));
     assert_eq!(frame(&[0x30, 5]), Ok(Some((2, 5))));

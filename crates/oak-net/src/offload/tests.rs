@@ -3,6 +3,21 @@ use crate::packet::{build, checksums_valid, parse};
 use proptest::prelude::*;
 use std::net::Ipv4Addr;
 
+/// The segments as one buffer (what the GSO send puts on the wire): cuts a TCP super-packet into segments of at most `mss` payload bytes, each a complete
+/// packet with valid checksums, back to back in `out` (cleared first). Returns the length
+/// of a full segment (every segment but the last has it; the last may be shorter), or
+/// `None` if `pkt` is not a TCP packet `packet::parse` accepts.
+fn split_tcp(pkt: &[u8], mss: usize, out: &mut Vec<u8>) -> Option<usize> {
+    let mut hdrs = Vec::new();
+    let (hdr, n) = segment_headers(pkt, mss, &mut hdrs)?;
+    out.clear();
+    for (i, h) in hdrs.chunks(hdr).enumerate().take(n) {
+        out.extend_from_slice(h);
+        out.extend_from_slice(segment_payload(pkt, hdr, mss, i));
+    }
+    Some(hdr + mss.min(pkt.len().saturating_sub(hdr)))
+}
+
 fn super_packet(payload: &[u8], psh: bool) -> Vec<u8> {
     let mut p = build(TCP, (Ipv4Addr::new(10, 30, 0, 2), 40000), (Ipv4Addr::new(10, 18, 0, 66), 80), payload);
     p[24..28].copy_from_slice(&1_000_000u32.to_be_bytes());

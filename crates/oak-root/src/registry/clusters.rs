@@ -110,11 +110,6 @@ impl Registry {
         Ok(rec.id)
     }
 
-    /// A cluster's full report. Returns true when placements changed (the scheduler should run).
-    pub fn cluster_report(&self, cluster: &ClusterId, report: ClusterReport) -> Result<bool> {
-        Ok(self.apply_report(cluster, report)?.rescheduled)
-    }
-
     /// A cluster's full report: whether the scheduler should run, and whether overlay tables
     /// changed (clusters interested in them must be told).
     pub fn apply_report(&self, cluster: &ClusterId, report: ClusterReport) -> Result<ReportOutcome> {

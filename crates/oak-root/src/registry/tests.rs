@@ -160,6 +160,24 @@ fn report_with_slot(mem: u64) -> oak_api::link::ClusterReport {
     }
 }
 
+/// Instance 0 of `svc` as a cluster reports it, on no worker.
+fn state(svc: &ServiceId, status: Status) -> oak_api::link::InstanceState {
+    oak_api::link::InstanceState {
+        service_id: svc.clone(),
+        instance_number: 0,
+        status,
+        status_detail: status.to_string(),
+        worker_id: None,
+        worker_name: None,
+        host_ip: None,
+        cpu_percent: None,
+        memory_mb: None,
+        ns_ip: None,
+        host_port: None,
+        location: None,
+    }
+}
+
 #[test]
 fn the_root_places_instances_in_clusters_that_fit_and_moves_refused_ones() {
     let (_store, _clock, r, admin) = setup();
@@ -167,8 +185,8 @@ fn the_root_places_instances_in_clusters_that_fit_and_moves_refused_ones() {
     let svc = r.get_app(&admin.id, &ids[0]).map(|a| a.microservices[0].clone()).unwrap_or_else(|e| panic!("{e}"));
     let small = r.join_cluster("small", None, None).unwrap_or_else(|e| panic!("{e}"));
     let big = r.join_cluster("big", None, None).unwrap_or_else(|e| panic!("{e}"));
-    r.cluster_report(&small, report_with_slot(100)).unwrap_or_else(|e| panic!("{e}"));
-    r.cluster_report(&big, report_with_slot(8000)).unwrap_or_else(|e| panic!("{e}"));
+    r.apply_report(&small, report_with_slot(100)).unwrap_or_else(|e| panic!("{e}"));
+    r.apply_report(&big, report_with_slot(8000)).unwrap_or_else(|e| panic!("{e}"));
     r.request_instance(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
     assert!(r.schedule_pending().unwrap_or(false));
     let s = r.get_service(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
@@ -180,21 +198,8 @@ fn the_root_places_instances_in_clusters_that_fit_and_moves_refused_ones() {
     // The big cluster refuses it: it moves to the small one, which can hold it (the service
     // asks for no memory).
     let mut report = report_with_slot(8000);
-    report.instances.push(oak_api::link::InstanceState {
-        service_id: svc.clone(),
-        instance_number: 0,
-        status: Status::NoWorkerCapacity,
-        status_detail: "no worker can take it".into(),
-        worker_id: None,
-        worker_name: None,
-        host_ip: None,
-        cpu_percent: None,
-        memory_mb: None,
-        ns_ip: None,
-        host_port: None,
-        location: None,
-    });
-    assert!(r.cluster_report(&big, report).unwrap_or(false), "a refusal asks for rescheduling");
+    report.instances.push(state(&svc, Status::NoWorkerCapacity));
+    assert!(r.apply_report(&big, report).unwrap_or_default().rescheduled, "a refusal asks for rescheduling");
     assert!(r.schedule_pending().unwrap_or(false));
     let s = r.get_service(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.instance_list[0].cluster_id.as_ref(), Some(&small));
@@ -282,7 +287,7 @@ fn tables_name_running_attached_instances_of_the_asked_addresses() {
     let ids = r.create_applications(&admin, sla(&["a"])).unwrap_or_default();
     let svc = r.get_app(&admin.id, &ids[0]).map(|a| a.microservices[0].clone()).unwrap_or_else(|e| panic!("{e}"));
     let c = r.join_cluster("c", None, None).unwrap_or_else(|e| panic!("{e}"));
-    r.cluster_report(&c, report_with_slot(8000)).unwrap_or_else(|e| panic!("{e}"));
+    r.apply_report(&c, report_with_slot(8000)).unwrap_or_else(|e| panic!("{e}"));
     r.request_instance(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
     assert!(r.schedule_pending().unwrap_or(false));
     let s = r.get_service(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
@@ -295,18 +300,12 @@ fn tables_name_running_attached_instances_of_the_asked_addresses() {
     assert!(t[0].instances.is_empty());
     let mut report = report_with_slot(8000);
     report.instances.push(oak_api::link::InstanceState {
-        service_id: svc.clone(),
-        instance_number: 0,
-        status: Status::Running,
-        status_detail: "running".into(),
         worker_id: Some("w".into()),
         worker_name: Some("w".into()),
         host_ip: Some("192.168.50.2".into()),
-        cpu_percent: None,
-        memory_mb: None,
         ns_ip: Some(Ipv4Addr::new(10, 18, 0, 66)),
         host_port: Some(50103),
-        location: None,
+        ..state(&svc, Status::Running)
     });
     let outcome = r.apply_report(&c, report.clone()).unwrap_or_else(|e| panic!("{e}"));
     assert!(outcome.net_changed);

@@ -579,8 +579,7 @@ pub fn app(name: &str, services: Vec<serde_json::Value>) -> serde_json::Value {
            "applications": [{"application_name": name, "application_namespace": "e2e", "application_desc": "", "microservices": services}]})
 }
 
-/// An HTTP client (TLS through the ring provider, installed first).
+/// An HTTP client (TLS through the ring provider).
 pub fn http() -> reqwest::Client {
-    oak_tls::install_provider();
-    reqwest::Client::new()
+    oak_tls::http_client()
 }
