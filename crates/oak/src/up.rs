@@ -294,7 +294,7 @@ async fn demo(url: &str, password: &str, args: &UpArgs) -> anyhow::Result<()> {
     println!("  oak cluster list");
     println!("  oak instance list");
     println!("  oak logs <service id> --follow");
-    println!("  oak app create -f ../shared/sla/blank_app_without_services.json");
+    println!("  oak app create -f fixtures/sla/blank_app_without_services.json");
     Ok(())
 }
 

@@ -3,8 +3,9 @@ use proptest::prelude::*;
 use serde_json::json;
 use std::path::PathBuf;
 
+/// The original project's SLA descriptors, copied into `fixtures/sla`.
 fn shared_sla_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/sla")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/sla")
 }
 
 fn fixtures() -> Vec<(String, Value)> {

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 pub const OAK: &str = env!("CARGO_BIN_EXE_oak");
 
-/// The shared SLA fixtures (`../shared/sla` from the project root).
+/// The original project's SLA descriptors (`fixtures/sla`, copied from `../shared/sla`).
 pub fn shared_sla(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/sla").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/sla").join(rel)
 }
 
 pub fn read_json(path: &Path) -> serde_json::Value {
