@@ -5,9 +5,8 @@
 //! new access token. Both carry the user's credential generation, so changing a password
 //! revokes every token issued before.
 
-use argon2::Argon2;
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
+use argon2::{Argon2, Block};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use oak_api::{OrganizationId, UserId};
 use serde::{Deserialize, Serialize};
@@ -127,10 +126,69 @@ fn argon2() -> Argon2<'static> {
     }
 }
 
-/// Hashes a password to an argon2id PHC string with a random salt. CPU- and memory-heavy:
-/// call it through a [`Hasher`].
-pub fn hash_password(password: &str) -> Result<String, AuthError> {
-    argon2().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(|e| AuthError::Hash(e.to_string()))
+/// The largest memory cost (KiB) a stored hash may ask for. Hashes are ours, but a store
+/// edited by hand must not make a login allocate gigabytes.
+const MAX_M_COST_KIB: u32 = 256 * 1024;
+
+/// The work memory of argon2, kept and reused across hashes. Allocating and freeing it per
+/// hash (what `argon2`'s own `hash_password` does) leaves freed buffers in glibc's arenas: a
+/// root grew by 21 MiB after three logins and kept it. One buffer, allocated at the first
+/// hash, costs the same 7 MiB once.
+#[derive(Default)]
+pub struct HashMemory(Vec<Block>);
+
+impl HashMemory {
+    fn blocks(&mut self, n: usize) -> &mut [Block] {
+        if self.0.len() < n {
+            self.0.resize(n, Block::default());
+        }
+        &mut self.0[..n]
+    }
+
+    /// Hashes a password to an argon2id PHC string with a random salt. CPU- and memory-heavy:
+    /// call it through a [`Hasher`].
+    pub fn hash(&mut self, password: &str) -> Result<String, AuthError> {
+        let err = |e: &dyn std::fmt::Display| AuthError::Hash(e.to_string());
+        let argon = argon2();
+        let salt = Salt::generate();
+        let mut out = [0u8; 32];
+        let blocks = self.blocks(argon.params().block_count());
+        argon.hash_password_into_with_memory(password.as_bytes(), &salt, &mut out, blocks).map_err(|e| err(&e))?;
+        let phc = PasswordHash {
+            algorithm: argon2::Algorithm::Argon2id.ident(),
+            version: Some(argon2::Version::V0x13.into()),
+            params: ParamsString::try_from(argon.params()).map_err(|e| err(&e))?,
+            salt: Some(salt),
+            hash: Some(Output::new(&out).map_err(|e| err(&e))?),
+        };
+        Ok(phc.to_string())
+    }
+
+    /// True when `password` matches the PHC string, with the algorithm and parameters the
+    /// string names (compared in constant time). A malformed stored hash never matches.
+    pub fn verify(&mut self, password: &str, phc: &str) -> bool {
+        self.try_verify(password, phc).unwrap_or(false)
+    }
+
+    fn try_verify(&mut self, password: &str, phc: &str) -> Option<bool> {
+        let hash = PasswordHash::new(phc).ok()?;
+        let algorithm = argon2::Algorithm::try_from(hash.algorithm.as_str()).ok()?;
+        let version = match hash.version {
+            Some(v) => argon2::Version::try_from(v).ok()?,
+            None => argon2::Version::default(),
+        };
+        let params = argon2::Params::try_from(&hash).ok()?;
+        if params.m_cost() > MAX_M_COST_KIB {
+            return None;
+        }
+        let (salt, expected) = (hash.salt.as_ref()?, hash.hash.as_ref()?);
+        let argon = Argon2::new(algorithm, version, params);
+        let mut out = vec![0u8; expected.len()];
+        let blocks = self.blocks(argon.params().block_count());
+        argon.hash_password_into_with_memory(password.as_bytes(), salt, &mut out, blocks).ok()?;
+        // `Output`'s equality is constant-time.
+        Some(Output::new(&out).ok()? == *expected)
+    }
 }
 
 enum HashJob {
@@ -138,10 +196,8 @@ enum HashJob {
     Verify(String, String, std::sync::mpsc::SyncSender<bool>),
 }
 
-/// Runs every password hash and check on one dedicated thread. That bounds the CPU an attack
-/// on login can take to one core, and the memory to one hash buffer: glibc keeps a freed
-/// buffer in the arena of the thread that used it, so hashing on many threads would keep
-/// one buffer each.
+/// Runs every password hash and check on one dedicated thread, with one [`HashMemory`]. That
+/// bounds the CPU an attack on login can take to one core, and the memory to one buffer.
 #[derive(Clone)]
 pub struct Hasher {
     tx: std::sync::mpsc::SyncSender<HashJob>,
@@ -153,13 +209,14 @@ impl Hasher {
         std::thread::Builder::new()
             .name("password-hasher".into())
             .spawn(move || {
+                let mut memory = HashMemory::default();
                 for job in rx {
                     match job {
                         HashJob::Hash(pw, reply) => {
-                            let _ = reply.send(hash_password(&pw));
+                            let _ = reply.send(memory.hash(&pw));
                         }
                         HashJob::Verify(pw, phc, reply) => {
-                            let _ = reply.send(verify_password(&pw, &phc));
+                            let _ = reply.send(memory.verify(&pw, &phc));
                         }
                     }
                 }
@@ -196,15 +253,6 @@ impl Hasher {
     pub async fn verify(&self, password: String, phc: String) -> bool {
         let h = self.clone();
         tokio::task::spawn_blocking(move || h.verify_blocking(&password, &phc)).await.unwrap_or(false)
-    }
-}
-
-/// True when `password` matches the PHC string (with the parameters the string names). A
-/// malformed stored hash never matches.
-pub fn verify_password(password: &str, phc: &str) -> bool {
-    match PasswordHash::new(phc) {
-        Ok(h) => argon2().verify_password(password.as_bytes(), &h).is_ok(),
-        Err(_) => false,
     }
 }
 
@@ -284,13 +332,37 @@ mod tests {
 
     #[test]
     fn passwords_verify_and_differ_by_salt() {
-        let a = hash_password("s3cret").unwrap_or_default();
-        let b = hash_password("s3cret").unwrap_or_default();
+        let mut m = HashMemory::default();
+        let a = m.hash("s3cret").unwrap_or_default();
+        let b = m.hash("s3cret").unwrap_or_default();
         assert_ne!(a, b);
-        assert!(verify_password("s3cret", &a));
-        assert!(!verify_password("S3cret", &a));
-        assert!(!verify_password("s3cret", "not a hash"));
-        assert!(!verify_password("x", dummy_hash()));
+        assert!(a.starts_with("$argon2id$v=19$m=7168,t=5,p=1$"), "{a}");
+        assert!(m.verify("s3cret", &a));
+        assert!(!m.verify("S3cret", &a));
+        assert!(!m.verify("s3cret", "not a hash"));
+        assert!(!m.verify("x", dummy_hash()));
+        // A hash asking for absurd memory is refused before allocating it.
+        assert!(!m.verify("s3cret", &a.replace("m=7168", "m=4000000")));
+    }
+
+    /// Our reused-memory hashing is argon2's: each side verifies the other's hashes, whatever
+    /// parameters the hash names and whatever an earlier hash left in the memory.
+    #[test]
+    fn reused_memory_agrees_with_the_argon2_crate() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let mut m = HashMemory::default();
+        let ours = m.hash("pw one").unwrap_or_default();
+        assert!(argon2().verify_password(b"pw one", ours.as_str()).is_ok());
+        let small = argon2::Params::new(1024, 2, 1, None).map(Argon2::from).expect("params");
+        let theirs = [
+            argon2().hash_password(b"pw two").map(|h| h.to_string()).unwrap_or_default(),
+            small.hash_password(b"pw two").map(|h| h.to_string()).unwrap_or_default(),
+        ];
+        for h in &theirs {
+            assert!(m.verify("pw two", h), "{h}");
+            assert!(!m.verify("pw twO", h), "{h}");
+        }
+        assert!(m.verify("pw one", &ours), "after a smaller hash in the same memory");
     }
 
     #[test]
