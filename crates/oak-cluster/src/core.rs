@@ -19,7 +19,7 @@ use oak_api::node::{self, DeleteCommand, InstanceEvent, NodeInfo, RegisterReques
 use oak_api::{ServiceId, Status};
 use oak_sched::{Candidate, Policy, Request, Resources, Slot, Snapshot};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 pub type Key = (ServiceId, u32);
@@ -98,7 +98,13 @@ pub struct Core {
     pub desired: BTreeMap<Key, DesiredInstance>,
     /// False until the root sent its first desired set: nothing is removed before.
     pub desired_known: bool,
-    pub assignments: BTreeMap<Key, Assignment>,
+    /// Where each instance is (or why it is nowhere). Changed only through [`Core::set`],
+    /// [`Core::slot`], [`Core::restore`] and the removal in [`Core::reconcile`], which keep
+    /// `by_worker` true.
+    assignments: BTreeMap<Key, Assignment>,
+    /// The assignments of each worker: a worker's report is checked against its own
+    /// instances, not against all of the cluster's.
+    by_worker: HashMap<String, BTreeSet<Key>>,
     pub timing: Timing,
     pub policy: Policy,
     /// Assignments changed (or removed) since [`take_dirty`](Core::take_dirty): what the
@@ -109,6 +115,19 @@ pub struct Core {
     /// What each worker was last sent, and its digest, so only changes go out (and the
     /// tables are not serialized again at every report to compare digests).
     sent_tables: BTreeMap<String, (Vec<ServiceTable>, u64)>,
+    /// Something the root sees changed (an assignment, a worker's schedulability, the
+    /// interests): the report goes up at once instead of with the next periodic one.
+    report_due: bool,
+}
+
+/// What the placements of one reconcile pass share: the snapshot, built at the first
+/// placement and reserved as instances are placed, and the requests already refused (within a
+/// pass free space only shrinks, so a refusal stays true). Placing n instances on w workers
+/// costs O(w + assignments) once plus O(log w) each, instead of a snapshot per instance.
+#[derive(Default)]
+struct Pass {
+    snapshot: Option<Snapshot>,
+    refused: HashMap<Request, oak_sched::Rejection>,
 }
 
 fn live(s: Status) -> bool {
@@ -130,7 +149,45 @@ impl Core {
     fn slot(&mut self, k: &Key) -> Option<&mut Assignment> {
         let a = self.assignments.get_mut(k)?;
         self.dirty.insert(k.clone());
+        self.report_due = true;
         Some(a)
+    }
+
+    /// Every assignment, by instance.
+    pub fn assignments(&self) -> &BTreeMap<Key, Assignment> {
+        &self.assignments
+    }
+
+    /// Puts back an assignment read from the store (at start).
+    pub fn restore(&mut self, k: Key, a: Assignment) {
+        if let Some(w) = &a.worker {
+            self.by_worker.entry(w.clone()).or_default().insert(k.clone());
+        }
+        if let Some(old) = self.assignments.insert(k.clone(), a) {
+            self.unindex(&k, old.worker.as_deref());
+        }
+    }
+
+    fn unindex(&mut self, k: &Key, worker: Option<&str>) {
+        if let Some(w) = worker
+            && let Some(keys) = self.by_worker.get_mut(w)
+        {
+            keys.remove(k);
+            if keys.is_empty() {
+                self.by_worker.remove(w);
+            }
+        }
+    }
+
+    /// A worker registered (or registered again).
+    pub fn add_worker(&mut self, rec: WorkerRec) {
+        self.workers.insert(rec.id.clone(), rec);
+        self.report_due = true;
+    }
+
+    /// True once since something the root sees changed; the caller then sends a report.
+    pub fn take_report_due(&mut self) -> bool {
+        std::mem::take(&mut self.report_due)
     }
 
     /// The keys whose assignments changed or went away since the last call.
@@ -147,10 +204,14 @@ impl Core {
         self.active(w, now) && w.info.as_ref().is_none_or(|i| !i.overlay || i.subnet.is_some())
     }
 
+    /// The schedulable workers with what their live instances reserve, and their ids in
+    /// candidate order. O(workers + assignments).
     fn snapshot(&self, now: f64) -> (Snapshot, Vec<String>) {
         let mut ids = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
         let mut snap = Snapshot::default();
         for w in self.workers.values().filter(|w| self.schedulable(w, now)) {
+            index.insert(&w.id, ids.len());
             snap.add(Candidate {
                 id: w.id.clone(),
                 name: w.reg.name.clone(),
@@ -164,7 +225,7 @@ impl Core {
         }
         for (k, a) in &self.assignments {
             if let (Some(w), true) = (&a.worker, live(a.status))
-                && let (Some(idx), Some(d)) = (ids.iter().position(|x| x == w), self.desired.get(k))
+                && let (Some(&idx), Some(d)) = (index.get(w.as_str()), self.desired.get(k))
             {
                 snap.reserve(idx, 0, &request_of(d).resources);
             }
@@ -174,6 +235,14 @@ impl Core {
 
     fn set(&mut self, k: &Key, worker: Option<String>, status: Status, detail: String, now: f64) {
         self.dirty.insert(k.clone());
+        self.report_due = true;
+        let old = self.assignments.get(k).and_then(|a| a.worker.clone());
+        if old != worker {
+            self.unindex(k, old.as_deref());
+            if let Some(w) = &worker {
+                self.by_worker.entry(w.clone()).or_default().insert(k.clone());
+            }
+        }
         let a = self.assignments.entry(k.clone()).or_insert(Assignment {
             worker: None,
             status,
@@ -204,11 +273,24 @@ impl Core {
     }
 
     /// Places `k` on a worker (or records why it cannot be).
-    fn place(&mut self, k: &Key, now: f64, outs: &mut Vec<Out>) {
+    fn place(&mut self, k: &Key, now: f64, outs: &mut Vec<Out>, pass: &mut Pass) {
         let Some(d) = self.desired.get(k) else { return };
         let req = request_of(d);
-        let (snap, _) = self.snapshot(now);
-        match snap.place(&req, self.policy) {
+        let placed = match pass.refused.get(&req) {
+            Some(e) => Err(e.clone()),
+            None => {
+                let snap = pass.snapshot.get_or_insert_with(|| self.snapshot(now).0);
+                let placed = snap.place(&req, self.policy);
+                match &placed {
+                    Ok(p) => snap.reserve(p.candidate, p.slot, &req.resources),
+                    Err(e) => {
+                        pass.refused.insert(req, e.clone());
+                    }
+                }
+                placed
+            }
+        };
+        match placed {
             Ok(p) => {
                 let worker = p.id;
                 let name = self.workers.get(&worker).map(|w| w.reg.name.clone()).unwrap_or_default();
@@ -240,10 +322,11 @@ impl Core {
     /// Drives the assignments toward the desired set.
     pub fn reconcile(&mut self, now: f64) -> Vec<Out> {
         let mut outs = Vec::new();
+        let mut pass = Pass::default();
         let keys: Vec<Key> = self.desired.keys().cloned().collect();
         for k in &keys {
             let Some(a) = self.assignments.get(k).cloned() else {
-                self.place(k, now, &mut outs);
+                self.place(k, now, &mut outs, &mut pass);
                 continue;
             };
             let worker_active =
@@ -255,13 +338,13 @@ impl Core {
                         outs.push(Self::delete(k, w));
                     }
                     let attempts = a.attempts + 1;
-                    self.place(k, now, &mut outs);
+                    self.place(k, now, &mut outs, &mut pass);
                     if let Some(x) = self.slot(k) {
                         x.attempts = attempts;
                     }
                 }
                 Status::Dead | Status::Failed => {}
-                s if s.is_negative_scheduling() && now >= a.next_try => self.place(k, now, &mut outs),
+                s if s.is_negative_scheduling() && now >= a.next_try => self.place(k, now, &mut outs, &mut pass),
                 s if live(s) && !worker_active => {
                     let name = a
                         .worker
@@ -278,7 +361,7 @@ impl Core {
                         if let Some(w) = &x.worker {
                             outs.push(Self::delete(k, w));
                         }
-                        self.place(k, now, &mut outs);
+                        self.place(k, now, &mut outs, &mut pass);
                     }
                 }
                 Status::NodeScheduled if now - a.sent >= self.timing.deploy_ack_timeout => {
@@ -298,9 +381,11 @@ impl Core {
             let gone: Vec<Key> = self.assignments.keys().filter(|k| !self.desired.contains_key(*k)).cloned().collect();
             for k in gone {
                 self.dirty.insert(k.clone());
+                self.report_due = true;
                 if let Some(a) = self.assignments.remove(&k)
                     && let Some(w) = a.worker
                 {
+                    self.unindex(&k, Some(&w));
                     outs.push(Self::delete(&k, &w));
                 }
             }
@@ -330,10 +415,18 @@ impl Core {
         self.reconcile(now)
     }
 
-    /// A worker's periodic report: heartbeat, resources, and what it holds.
+    /// A worker's periodic report: heartbeat, resources, and what it holds. O(its own
+    /// instances): a cluster takes thousands of these a second. A full reconcile runs only
+    /// when the report changes what can be placed (the worker came back or lost instances);
+    /// the rest waits for the tick.
     pub fn node_info(&mut self, node: &str, info: NodeInfo, now: f64) -> Vec<Out> {
         let mut outs = Vec::new();
         let held: BTreeSet<Key> = info.instances.iter().map(|i| (i.service_id.clone(), i.instance_number)).collect();
+        let Some(w) = self.workers.get(node) else { return outs };
+        let was_schedulable = self.schedulable(w, now);
+        if w.info.as_ref().is_none_or(|old| old.interests != info.interests) {
+            self.report_due = true;
+        }
         let Some(w) = self.workers.get_mut(node) else { return outs };
         w.last_seen = now;
         let ns_ips: Vec<(Key, Option<Ipv4Addr>)> =
@@ -357,20 +450,29 @@ impl Core {
         }
         // Instances it should hold but lost (e.g. it restarted).
         let lost: Vec<Key> = self
-            .assignments
-            .iter()
-            .filter(|(k, a)| {
-                a.worker.as_deref() == Some(node)
-                    && matches!(a.status, Status::Creating | Status::Running)
-                    && !held.contains(*k)
-                    && now - a.since > self.timing.heartbeat_timeout
+            .by_worker
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter(|k| {
+                !held.contains(*k)
+                    && self.assignments.get(*k).is_some_and(|a| {
+                        matches!(a.status, Status::Creating | Status::Running)
+                            && now - a.since > self.timing.heartbeat_timeout
+                    })
             })
-            .map(|(k, _)| k.clone())
+            .cloned()
             .collect();
-        for k in lost {
-            self.fail(&k, format!("worker {node} no longer holds it"), now);
+        for k in &lost {
+            self.fail(k, format!("worker {node} no longer holds it"), now);
         }
-        outs.extend(self.reconcile(now));
+        let schedulable = self.workers.get(node).is_some_and(|w| self.schedulable(w, now));
+        if schedulable != was_schedulable {
+            self.report_due = true;
+        }
+        if !lost.is_empty() || (schedulable && !was_schedulable) {
+            outs.extend(self.reconcile(now));
+        }
         outs
     }
 
@@ -389,9 +491,12 @@ impl Core {
     /// A status change pushed by a worker.
     pub fn instance_event(&mut self, node: &str, ev: InstanceEvent, now: f64) -> Vec<Out> {
         let k = (ev.service_id.clone(), ev.instance_number);
+        let was_schedulable = self.workers.get(node).is_some_and(|w| self.schedulable(w, now));
         if let Some(w) = self.workers.get_mut(node) {
             w.last_seen = now;
         }
+        // Back from silence: what waits for capacity may fit now.
+        let back = !was_schedulable && self.workers.get(node).is_some_and(|w| self.schedulable(w, now));
         let mine = self.assignments.get(&k).is_some_and(|a| a.worker.as_deref() == Some(node));
         if !mine {
             if ev.status != Status::Undeployed && self.desired_known {
@@ -428,7 +533,8 @@ impl Core {
             }
             s => self.set(&k, Some(node.to_owned()), s, ev.status_detail, now),
         }
-        self.reconcile(now)
+        // Nothing else to place now: a failed instance waits for its backoff (the tick).
+        if back { self.reconcile(now) } else { Vec::new() }
     }
 
     /// The subnet message for a worker that runs the overlay without the subnet it was given.

@@ -34,6 +34,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 const META: &str = "meta";
 const WORKERS: &str = "workers";
 const ASSIGNMENTS: &str = "assignments";
+/// Most inputs handled together before one write, publish and report.
+const BATCH: usize = 255;
 const TABLES: &[&str] = &[META, WORKERS, ASSIGNMENTS];
 
 #[derive(Clone, Debug)]
@@ -152,7 +154,7 @@ impl Cluster {
                     // Known workers get one heartbeat timeout to report after a restart of the
                     // cluster, before their instances are moved.
                     w.last_seen = now();
-                    core.workers.insert(id, w);
+                    core.add_worker(w);
                 }
                 Err(e) => tracing::warn!(worker = %id, error = %e, "skipping an unreadable worker record"),
             }
@@ -162,7 +164,7 @@ impl Cluster {
                 key.rsplit_once('/').and_then(|(s, n)| n.parse::<u32>().ok().map(|n| (oak_api::ServiceId::from(s), n)));
             match (parsed, serde_json::from_slice(&bytes)) {
                 (Some(k), Ok(a)) => {
-                    core.assignments.insert(k, a);
+                    core.restore(k, a);
                 }
                 _ => tracing::warn!(key = %key, "skipping an unreadable assignment"),
             }
@@ -311,89 +313,40 @@ impl Cluster {
         });
 
         let mut pending_logs: HashMap<String, oneshot::Sender<LogsReply>> = HashMap::new();
+        let mut last_report = std::time::Instant::now();
         tokio::pin!(shutdown);
         loop {
             let cmd = tokio::select! {
                 _ = &mut shutdown => break,
                 c = rx.recv() => match c { Some(c) => c, None => break },
             };
-            let t = now();
-            let outs: Vec<Out> = match cmd {
-                Cmd::Register(req, reply) => {
-                    let r = self.register_worker(req, &creds);
-                    let _ = reply.send(r);
-                    Vec::new()
-                }
-                Cmd::Desired(d) => self.core.set_desired(d, t),
-                Cmd::Info(node, info) => self.core.node_info(&node, info, t),
-                Cmd::Event(node, ev) => self.core.instance_event(&node, ev, t),
-                Cmd::Logs(req, reply) => {
-                    let k: Key = (req.service_id.clone(), req.instance_number);
-                    match self.core.assignments.get(&k).and_then(|a| a.worker.clone()) {
-                        Some(w) => {
-                            pending_logs.insert(req.request_id.clone(), reply);
-                            vec![Out {
-                                topic: oak_api::node::topic_logs_request(&w),
-                                payload: serde_json::to_vec(&req).unwrap_or_default(),
-                            }]
-                        }
-                        None => {
-                            let _ = reply.send(LogsReply {
-                                request_id: req.request_id,
-                                offset: 0,
-                                next_offset: 0,
-                                text: String::new(),
-                                error: Some(format!(
-                                    "instance {} of service {} runs on no worker of this cluster",
-                                    k.1, k.0
-                                )),
-                            });
-                            Vec::new()
-                        }
-                    }
-                }
-                Cmd::LogsReply(r) => {
-                    if let Some(tx) = pending_logs.remove(&r.request_id) {
-                        let _ = tx.send(r);
-                    }
-                    Vec::new()
-                }
-                Cmd::ClusterId(id) => {
-                    if self.cluster_id.as_deref() != Some(&id) {
-                        let mut b = Batch::new();
-                        b.put(META, "cluster_id", id.as_bytes().to_vec());
-                        if let Err(e) = self.store.commit(b) {
-                            tracing::error!(error = %e, "cannot store the cluster id");
-                        }
-                        tracing::info!(cluster_id = %id, "joined the root");
-                        self.cluster_id = Some(id);
-                    }
-                    Vec::new()
-                }
-                Cmd::Lost(node, session) => self.core.worker_lost(&node, &session, t),
-                Cmd::Subnets(s) => self.core.set_subnets(&s),
-                Cmd::Tables(tables) => self.core.set_tables(tables),
-                Cmd::Tick => {
-                    // Requests the root stopped waiting for.
-                    pending_logs.retain(|_, tx| !tx.is_closed());
-                    self.core.reconcile(t)
-                }
-            };
+            let mut outs = self.handle(cmd, now(), &creds, &mut pending_logs);
+            // Under load (thousands of workers reporting), take what else is queued, then
+            // write, publish and report once for all of it. Idle, a message is handled alone
+            // and its effects go out at once.
+            for _ in 0..BATCH {
+                let Ok(cmd) = rx.try_recv() else { break };
+                outs.extend(self.handle(cmd, now(), &creds, &mut pending_logs));
+            }
             self.persist();
             for o in outs {
                 if let Err(e) = mqtt.publish(o.topic.clone(), QoS::AtLeastOnce, false, o.payload).await {
                     tracing::warn!(topic = %o.topic, error = %e, "cannot queue an MQTT message");
                 }
             }
-            let report = self.core.report(t);
-            report_tx.send_if_modified(|r| {
-                if *r != report {
-                    *r = report;
-                    true
-                } else {
-                    false
-                }
-            });
+            // A change the root sees goes up at once; resource usage with the periodic report.
+            if self.core.take_report_due() || last_report.elapsed() >= self.config.report_interval {
+                last_report = std::time::Instant::now();
+                let report = self.core.report(now());
+                report_tx.send_if_modified(|r| {
+                    if *r != report {
+                        *r = report;
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
         }
         let _ = stop_tx.send(true);
         ticker.abort();
@@ -436,7 +389,7 @@ impl Cluster {
         self.store.commit(b).map_err(|e| e.to_string())?;
         creds.set(&id, rec.mqtt_password_hash.clone());
         tracing::info!(node = %id, name = %rec.reg.name, ip = %rec.reg.ip, "worker registered");
-        self.core.workers.insert(id.clone(), rec);
+        self.core.add_worker(rec);
         Ok(RegisterResponse {
             id: id.clone(),
             mqtt_host: self.external_mqtt.as_ref().map(|e| e.host.clone()),
@@ -452,6 +405,77 @@ impl Cluster {
         })
     }
 
+    /// One input of the event loop; returns the messages to publish.
+    fn handle(
+        &mut self,
+        cmd: Cmd,
+        t: f64,
+        creds: &broker::Credentials,
+        pending_logs: &mut HashMap<String, oneshot::Sender<LogsReply>>,
+    ) -> Vec<Out> {
+        match cmd {
+            Cmd::Register(req, reply) => {
+                let r = self.register_worker(req, creds);
+                let _ = reply.send(r);
+                Vec::new()
+            }
+            Cmd::Desired(d) => self.core.set_desired(d, t),
+            Cmd::Info(node, info) => self.core.node_info(&node, info, t),
+            Cmd::Event(node, ev) => self.core.instance_event(&node, ev, t),
+            Cmd::Logs(req, reply) => {
+                let k: Key = (req.service_id.clone(), req.instance_number);
+                match self.core.assignments().get(&k).and_then(|a| a.worker.clone()) {
+                    Some(w) => {
+                        pending_logs.insert(req.request_id.clone(), reply);
+                        vec![Out {
+                            topic: oak_api::node::topic_logs_request(&w),
+                            payload: serde_json::to_vec(&req).unwrap_or_default(),
+                        }]
+                    }
+                    None => {
+                        let _ = reply.send(LogsReply {
+                            request_id: req.request_id,
+                            offset: 0,
+                            next_offset: 0,
+                            text: String::new(),
+                            error: Some(format!(
+                                "instance {} of service {} runs on no worker of this cluster",
+                                k.1, k.0
+                            )),
+                        });
+                        Vec::new()
+                    }
+                }
+            }
+            Cmd::LogsReply(r) => {
+                if let Some(tx) = pending_logs.remove(&r.request_id) {
+                    let _ = tx.send(r);
+                }
+                Vec::new()
+            }
+            Cmd::ClusterId(id) => {
+                if self.cluster_id.as_deref() != Some(&id) {
+                    let mut b = Batch::new();
+                    b.put(META, "cluster_id", id.as_bytes().to_vec());
+                    if let Err(e) = self.store.commit(b) {
+                        tracing::error!(error = %e, "cannot store the cluster id");
+                    }
+                    tracing::info!(cluster_id = %id, "joined the root");
+                    self.cluster_id = Some(id);
+                }
+                Vec::new()
+            }
+            Cmd::Lost(node, session) => self.core.worker_lost(&node, &session, t),
+            Cmd::Subnets(s) => self.core.set_subnets(&s),
+            Cmd::Tables(tables) => self.core.set_tables(tables),
+            Cmd::Tick => {
+                // Requests the root stopped waiting for.
+                pending_logs.retain(|_, tx| !tx.is_closed());
+                self.core.reconcile(t)
+            }
+        }
+    }
+
     /// Writes the assignments that changed since the last call, in one batch.
     fn persist(&mut self) {
         let dirty = self.core.take_dirty();
@@ -461,7 +485,7 @@ impl Cluster {
         let mut b = Batch::new();
         for k in dirty {
             let key = format!("{}/{}", k.0, k.1);
-            match self.core.assignments.get(&k) {
+            match self.core.assignments().get(&k) {
                 Some(a) => {
                     b.put(ASSIGNMENTS, key, serde_json::to_vec(a).unwrap_or_default());
                 }

@@ -69,7 +69,7 @@ pub struct Candidate {
 }
 
 /// What an instance needs.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Request {
     pub resources: Resources,
     /// Runtime name as the SLA says it (`container` and `docker` are the same).

@@ -309,7 +309,7 @@ fn run(seed: u64, clusters: usize, workers_per_cluster: usize, services: usize, 
         for c in &sim {
             // No worker is over-committed by what the cluster placed on it.
             let mut used: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-            for (k, a) in &c.core.assignments {
+            for (k, a) in c.core.assignments() {
                 if let (Some(w), true) =
                     (&a.worker, matches!(a.status, Status::NodeScheduled | Status::Creating | Status::Running))
                 {
