@@ -30,7 +30,10 @@ pub enum ClusterToRoot {
         #[serde(default)]
         cluster_id: Option<ClusterId>,
     },
+    /// The full state: the first report on every connection.
     Report(ClusterReport),
+    /// What changed since the previous report on this connection.
+    Delta(ReportDelta),
     Logs(LogsReply),
 }
 
@@ -114,6 +117,21 @@ pub struct InstanceState {
     pub host_port: Option<u16>,
     #[serde(default)]
     pub location: Option<String>,
+}
+
+/// A report relative to the previous one on the same connection: the aggregate, the
+/// instances whose state changed (or whose usage changed, when usage is due), and the worker
+/// ids and interests when they changed. A cluster of 20,000 instances sends 5 MB as a full
+/// report; a status change as a delta is a few hundred bytes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReportDelta {
+    pub aggregate: ClusterAggregate,
+    #[serde(default)]
+    pub instances: Vec<InstanceState>,
+    #[serde(default)]
+    pub workers: Option<Vec<String>>,
+    #[serde(default)]
+    pub interests: Option<Vec<Ipv4Addr>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

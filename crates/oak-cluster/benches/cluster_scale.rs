@@ -23,7 +23,7 @@ fn register(core: &mut Core, i: usize, now: f64) -> String {
                 name: format!("worker-{i}"),
                 node_id: None,
                 ip: "10.0.0.1".into(),
-                arch: if i % 4 == 0 { "arm64".into() } else { "amd64".into() },
+                arch: if i.is_multiple_of(4) { "arm64".into() } else { "amd64".into() },
                 runtimes: vec!["container".into()],
                 cpu_cores: 4.0,
                 memory_mb: mem,

@@ -1,11 +1,19 @@
 //! The cluster's side of the root link: a WebSocket to the root that the cluster opens and
-//! re-opens (with backoff) whenever it drops. On every connection: `Hello`, then the full
-//! report whenever it changes and at least every report interval.
+//! re-opens (with backoff) whenever it drops. On every connection: `Hello`, the full report
+//! once welcomed, then what changed (a `Delta`) whenever something changes and at least every
+//! report interval. A dropped connection loses nothing: the next one starts with the full
+//! report again.
 
 use crate::Cmd;
 use futures_util::{SinkExt, StreamExt};
-use oak_api::link::{ClusterReport, ClusterToRoot, LINK_PATH, RootToCluster};
-use std::time::Duration;
+use oak_api::ServiceId;
+use oak_api::link::{
+    ClusterAggregate, ClusterReport, ClusterToRoot, DesiredInstance, InstanceState, LINK_PATH, ReportDelta,
+    RootToCluster,
+};
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -84,6 +92,7 @@ async fn session(
     let (logs_tx, mut logs_rx) = mpsc::channel::<oak_api::node::LogsReply>(64);
     let mut tick = tokio::time::interval(cfg.report_interval);
     let mut welcomed = false;
+    let mut sent = Sent::default();
     loop {
         tokio::select! {
             _ = async { let _ = stop.wait_for(|v| *v).await; } => {
@@ -107,9 +116,11 @@ async fn session(
                         welcomed = true;
                         let _ = core.send(Cmd::ClusterId(cluster_id.to_string())).await;
                         let r = reports.borrow_and_update().clone();
+                        sent = Sent::full(&r);
                         sink.send(send(&ClusterToRoot::Report(r))?).await.map_err(|e| e.to_string())?;
                     }
                     Ok(RootToCluster::Desired { instances }) => {
+                        sent.desired(&instances);
                         let _ = core.send(Cmd::Desired(instances)).await;
                     }
                     Ok(RootToCluster::Subnets { subnets }) => {
@@ -146,23 +157,226 @@ async fn session(
                 if changed.is_err() {
                     return Ok(());
                 }
-                let r = reports.borrow_and_update().clone();
-                sink.send(send(&ClusterToRoot::Report(r))?).await.map_err(|e| e.to_string())?;
+                let d = sent.delta(&reports.borrow_and_update());
+                sink.send(send(&ClusterToRoot::Delta(d))?).await.map_err(|e| e.to_string())?;
             }
+            // Also the root's sign of life of this cluster.
             _ = tick.tick(), if welcomed => {
-                let r = reports.borrow().clone();
-                sink.send(send(&ClusterToRoot::Report(r))?).await.map_err(|e| e.to_string())?;
+                let d = sent.delta(&reports.borrow());
+                sink.send(send(&ClusterToRoot::Delta(d))?).await.map_err(|e| e.to_string())?;
             }
         }
     }
 }
 
+/// Resource usage of instances goes up at most this often (Kubernetes' metrics-server
+/// samples every 15 s); state changes go at once.
+const USAGE_EVERY: Duration = Duration::from_secs(10);
+
+/// Every instance's state goes again this often, even unchanged: should the root have
+/// failed to apply a delta, it is repaired within this time.
+const FULL_EVERY: Duration = Duration::from_secs(60);
+
+/// What the root holds of this cluster on the current connection, so that only changes go.
+struct Sent {
+    aggregate: ClusterAggregate,
+    instances: HashMap<(ServiceId, u32), InstanceState>,
+    workers: Vec<String>,
+    interests: Vec<Ipv4Addr>,
+    usage_at: Instant,
+    full_at: Instant,
+    /// The instances the root last wanted here.
+    desired: HashSet<(ServiceId, u32)>,
+}
+
+impl Default for Sent {
+    fn default() -> Self {
+        Sent::full(&ClusterReport::default())
+    }
+}
+
+/// Equal but for resource usage. Written without `..`, so a new field must be placed here.
+fn same_state(a: &InstanceState, b: &InstanceState) -> bool {
+    let InstanceState {
+        service_id,
+        instance_number,
+        status,
+        status_detail,
+        worker_id,
+        worker_name,
+        host_ip,
+        cpu_percent: _,
+        memory_mb: _,
+        ns_ip,
+        host_port,
+        location,
+    } = a;
+    (service_id, instance_number, status, status_detail, worker_id, worker_name, host_ip, ns_ip, host_port, location)
+        == (
+            &b.service_id,
+            &b.instance_number,
+            &b.status,
+            &b.status_detail,
+            &b.worker_id,
+            &b.worker_name,
+            &b.host_ip,
+            &b.ns_ip,
+            &b.host_port,
+            &b.location,
+        )
+}
+
+impl Sent {
+    /// The root got the whole report `r`.
+    fn full(r: &ClusterReport) -> Self {
+        Sent {
+            aggregate: r.aggregate.clone(),
+            instances: r.instances.iter().map(|i| ((i.service_id.clone(), i.instance_number), i.clone())).collect(),
+            workers: r.workers.clone(),
+            interests: r.interests.clone(),
+            usage_at: Instant::now(),
+            full_at: Instant::now(),
+            desired: HashSet::new(),
+        }
+    }
+
+    /// The root's desired set arrived. An instance newly wanted here was (re)placed by the
+    /// root, which now shows it as waiting for this cluster: its state goes again even if
+    /// the cluster's view of it did not change.
+    fn desired(&mut self, instances: &[DesiredInstance]) {
+        let now: HashSet<(ServiceId, u32)> =
+            instances.iter().map(|d| (d.service_id.clone(), d.instance_number)).collect();
+        for k in now.difference(&self.desired) {
+            self.instances.remove(k);
+        }
+        self.desired = now;
+    }
+
+    /// What of `r` the root does not have yet; afterwards it has it.
+    fn delta(&mut self, r: &ClusterReport) -> ReportDelta {
+        if self.full_at.elapsed() >= FULL_EVERY {
+            self.full_at = Instant::now();
+            self.instances.clear();
+        }
+        let usage = self.usage_at.elapsed() >= USAGE_EVERY;
+        if usage {
+            self.usage_at = Instant::now();
+        }
+        self.delta_with(r, usage)
+    }
+
+    fn delta_with(&mut self, r: &ClusterReport, usage: bool) -> ReportDelta {
+        let mut instances = Vec::new();
+        for i in &r.instances {
+            let k = (i.service_id.clone(), i.instance_number);
+            let send = match self.instances.get(&k) {
+                None => true,
+                Some(old) => {
+                    !same_state(old, i) || (usage && (old.cpu_percent, old.memory_mb) != (i.cpu_percent, i.memory_mb))
+                }
+            };
+            if send {
+                instances.push(i.clone());
+                self.instances.insert(k, i.clone());
+            }
+        }
+        if self.instances.len() > r.instances.len() {
+            let now: HashSet<(&ServiceId, u32)> =
+                r.instances.iter().map(|i| (&i.service_id, i.instance_number)).collect();
+            self.instances.retain(|(s, n), _| now.contains(&(s, *n)));
+        }
+        self.aggregate = r.aggregate.clone();
+        let workers = (self.workers != r.workers).then(|| r.workers.clone());
+        let interests = (self.interests != r.interests).then(|| r.interests.clone());
+        if let Some(w) = &workers {
+            self.workers = w.clone();
+        }
+        if let Some(i) = &interests {
+            self.interests = i.clone();
+        }
+        ReportDelta { aggregate: r.aggregate.clone(), instances, workers, interests }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use oak_api::Status;
+
     #[test]
     fn websocket_urls() {
         assert_eq!(super::ws_url("http://1.2.3.4:10000/"), "ws://1.2.3.4:10000/api/cluster/link");
         assert_eq!(super::ws_url("https://root.example"), "wss://root.example/api/cluster/link");
         assert_eq!(super::ws_url("1.2.3.4:10000"), "ws://1.2.3.4:10000/api/cluster/link");
+    }
+
+    fn inst(n: u32, status: Status, cpu: f64) -> InstanceState {
+        InstanceState {
+            service_id: ServiceId::from("svc"),
+            instance_number: n,
+            status,
+            status_detail: String::new(),
+            worker_id: Some("w".into()),
+            worker_name: None,
+            host_ip: None,
+            cpu_percent: Some(cpu),
+            memory_mb: Some(10.0),
+            ns_ip: None,
+            host_port: None,
+            location: None,
+        }
+    }
+
+    /// Applying every delta to the first full report gives what the cluster reported last,
+    /// with usage at most one usage period old; unchanged state is not sent again.
+    #[test]
+    fn deltas_carry_changes_only() {
+        let r0 = ClusterReport {
+            instances: vec![inst(0, Status::Running, 1.0), inst(1, Status::Creating, 1.0)],
+            workers: vec!["w".into()],
+            ..ClusterReport::default()
+        };
+        let mut sent = Sent::full(&r0);
+        let d = sent.delta_with(&r0, false);
+        assert!(d.instances.is_empty() && d.workers.is_none() && d.interests.is_none());
+        // A status change goes at once; a usage change only when usage is due.
+        let r1 = ClusterReport {
+            instances: vec![
+                inst(0, Status::Running, 5.0),
+                inst(1, Status::Running, 1.0),
+                inst(2, Status::Creating, 0.0),
+            ],
+            workers: vec!["w".into(), "x".into()],
+            ..r0.clone()
+        };
+        let d = sent.delta_with(&r1, false);
+        assert_eq!(d.instances.iter().map(|i| i.instance_number).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(d.workers.as_deref(), Some(&["w".to_owned(), "x".to_owned()][..]));
+        let d = sent.delta_with(&r1, true);
+        assert_eq!(d.instances, [inst(0, Status::Running, 5.0)]);
+        assert!(d.workers.is_none());
+        assert!(sent.delta_with(&r1, true).instances.is_empty());
+        // A removed instance that comes back is sent again.
+        let r2 = ClusterReport { instances: vec![inst(1, Status::Running, 1.0)], ..r1.clone() };
+        assert!(sent.delta_with(&r2, true).instances.is_empty());
+        assert_eq!(sent.delta_with(&r1, false).instances.len(), 2);
+        // An instance the root newly wants here goes again, unchanged or not.
+        let want = |n: u32| DesiredInstance {
+            service_id: ServiceId::from("svc"),
+            instance_number: n,
+            job_name: "a.b.c.d".into(),
+            spec: oak_api::sla::parse_microservice(
+                &serde_json::json!({"microservice_name": "s", "microservice_namespace": "n",
+                    "virtualization": "container", "code": "img"}),
+                "",
+            )
+            .expect("spec"),
+            instance_ip: None,
+        };
+        sent.desired(&[want(0), want(1)]);
+        assert_eq!(sent.delta_with(&r1, false).instances.len(), 2);
+        sent.desired(&[want(1)]);
+        sent.desired(&[want(1), want(2)]);
+        assert_eq!(sent.delta_with(&r1, false).instances, [inst(2, Status::Creating, 0.0)]);
     }
 }

@@ -7,7 +7,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use oak_api::link::{ClusterToRoot, DesiredInstance, RootToCluster};
+use oak_api::link::{ClusterReport, ClusterToRoot, DesiredInstance, RootToCluster};
 use oak_api::node::{LogsReply, LogsRequest};
 use oak_api::{ClusterId, ErrorCode};
 use parking_lot::Mutex;
@@ -189,32 +189,47 @@ async fn session(state: AppState, socket: WebSocket, token_id: Option<String>) -
                     if matches!(msg, Message::Close(_)) { break Ok(()); }
                     continue;
                 };
-                match serde_json::from_str::<ClusterToRoot>(&t) {
-                    Ok(ClusterToRoot::Report(report)) => {
-                        let cid = id.clone();
-                        let (workers, interests) = (report.workers.clone(), report.interests.clone());
-                        match state.blocking(move |r| Ok(r.apply_report(&cid, report)?)).await {
-                            Ok(outcome) => {
-                                if outcome.rescheduled { state.hub.kick(); }
-                                // Other clusters may hold flows to what changed here.
-                                if outcome.net_changed { state.hub.bump(); }
-                            }
-                            Err(e) => tracing::warn!(cluster = %id, error = %e.message, "cannot apply a cluster report"),
-                        }
-                        if !net.reported || workers != net.workers || interests != net.interests {
-                            net.workers = workers;
-                            net.reported = true;
-                            net.interests = interests;
-                            if let Err(e) = push_net(&state, &id, &mut net, &mut sink).await { break Err(e); }
-                        }
-                    }
+                let report = match serde_json::from_str::<ClusterToRoot>(&t) {
+                    Ok(ClusterToRoot::Report(report)) => Some(report),
+                    // Fields the delta leaves out are as the cluster last reported them.
+                    Ok(ClusterToRoot::Delta(d)) => Some(ClusterReport {
+                        aggregate: d.aggregate,
+                        instances: d.instances,
+                        workers: d.workers.unwrap_or_else(|| net.workers.clone()),
+                        interests: d.interests.unwrap_or_else(|| net.interests.clone()),
+                    }),
                     Ok(ClusterToRoot::Logs(reply)) => {
                         if let Some(tx) = pending.lock().remove(&reply.request_id) {
                             let _ = tx.send(reply);
                         }
+                        None
                     }
-                    Ok(ClusterToRoot::Hello { .. }) => tracing::warn!(cluster = %id, "ignoring a second hello"),
-                    Err(e) => tracing::warn!(cluster = %id, error = %e, "ignoring a malformed message from a cluster"),
+                    Ok(ClusterToRoot::Hello { .. }) => {
+                        tracing::warn!(cluster = %id, "ignoring a second hello");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(cluster = %id, error = %e, "ignoring a malformed message from a cluster");
+                        None
+                    }
+                };
+                if let Some(report) = report {
+                    let cid = id.clone();
+                    let (workers, interests) = (report.workers.clone(), report.interests.clone());
+                    match state.blocking(move |r| Ok(r.apply_report(&cid, report)?)).await {
+                        Ok(outcome) => {
+                            if outcome.rescheduled { state.hub.kick(); }
+                            // Other clusters may hold flows to what changed here.
+                            if outcome.net_changed { state.hub.bump(); }
+                        }
+                        Err(e) => tracing::warn!(cluster = %id, error = %e.message, "cannot apply a cluster report"),
+                    }
+                    if !net.reported || workers != net.workers || interests != net.interests {
+                        net.workers = workers;
+                        net.reported = true;
+                        net.interests = interests;
+                        if let Err(e) = push_net(&state, &id, &mut net, &mut sink).await { break Err(e); }
+                    }
                 }
             }
             Some(m) = rx.recv() => {
