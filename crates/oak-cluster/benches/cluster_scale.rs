@@ -84,7 +84,7 @@ fn per(total: std::time::Duration, n: usize) -> f64 {
 
 fn main() {
     println!(
-        "| workers | instances | place all (ms) | RUNNING event (µs) | worker report (µs) | reports/s the core can take | report to root (ms, KB) | tick (ms) |"
+        "| workers | instances | place all (ms) | RUNNING event (µs) | worker report (µs) | reports/s the core can take | report to root: build ms, full KB, one change as delta KB | tick (ms) |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     // Sizes from the command line (`-- 100 1000`), else the full set.
@@ -152,7 +152,16 @@ fn main() {
             std::hint::black_box(core.report(now + 1.0));
         }
         let to_root = t.elapsed() / rounds;
-        let json = serde_json::to_vec(&core.report(now + 1.0)).expect("json");
+        let full = core.report(now + 1.0);
+        let json = serde_json::to_vec(&full).expect("json");
+        // What one status change costs on the link as a delta (see link.rs).
+        let delta = oak_api::link::ReportDelta {
+            aggregate: full.aggregate.clone(),
+            instances: full.instances[..1].to_vec(),
+            workers: None,
+            interests: None,
+        };
+        let delta = serde_json::to_vec(&oak_api::link::ClusterToRoot::Delta(delta)).expect("json");
         let t = Instant::now();
         for _ in 0..rounds {
             std::hint::black_box(core.reconcile(now + 1.0));
@@ -161,13 +170,14 @@ fn main() {
 
         let report_us = per(report_each, workers);
         println!(
-            "| {workers} | {instances} | {:.1} | {:.2} | {:.2} | {:.0} | {:.2}, {} | {:.2} |",
+            "| {workers} | {instances} | {:.1} | {:.2} | {:.2} | {:.0} | {:.2}, {}, {:.1} | {:.2} |",
             place.as_secs_f64() * 1e3,
             per(event, placed.len()),
             report_us,
             1e6 / report_us,
             to_root.as_secs_f64() * 1e3,
             json.len() / 1024,
+            delta.len() as f64 / 1024.0,
             tick.as_secs_f64() * 1e3,
         );
     }

@@ -19,7 +19,7 @@ use oak_api::node::{self, DeleteCommand, InstanceEvent, NodeInfo, RegisterReques
 use oak_api::{ServiceId, Status};
 use oak_sched::{Candidate, Policy, Request, Resources, Slot, Snapshot};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 pub type Key = (ServiceId, u32);
@@ -319,11 +319,47 @@ impl Core {
         }
     }
 
+    /// Whether [`reconcile`](Self::reconcile) has something to do for an instance now:
+    /// exactly the cases its match acts on.
+    fn needs_work(&self, a: Option<&Assignment>, active: &HashSet<&str>, now: f64) -> bool {
+        let Some(a) = a else { return true };
+        match a.status {
+            Status::Completed => false,
+            Status::Dead | Status::Failed => now >= a.next_try,
+            s if s.is_negative_scheduling() => now >= a.next_try,
+            s if live(s) && !a.worker.as_deref().is_some_and(|w| active.contains(w)) => true,
+            Status::NodeScheduled => now - a.sent >= self.timing.deploy_ack_timeout,
+            _ => false,
+        }
+    }
+
+    /// The desired instances that need work now, and the assignments no longer desired: one
+    /// merge of the two sorted maps, no lookups (a tick over 60,000 instances).
+    fn triage(&self, now: f64) -> (Vec<Key>, Vec<Key>) {
+        let active: HashSet<&str> =
+            self.workers.values().filter(|w| self.active(w, now)).map(|w| w.id.as_str()).collect();
+        let (mut todo, mut gone) = (Vec::new(), Vec::new());
+        let mut assigned = self.assignments.iter().peekable();
+        for k in self.desired.keys() {
+            while let Some((ak, _)) = assigned.next_if(|(ak, _)| *ak < k) {
+                gone.push(ak.clone());
+            }
+            let a = assigned.next_if(|(ak, _)| *ak == k).map(|(_, a)| a);
+            if self.needs_work(a, &active, now) {
+                todo.push(k.clone());
+            }
+        }
+        gone.extend(assigned.map(|(k, _)| k.clone()));
+        (todo, gone)
+    }
+
     /// Drives the assignments toward the desired set.
     pub fn reconcile(&mut self, now: f64) -> Vec<Out> {
         let mut outs = Vec::new();
         let mut pass = Pass::default();
-        let keys: Vec<Key> = self.desired.keys().cloned().collect();
+        // Most instances need nothing; only those that do are copied out and acted on. (What is
+        // no longer desired stays so while placing: placements only add desired instances.)
+        let (keys, gone) = self.triage(now);
         for k in &keys {
             let Some(a) = self.assignments.get(k).cloned() else {
                 self.place(k, now, &mut outs, &mut pass);
@@ -378,7 +414,6 @@ impl Core {
             }
         }
         if self.desired_known {
-            let gone: Vec<Key> = self.assignments.keys().filter(|k| !self.desired.contains_key(*k)).cloned().collect();
             for k in gone {
                 self.dirty.insert(k.clone());
                 self.report_due = true;
