@@ -185,8 +185,8 @@ struct Sent {
     interests: Vec<Ipv4Addr>,
     usage_at: Instant,
     full_at: Instant,
-    /// The instances the root last wanted here.
-    desired: HashSet<(ServiceId, u32)>,
+    /// The instances the root last wanted here (none yet on this connection: `None`).
+    desired: Option<HashSet<(ServiceId, u32)>>,
 }
 
 impl Default for Sent {
@@ -236,20 +236,23 @@ impl Sent {
             interests: r.interests.clone(),
             usage_at: Instant::now(),
             full_at: Instant::now(),
-            desired: HashSet::new(),
+            desired: None,
         }
     }
 
     /// The root's desired set arrived. An instance newly wanted here was (re)placed by the
     /// root, which now shows it as waiting for this cluster: its state goes again even if
-    /// the cluster's view of it did not change.
+    /// the cluster's view of it did not change. (The first set of a connection follows the
+    /// full report, which the root has applied.)
     fn desired(&mut self, instances: &[DesiredInstance]) {
         let now: HashSet<(ServiceId, u32)> =
             instances.iter().map(|d| (d.service_id.clone(), d.instance_number)).collect();
-        for k in now.difference(&self.desired) {
-            self.instances.remove(k);
+        if let Some(before) = &self.desired {
+            for k in now.difference(before) {
+                self.instances.remove(k);
+            }
         }
-        self.desired = now;
+        self.desired = Some(now);
     }
 
     /// What of `r` the root does not have yet; afterwards it has it.
@@ -374,7 +377,7 @@ mod tests {
             instance_ip: None,
         };
         sent.desired(&[want(0), want(1)]);
-        assert_eq!(sent.delta_with(&r1, false).instances.len(), 2);
+        assert!(sent.delta_with(&r1, false).instances.is_empty(), "the first set follows a full report");
         sent.desired(&[want(1)]);
         sent.desired(&[want(1), want(2)]);
         assert_eq!(sent.delta_with(&r1, false).instances, [inst(2, Status::Creating, 0.0)]);
