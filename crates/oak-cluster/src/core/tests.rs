@@ -243,3 +243,47 @@ fn subnets_and_tables_reach_the_workers_that_need_them() {
     assert_eq!(c.report(3.0).interests, vec![rr]);
     assert_eq!(c.report(3.0).workers, vec!["a".to_owned(), "b".to_owned()]);
 }
+
+/// The report goes up at once when something the root sees changed, and only then (usage
+/// waits for the periodic report); a steady worker report changes nothing.
+#[test]
+fn the_report_is_due_on_changes_only() {
+    let mut c = Core::default();
+    worker(&mut c, "a", 4000, 0.0);
+    c.node_info("a", info(), 0.1);
+    c.set_desired(vec![desired(0, json!({}))], 0.2);
+    assert!(c.take_report_due(), "placed");
+    assert!(!c.take_report_due(), "taken");
+    assert!(c.instance_event("a", ev(0, Status::Running), 0.3).is_empty());
+    assert!(c.take_report_due(), "status change");
+    let running = NodeInfo {
+        instances: vec![node::InstanceUsage {
+            service_id: ServiceId::from("svc"),
+            instance_number: 0,
+            status: Status::Running,
+            cpu_percent: 3.0,
+            memory_mb: 12.0,
+            ns_ip: None,
+        }],
+        ..info()
+    };
+    for t in [2.0, 4.0, 6.0] {
+        assert!(c.node_info("a", running.clone(), t).is_empty());
+        assert!(!c.take_report_due(), "a steady report at {t}");
+    }
+    // Interests are the root's business at once (it answers with tables).
+    let wants = NodeInfo { interests: vec![Ipv4Addr::new(10, 30, 0, 1)], ..running.clone() };
+    c.node_info("a", wants, 7.0);
+    assert!(c.take_report_due());
+    // A worker back from silence: its capacity counts again, and what waited is placed.
+    worker(&mut c, "b", 4000, 0.0);
+    c.set_desired(
+        vec![desired(0, json!({})), desired(1, json!({"constraints": [{"type": "direct", "node": "name-b"}]}))],
+        8.0,
+    );
+    assert_eq!(c.assignments()[&(ServiceId::from("svc"), 1)].status, Status::NoWorkerCapacity);
+    c.take_report_due();
+    let outs = c.node_info("b", info(), 10.5);
+    assert_eq!(topics(&outs), ["nodes/b/control/deploy"]);
+    assert!(c.take_report_due());
+}
