@@ -18,6 +18,12 @@ use std::net::Ipv4Addr;
 /// Path of the link on the root's HTTP port.
 pub const LINK_PATH: &str = "/api/cluster/link";
 
+/// The largest message (and frame: neither side fragments) on the link, both ways. A full
+/// report is about 280 bytes an instance and a desired set carries each instance's spec, so
+/// the 16 MiB frame default of WebSocket libraries would cut off a cluster of some 50,000
+/// instances. Only an authenticated peer gets this far.
+pub const LINK_MAX_MESSAGE: usize = 256 * 1024 * 1024;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClusterToRoot {

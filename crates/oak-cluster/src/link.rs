@@ -77,7 +77,10 @@ async fn session(
         (Some("wss"), None) => return Err("the root is https: give --root-ca FILE (the CA of its certificate)".into()),
         _ => None,
     };
-    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector)
+    let limits = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(oak_api::link::LINK_MAX_MESSAGE))
+        .max_frame_size(Some(oak_api::link::LINK_MAX_MESSAGE));
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(req, Some(limits), false, connector)
         .await
         .map_err(|e| e.to_string())?;
     let (mut sink, mut stream) = ws.split();

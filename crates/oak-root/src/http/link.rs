@@ -136,11 +136,13 @@ pub(super) async fn link(State(state): State<AppState>, headers: HeaderMap, ws: 
             }
         }
     };
-    ws.max_message_size(16 * 1024 * 1024).on_upgrade(move |socket| async move {
-        if let Err(e) = session(state, socket, token_id).await {
-            tracing::info!(reason = %e, "cluster link closed");
-        }
-    })
+    ws.max_message_size(oak_api::link::LINK_MAX_MESSAGE).max_frame_size(oak_api::link::LINK_MAX_MESSAGE).on_upgrade(
+        move |socket| async move {
+            if let Err(e) = session(state, socket, token_id).await {
+                tracing::info!(reason = %e, "cluster link closed");
+            }
+        },
+    )
 }
 
 fn text(m: &RootToCluster) -> Result<Message, String> {
