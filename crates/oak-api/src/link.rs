@@ -49,9 +49,18 @@ pub enum RootToCluster {
     Welcome {
         cluster_id: ClusterId,
     },
-    /// Every instance the root wants on this cluster; anything else must go.
+    /// Every instance the root wants on this cluster; anything else must go. The first
+    /// desired message of every connection.
     Desired {
         instances: Vec<DesiredInstance>,
+    },
+    /// What changed in the desired set since the previous desired message on this
+    /// connection: instances added or changed, and instances no longer wanted.
+    DesiredDelta {
+        #[serde(default)]
+        upsert: Vec<DesiredInstance>,
+        #[serde(default)]
+        remove: Vec<crate::node::InstanceRef>,
     },
     Logs(LogsRequest),
     /// The subnet of every worker the cluster reported (allocated and kept by the root).

@@ -444,6 +444,23 @@ impl Core {
         }
     }
 
+    /// A change of the desired set (the root sends the whole set once per connection, then
+    /// changes).
+    pub fn change_desired(
+        &mut self,
+        upsert: Vec<DesiredInstance>,
+        remove: Vec<oak_api::node::InstanceRef>,
+        now: f64,
+    ) -> Vec<Out> {
+        for r in remove {
+            self.desired.remove(&(r.service_id, r.instance_number));
+        }
+        for d in upsert {
+            self.desired.insert((d.service_id.clone(), d.instance_number), d);
+        }
+        self.reconcile(now)
+    }
+
     pub fn set_desired(&mut self, instances: Vec<DesiredInstance>, now: f64) -> Vec<Out> {
         self.desired = instances.into_iter().map(|d| ((d.service_id.clone(), d.instance_number), d)).collect();
         self.desired_known = true;

@@ -85,6 +85,7 @@ fn now() -> f64 {
 pub(crate) enum Cmd {
     Register(RegisterRequest, oneshot::Sender<Result<RegisterResponse, String>>),
     Desired(Vec<DesiredInstance>),
+    DesiredDelta(Vec<DesiredInstance>, Vec<oak_api::node::InstanceRef>),
     Info(String, NodeInfo),
     Event(String, InstanceEvent),
     Logs(LogsRequest, oneshot::Sender<LogsReply>),
@@ -420,6 +421,7 @@ impl Cluster {
                 Vec::new()
             }
             Cmd::Desired(d) => self.core.set_desired(d, t),
+            Cmd::DesiredDelta(upsert, remove) => self.core.change_desired(upsert, remove, t),
             Cmd::Info(node, info) => self.core.node_info(&node, info, t),
             Cmd::Event(node, ev) => self.core.instance_event(&node, ev, t),
             Cmd::Logs(req, reply) => {

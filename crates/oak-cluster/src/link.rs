@@ -11,6 +11,7 @@ use oak_api::link::{
     ClusterAggregate, ClusterReport, ClusterToRoot, DesiredInstance, InstanceState, LINK_PATH, ReportDelta,
     RootToCluster,
 };
+use oak_api::node::InstanceRef;
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -125,6 +126,10 @@ async fn session(
                     Ok(RootToCluster::Desired { instances }) => {
                         sent.desired(&instances);
                         let _ = core.send(Cmd::Desired(instances)).await;
+                    }
+                    Ok(RootToCluster::DesiredDelta { upsert, remove }) => {
+                        sent.desired_delta(&upsert, &remove);
+                        let _ = core.send(Cmd::DesiredDelta(upsert, remove)).await;
                     }
                     Ok(RootToCluster::Subnets { subnets }) => {
                         let _ = core.send(Cmd::Subnets(subnets)).await;
@@ -258,6 +263,20 @@ impl Sent {
         self.desired = Some(now);
     }
 
+    /// The same for a change of the desired set.
+    fn desired_delta(&mut self, upsert: &[DesiredInstance], remove: &[InstanceRef]) {
+        let set = self.desired.get_or_insert_with(HashSet::new);
+        for r in remove {
+            set.remove(&(r.service_id.clone(), r.instance_number));
+        }
+        for d in upsert {
+            let k = (d.service_id.clone(), d.instance_number);
+            if set.insert(k.clone()) {
+                self.instances.remove(&k);
+            }
+        }
+    }
+
     /// What of `r` the root does not have yet; afterwards it has it.
     fn delta(&mut self, r: &ClusterReport) -> ReportDelta {
         if self.full_at.elapsed() >= FULL_EVERY {
@@ -383,6 +402,11 @@ mod tests {
         assert!(sent.delta_with(&r1, false).instances.is_empty(), "the first set follows a full report");
         sent.desired(&[want(1)]);
         sent.desired(&[want(1), want(2)]);
+        assert_eq!(sent.delta_with(&r1, false).instances, [inst(2, Status::Creating, 0.0)]);
+        // Likewise through a change of the desired set.
+        let two = InstanceRef { service_id: ServiceId::from("svc"), instance_number: 2 };
+        sent.desired_delta(&[], &[two]);
+        sent.desired_delta(&[want(1), want(2)], &[]);
         assert_eq!(sent.delta_with(&r1, false).instances, [inst(2, Status::Creating, 0.0)]);
     }
 }

@@ -287,3 +287,17 @@ fn the_report_is_due_on_changes_only() {
     assert_eq!(topics(&outs), ["nodes/b/control/deploy"]);
     assert!(c.take_report_due());
 }
+
+/// A change of the desired set acts like the whole new set.
+#[test]
+fn desired_changes_add_and_remove() {
+    let mut c = Core::default();
+    worker(&mut c, "a", 4000, 0.0);
+    c.set_desired(vec![desired(0, json!({}))], 0.0);
+    let outs = c.change_desired(vec![desired(1, json!({}))], vec![], 0.5);
+    assert_eq!(topics(&outs), ["nodes/a/control/deploy"]);
+    let gone = node::InstanceRef { service_id: ServiceId::from("svc"), instance_number: 0 };
+    let outs = c.change_desired(vec![], vec![gone], 1.0);
+    assert_eq!(topics(&outs), ["nodes/a/control/delete"]);
+    assert_eq!(c.assignments().keys().map(|k| k.1).collect::<Vec<_>>(), [1]);
+}

@@ -8,10 +8,10 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use oak_api::link::{ClusterReport, ClusterToRoot, DesiredInstance, RootToCluster};
-use oak_api::node::{LogsReply, LogsRequest};
+use oak_api::node::{InstanceRef, LogsReply, LogsRequest};
 use oak_api::{ClusterId, ErrorCode};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -306,9 +306,63 @@ async fn push(
 ) -> Result<(), String> {
     let cid = id.clone();
     let desired = state.blocking(move |r| Ok(r.desired_for(&cid)?)).await.map_err(|e| e.message)?;
-    if last.as_ref() != Some(&desired) {
-        sink.send(text(&RootToCluster::Desired { instances: desired.clone() })?).await.map_err(|e| e.to_string())?;
-        *last = Some(desired);
-    }
+    let msg = match last.as_ref() {
+        Some(prev) if *prev == desired => return Ok(()),
+        Some(prev) => desired_delta(prev, &desired),
+        None => RootToCluster::Desired { instances: desired.clone() },
+    };
+    sink.send(text(&msg)?).await.map_err(|e| e.to_string())?;
+    *last = Some(desired);
     Ok(())
+}
+
+/// What changed from `prev` to `now`, as a message: a cluster of 60,000 instances would
+/// otherwise get some 30 MB for each instance deployed.
+fn desired_delta(prev: &[DesiredInstance], now: &[DesiredInstance]) -> RootToCluster {
+    let key = |d: &DesiredInstance| (d.service_id.clone(), d.instance_number);
+    let before: HashMap<_, &DesiredInstance> = prev.iter().map(|d| (key(d), d)).collect();
+    let after: HashSet<_> = now.iter().map(key).collect();
+    let upsert = now.iter().filter(|d| before.get(&key(d)).is_none_or(|p| *p != *d)).cloned().collect();
+    let remove = prev
+        .iter()
+        .filter(|d| !after.contains(&key(d)))
+        .map(|d| InstanceRef { service_id: d.service_id.clone(), instance_number: d.instance_number })
+        .collect();
+    RootToCluster::DesiredDelta { upsert, remove }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn want(service: &str, n: u32, memory: u64) -> DesiredInstance {
+        let spec = serde_json::json!({"microservice_name": "s", "microservice_namespace": "n",
+            "virtualization": "container", "code": "img", "memory": memory});
+        DesiredInstance {
+            service_id: oak_api::ServiceId::from(service),
+            instance_number: n,
+            job_name: "a.b.s.n".into(),
+            spec: oak_api::sla::parse_microservice(&spec, "").expect("spec"),
+            instance_ip: None,
+        }
+    }
+
+    /// Applying the delta to the previous set gives the new one, and only what changed is in it.
+    #[test]
+    fn desired_deltas_carry_what_changed() {
+        let prev = vec![want("a", 0, 100), want("a", 1, 100), want("b", 0, 100)];
+        let now = vec![want("a", 0, 100), want("a", 1, 200), want("c", 0, 100)];
+        let RootToCluster::DesiredDelta { upsert, remove } = desired_delta(&prev, &now) else { panic!("not a delta") };
+        assert_eq!(upsert, [want("a", 1, 200), want("c", 0, 100)]);
+        assert_eq!(remove, [InstanceRef { service_id: oak_api::ServiceId::from("b"), instance_number: 0 }]);
+        let mut applied: std::collections::BTreeMap<_, _> =
+            prev.into_iter().map(|d| ((d.service_id.clone(), d.instance_number), d)).collect();
+        for r in remove {
+            applied.remove(&(r.service_id, r.instance_number));
+        }
+        for d in upsert {
+            applied.insert((d.service_id.clone(), d.instance_number), d);
+        }
+        assert_eq!(applied.into_values().collect::<Vec<_>>(), now);
+    }
 }
