@@ -317,7 +317,7 @@ async fn push(
 }
 
 /// What changed from `prev` to `now`, as a message: a cluster of 60,000 instances would
-/// otherwise get some 30 MB for each instance deployed.
+/// otherwise get some 25 MB for each instance deployed.
 fn desired_delta(prev: &[DesiredInstance], now: &[DesiredInstance]) -> RootToCluster {
     let key = |d: &DesiredInstance| (d.service_id.clone(), d.instance_number);
     let before: HashMap<_, &DesiredInstance> = prev.iter().map(|d| (key(d), d)).collect();
