@@ -42,7 +42,13 @@ pub struct ContainerdRuntime {
     namespace: String,
     running: Mutex<HashMap<String, Running>>,
     arch: String,
+    pull_timeout: Duration,
 }
+
+/// How long a pull may take before the instance fails (and is placed again after a backoff).
+/// A registry that accepts the connection and never answers would otherwise keep an
+/// instance CREATING forever.
+pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn op(id: &str, op: &'static str, e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Op { id: id.to_owned(), op, reason: e.to_string() }
@@ -63,7 +69,14 @@ impl ContainerdRuntime {
             namespace: namespace.to_owned(),
             running: Mutex::new(HashMap::new()),
             arch: image::host_arch().to_owned(),
+            pull_timeout: DEFAULT_PULL_TIMEOUT,
         })
+    }
+
+    /// Sets how long a pull may take.
+    pub fn with_pull_timeout(mut self, timeout: Duration) -> Self {
+        self.pull_timeout = timeout;
+        self
     }
 
     pub fn namespace(&self) -> &str {
@@ -109,7 +122,7 @@ impl ContainerdRuntime {
         serde_json::from_slice(&config).map_err(|e| format!("bad image config: {e}"))
     }
 
-    async fn has_image(&self, name: &str) -> bool {
+    async fn image_present(&self, name: &str) -> bool {
         let mut images = ImagesClient::new(self.channel.clone());
         let req = GetImageRequest { name: name.to_owned() };
         images.get(with_namespace!(req, self.namespace.as_str())).await.is_ok()
@@ -225,16 +238,26 @@ impl Runtime for ContainerdRuntime {
         vec!["container".to_owned(), "docker".to_owned()]
     }
 
+    async fn has_image(&self, image: &str) -> bool {
+        self.image_present(image).await
+    }
+
     async fn ensure_image(&self, name: &str) -> Result<(), RuntimeError> {
-        if self.has_image(name).await {
+        if self.image_present(name).await {
             return Ok(());
         }
-        let out = tokio::process::Command::new("ctr")
+        let pull = tokio::process::Command::new("ctr")
             .args(["-n", &self.namespace, "images", "pull", name])
-            .output()
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(self.pull_timeout, pull)
             .await
+            .map_err(|_| RuntimeError::Image {
+                image: name.to_owned(),
+                reason: format!("the pull did not finish in {} s", self.pull_timeout.as_secs_f64()),
+            })?
             .map_err(|e| RuntimeError::Image { image: name.to_owned(), reason: format!("cannot run ctr: {e}") })?;
-        if out.status.success() && self.has_image(name).await {
+        if out.status.success() && self.image_present(name).await {
             Ok(())
         } else {
             let err = String::from_utf8_lossy(&out.stderr);

@@ -76,6 +76,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// Runtime names this runtime serves (as the SLA's `virtualization` says them).
     fn names(&self) -> Vec<String>;
 
+    /// Whether the image is present (nothing is pulled).
+    fn has_image(&self, image: &str) -> impl Future<Output = bool> + Send;
+
     /// Makes sure the image is present (pulling it if needed).
     fn ensure_image(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 

@@ -96,3 +96,29 @@ async fn a_missing_image_is_named() {
     assert!(rt.list(&s.labels).await.unwrap().is_empty());
     nothing_left(&s.id, &s.log_path);
 }
+
+/// A registry that takes the connection and never answers: the pull gives up after the
+/// timeout, names the image, and leaves no `ctr` behind.
+#[tokio::test]
+async fn a_pull_that_hangs_times_out() {
+    let Some(rt) = runtime("oak-test-rt4").await else { return };
+    let rt = rt.with_pull_timeout(Duration::from_secs(2));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let image = format!("{}/hangs/forever:1", listener.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = listener.accept().await {
+            conns.push(c);
+        }
+    });
+    assert!(!rt.has_image(&image).await);
+    let started = std::time::Instant::now();
+    let e = rt.ensure_image(&image).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(e.to_string().contains(&image) && e.to_string().contains("did not finish in 2 s"), "{e}");
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(10), "{took:?}");
+    held.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ps = std::process::Command::new("pgrep").args(["-f", &image]).output().unwrap();
+    assert!(ps.stdout.is_empty(), "ctr left running: {}", String::from_utf8_lossy(&ps.stdout));
+}

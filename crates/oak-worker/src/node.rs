@@ -82,6 +82,8 @@ enum Command {
     Deploy(Box<DeployCommand>),
     Delete(DeleteCommand),
     Logs(LogsRequest),
+    /// A step of starting an instance worth showing (e.g. its image is being pulled).
+    Progress(Key, String),
     Started(Key, Result<(), String>),
     Exited(Key, Exit),
     Report,
@@ -393,6 +395,11 @@ impl<R: Runtime> Table<R> {
                 let reply = self.logs(&req);
                 self.publish(node::topic_logs(&self.id), &reply).await;
             }
+            Command::Progress(k, detail) => {
+                if self.instances.get(&k).is_some_and(|i| i.status == Status::Creating) {
+                    self.event(&k, Status::Creating, detail, None).await;
+                }
+            }
             Command::Started(k, res) => match res {
                 Ok(()) => {
                     if self.instances.get(&k).is_some_and(|i| i.status == Status::Creating) {
@@ -536,6 +543,9 @@ impl<R: Runtime> Table<R> {
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let started = async {
+                if !rt.has_image(&spec.image).await {
+                    let _ = tx.send(Command::Progress(k.clone(), format!("pulling {}", spec.image))).await;
+                }
                 rt.ensure_image(&spec.image).await.map_err(|e| e.to_string())?;
                 if let Some((ov, _)) = overlay {
                     let (netns, id) = (spec.netns.clone(), spec.id.clone());

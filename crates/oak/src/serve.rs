@@ -74,6 +74,9 @@ pub struct WorkerArgs {
     /// Seconds between SIGTERM and SIGKILL when an instance is stopped.
     #[arg(long, default_value_t = 5)]
     pub stop_grace: u64,
+    /// Seconds an image pull may take before the instance fails (and is placed again later).
+    #[arg(long, default_value_t = 600)]
+    pub pull_timeout: u64,
     /// Run inside this network namespace (/run/netns/NAME), as if it were a separate host.
     #[arg(long)]
     pub netns: Option<String>,
@@ -130,7 +133,8 @@ fn hostname() -> String {
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let runtime =
         oak_runtime::containerd::ContainerdRuntime::connect(&args.containerd_socket, &args.containerd_namespace)
-            .await?;
+            .await?
+            .with_pull_timeout(Duration::from_secs(args.pull_timeout));
     let config = oak_worker::WorkerConfig {
         cluster_url: crate::settings::normalize(&args.cluster),
         token: args.token,
