@@ -1045,8 +1045,6 @@ impl Registry {
         Ok(Self::render_service(s, &app))
     }
 
-    /// A new instance record (not committed), with the status that says whether a cluster can
-    /// take it now.
     /// The status a new instance starts with: REQUESTED when some cluster is active, else a
     /// negative status that says why none can take it.
     fn initial_status(&self) -> Result<(Status, String)> {
@@ -1054,12 +1052,7 @@ impl Registry {
         let clusters = self.load_all::<ClusterRecord>(CLUSTERS, "")?;
         let active = clusters.iter().filter(|c| now - c.last_seen <= self.cluster_timeout).count();
         Ok(if active == 0 {
-            let why = if clusters.is_empty() {
-                "no cluster has joined this root yet".to_owned()
-            } else {
-                format!("none of the {} known clusters reported in the last {} s", clusters.len(), self.cluster_timeout)
-            };
-            (Status::NoActiveClusterWithCapacity, format!("no active cluster can take it: {why}"))
+            (Status::NoActiveClusterWithCapacity, no_active_cluster(clusters.len(), self.cluster_timeout))
         } else {
             (Status::Requested, "Waiting for scheduling decision".to_owned())
         })
@@ -1194,6 +1187,16 @@ mod network;
 mod tokens;
 pub use clusters::{LogsTarget, ReportOutcome};
 pub use tokens::{JoinToken, NewJoinToken};
+
+/// Why an instance waits when no cluster is active; the same words whether the request or
+/// the scheduler finds it.
+pub(crate) fn no_active_cluster(known: usize, timeout: f64) -> String {
+    if known == 0 {
+        "no active cluster can take it: no cluster has joined this root yet".to_owned()
+    } else {
+        format!("no active cluster can take it: none of the {known} known clusters reported in the last {timeout} s")
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -298,7 +298,7 @@ impl Registry {
                             oak_sched::Rejection::NoCandidates => (
                                 Status::NoActiveClusterWithCapacity,
                                 if clusters.is_empty() {
-                                    "no active cluster can take it: no cluster is connected".to_owned()
+                                    super::no_active_cluster(names.len(), self.cluster_timeout)
                                 } else {
                                     "no active cluster can take it: no cluster reports free workers".to_owned()
                                 },
