@@ -20,6 +20,10 @@ impl Credentials {
         self.0.write().insert(username.to_owned(), password_hash);
     }
 
+    pub fn remove(&self, username: &str) {
+        self.0.write().remove(username);
+    }
+
     /// `client_id` must be `<username>-ne` (workers) or the username itself (the cluster).
     pub fn check(&self, client_id: &str, username: &str, password: &str) -> bool {
         let id_ok = client_id == username || client_id.strip_suffix("-ne") == Some(username);

@@ -84,11 +84,20 @@ pub struct Timing {
     pub backoff_cap: f64,
     /// A run this long resets the backoff.
     pub healthy_run: f64,
+    /// A worker not heard from this long, with nothing assigned, is forgotten: its record,
+    /// its broker login and (at the root) its overlay subnet go. It can register again.
+    pub forget_after: f64,
 }
 
 impl Default for Timing {
     fn default() -> Self {
-        Self { heartbeat_timeout: 6.0, deploy_ack_timeout: 3.0, backoff_cap: 60.0, healthy_run: 30.0 }
+        Self {
+            heartbeat_timeout: 6.0,
+            deploy_ack_timeout: 3.0,
+            backoff_cap: 60.0,
+            healthy_run: 30.0,
+            forget_after: 24.0 * 3600.0,
+        }
     }
 }
 
@@ -118,6 +127,9 @@ pub struct Core {
     /// Something the root sees changed (an assignment, a worker's schedulability, the
     /// interests): the report goes up at once instead of with the next periodic one.
     report_due: bool,
+    /// When each worker was last heard from (registration or any message); unlike
+    /// `last_seen`, never set back by a lost connection.
+    heard: HashMap<String, f64>,
 }
 
 /// What the placements of one reconcile pass share: the snapshot, built at the first
@@ -179,10 +191,34 @@ impl Core {
         }
     }
 
-    /// A worker registered (or registered again).
-    pub fn add_worker(&mut self, rec: WorkerRec) {
+    /// A worker registered (or registered again, or was read from the store at start).
+    pub fn add_worker(&mut self, rec: WorkerRec, now: f64) {
+        self.heard.insert(rec.id.clone(), now);
         self.workers.insert(rec.id.clone(), rec);
         self.report_due = true;
+    }
+
+    /// Forgets the workers not heard from in [`Timing::forget_after`] that hold nothing;
+    /// returns their ids (the caller removes their records and broker logins). Without this a
+    /// cluster whose machines come and go (reinstalled, replaced) would keep every worker it
+    /// ever had, and the root a subnet for each.
+    pub fn forget_silent(&mut self, now: f64) -> Vec<String> {
+        let gone: Vec<String> = self
+            .workers
+            .keys()
+            .filter(|id| {
+                now - self.heard.get(*id).copied().unwrap_or(now) > self.timing.forget_after
+                    && !self.by_worker.contains_key(*id)
+            })
+            .cloned()
+            .collect();
+        for id in &gone {
+            self.workers.remove(id);
+            self.heard.remove(id);
+            self.sent_tables.remove(id);
+            self.report_due = true;
+        }
+        gone
     }
 
     /// True once since something the root sees changed; the caller then sends a report.
@@ -481,6 +517,7 @@ impl Core {
         }
         let Some(w) = self.workers.get_mut(node) else { return outs };
         w.last_seen = now;
+        self.heard.insert(node.to_owned(), now);
         let ns_ips: Vec<(Key, Option<Ipv4Addr>)> =
             info.instances.iter().map(|i| ((i.service_id.clone(), i.instance_number), i.ns_ip)).collect();
         w.info = Some(info);
@@ -546,6 +583,7 @@ impl Core {
         let was_schedulable = self.workers.get(node).is_some_and(|w| self.schedulable(w, now));
         if let Some(w) = self.workers.get_mut(node) {
             w.last_seen = now;
+            self.heard.insert(node.to_owned(), now);
         }
         // Back from silence: what waits for capacity may fit now.
         let back = !was_schedulable && self.workers.get(node).is_some_and(|w| self.schedulable(w, now));

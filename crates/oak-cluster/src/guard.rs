@@ -166,6 +166,9 @@ pub async fn serve(listener: TcpListener, upstream: SocketAddr) {
     }
 }
 
+/// CONNACK, return code 4: bad user name or password (MQTT 3.1.1 §3.2.2.3).
+pub const REFUSED_LOGIN: [u8; 4] = [0x20, 0x02, 0x00, 0x04];
+
 async fn relay(client: TcpStream, upstream: SocketAddr) -> Result<(), String> {
     let _ = client.set_nodelay(true);
     let broker = TcpStream::connect(upstream).await.map_err(|e| format!("cannot reach the broker: {e}"))?;
@@ -176,18 +179,26 @@ async fn relay(client: TcpStream, upstream: SocketAddr) -> Result<(), String> {
     let down_w = client_w.clone();
     let down = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut answered = false;
         loop {
             match from_broker.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    answered = true;
                     if down_w.lock().await.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
                 }
             }
         }
-        // The broker closed (e.g. it refused the login): so does the worker's connection.
-        let _ = down_w.lock().await.shutdown().await;
+        // The broker closed: so does the worker's connection. Closing before any CONNACK
+        // means it refused the login (rumqttd just hangs up); say so in MQTT, "bad user name
+        // or password", so the worker knows to register again rather than retry forever.
+        let mut w = down_w.lock().await;
+        if !answered {
+            let _ = w.write_all(&REFUSED_LOGIN).await;
+        }
+        let _ = w.shutdown().await;
     });
     let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
     let mut node: Option<String> = None;

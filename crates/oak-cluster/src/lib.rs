@@ -155,7 +155,7 @@ impl Cluster {
                     // Known workers get one heartbeat timeout to report after a restart of the
                     // cluster, before their instances are moved.
                     w.last_seen = now();
-                    core.add_worker(w);
+                    core.add_worker(w, now());
                 }
                 Err(e) => tracing::warn!(worker = %id, error = %e, "skipping an unreadable worker record"),
             }
@@ -390,7 +390,7 @@ impl Cluster {
         self.store.commit(b).map_err(|e| e.to_string())?;
         creds.set(&id, rec.mqtt_password_hash.clone());
         tracing::info!(node = %id, name = %rec.reg.name, ip = %rec.reg.ip, "worker registered");
-        self.core.add_worker(rec);
+        self.core.add_worker(rec, now());
         Ok(RegisterResponse {
             id: id.clone(),
             mqtt_host: self.external_mqtt.as_ref().map(|e| e.host.clone()),
@@ -473,6 +473,18 @@ impl Cluster {
             Cmd::Tick => {
                 // Requests the root stopped waiting for.
                 pending_logs.retain(|_, tx| !tx.is_closed());
+                let gone = self.core.forget_silent(t);
+                if !gone.is_empty() {
+                    let mut b = Batch::new();
+                    for id in &gone {
+                        b.delete(WORKERS, id.clone());
+                        creds.remove(id);
+                        tracing::info!(node = %id, "worker forgotten: not heard from in {} s", self.core.timing.forget_after);
+                    }
+                    if let Err(e) = self.store.commit(b) {
+                        tracing::error!(error = %e, "cannot remove forgotten workers");
+                    }
+                }
                 self.core.reconcile(t)
             }
         }

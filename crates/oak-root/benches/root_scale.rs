@@ -115,9 +115,6 @@ fn main() {
         let t = Instant::now();
         reg.schedule_pending().unwrap();
         let sched_ms = ms(t.elapsed());
-        println!(
-            "| {services} | {} | {desired_ms:.1} | {delta_ms:.1} | {full_ms:.1} | {sched_ms:.1} |",
-            services * 2
-        );
+        println!("| {services} | {} | {desired_ms:.1} | {delta_ms:.1} | {full_ms:.1} | {sched_ms:.1} |", services * 2);
     }
 }

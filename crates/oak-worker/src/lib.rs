@@ -11,4 +11,4 @@
 mod host;
 mod node;
 
-pub use node::{OverlaySettings, Worker, WorkerConfig, WorkerError};
+pub use node::{OverlaySettings, RunEnd, Worker, WorkerConfig, WorkerError};

@@ -93,6 +93,18 @@ enum Command {
     OverlayReady(Result<Arc<Overlay>, String>),
     /// Packets wait for the table of a semantic address: report interests now.
     Miss,
+    /// The broker refused this worker's login: the cluster no longer knows it.
+    Refused,
+}
+
+/// How [`Worker::run`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Asked to stop.
+    Stopped,
+    /// The cluster no longer accepts this worker's credentials (it forgot the worker, or
+    /// lost its store): register again.
+    Refused,
 }
 
 /// A registered worker, ready to run.
@@ -193,7 +205,7 @@ impl<R: Runtime> Worker<R> {
     }
 
     /// Runs until `shutdown`; then removes every instance it runs.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) {
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) -> RunEnd {
         let id = self.reg.id.clone();
 
         let mut opts = MqttOptions::new(format!("{id}-ne"), self.mqtt_host.clone(), self.reg.mqtt_port);
@@ -245,6 +257,13 @@ impl<R: Runtime> Worker<R> {
                         }
                     }
                     Ok(_) => {}
+                    Err(rumqttc::ConnectionError::ConnectionRefused(
+                        rumqttc::ConnectReturnCode::BadUserNamePassword | rumqttc::ConnectReturnCode::NotAuthorized,
+                    )) => {
+                        tracing::warn!("the cluster refused this worker's MQTT login; registering again");
+                        let _ = mqtt_tx.send(Command::Refused).await;
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "MQTT connection lost; reconnecting");
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -285,12 +304,17 @@ impl<R: Runtime> Worker<R> {
                 .unwrap_or(Ipv4Addr::LOCALHOST),
         };
         tokio::pin!(shutdown);
-        loop {
+        let end = loop {
             tokio::select! {
-                _ = &mut shutdown => break,
-                Some(cmd) = rx.recv() => table.handle(cmd).await,
+                _ = &mut shutdown => break RunEnd::Stopped,
+                Some(cmd) = rx.recv() => {
+                    if matches!(cmd, Command::Refused) {
+                        break RunEnd::Refused;
+                    }
+                    table.handle(cmd).await;
+                }
             }
-        }
+        };
         tracing::info!("worker stopping: removing its instances");
         // All at once: each may wait out its grace period.
         let mut removals = tokio::task::JoinSet::new();
@@ -311,6 +335,7 @@ impl<R: Runtime> Worker<R> {
         let _ = table.client.disconnect().await;
         mqtt_task.abort();
         tick_task.abort();
+        end
     }
 }
 
@@ -422,6 +447,7 @@ impl<R: Runtime> Table<R> {
                 self.event(&k, status, detail, code).await;
             }
             Command::Report | Command::Miss => self.report().await,
+            Command::Refused => {}
             Command::Network(n) => self.network(n),
             Command::OverlayReady(r) => {
                 self.overlay_starting = false;

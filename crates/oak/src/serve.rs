@@ -42,6 +42,10 @@ pub struct ClusterArgs {
     /// Longest wait (ms) between placements of a crash-looping instance (1 s, 2 s, 4 s … cap).
     #[arg(long, default_value_t = 60000)]
     pub backoff_cap_ms: u64,
+    /// A worker not heard from this long (s), with nothing assigned, is forgotten (it can
+    /// register again); the root frees its overlay subnet.
+    #[arg(long, default_value_t = 86400)]
+    pub forget_worker_after: u64,
     /// For an `https://` root: the CA certificate (PEM) its certificate must chain to.
     #[arg(long, env = "OAK_ROOT_CA")]
     pub root_ca: Option<PathBuf>,
@@ -110,6 +114,7 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         timing: oak_cluster::core::Timing {
             heartbeat_timeout: args.heartbeat_timeout_ms as f64 / 1000.0,
             backoff_cap: args.backoff_cap_ms.max(1000) as f64 / 1000.0,
+            forget_after: args.forget_worker_after as f64,
             ..Default::default()
         },
     };
@@ -145,8 +150,14 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         overlay: (!args.no_overlay)
             .then_some(oak_worker::OverlaySettings { port: args.tunnel_port, advertise: args.advertise_addr }),
     };
-    let worker = oak_worker::Worker::register(config, Arc::new(runtime)).await?;
-    tracing::info!(node = %worker.id(), "worker ready");
-    worker.run(crate::shutdown_signal()).await;
-    Ok(())
+    let runtime = Arc::new(runtime);
+    loop {
+        let worker = oak_worker::Worker::register(config.clone(), runtime.clone()).await?;
+        tracing::info!(node = %worker.id(), "worker ready");
+        match worker.run(crate::shutdown_signal()).await {
+            oak_worker::RunEnd::Stopped => return Ok(()),
+            // Same id (kept in the data dir), new credentials; leftovers are removed.
+            oak_worker::RunEnd::Refused => continue,
+        }
+    }
 }

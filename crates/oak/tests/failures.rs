@@ -249,3 +249,38 @@ async fn restarts_of_root_cluster_and_worker_lose_nothing() {
         h.admin.service(&svc).await.unwrap().instance_list.iter().map(|i| i.instance_number).collect();
     assert_eq!(numbers, [0, 1, 2]);
 }
+
+/// A worker silent for longer than its cluster keeps workers is forgotten (its record, its
+/// broker login; the root frees its subnet). When it comes back, the broker refuses its old
+/// login and it registers again, as the same node, and takes work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_worker_registers_again() {
+    if !common::can_run_containers("forget a worker") {
+        return;
+    }
+    let h = Hierarchy::start_opts("fgt", 1, 300, 1500, &["--forget-worker-after", "3"]).await;
+    let node_id = std::fs::read_to_string(h.worker_dir(0).join("node-id")).unwrap();
+    let pid = nix::unistd::Pid::from_raw(h.workers[0].pid().unwrap() as i32);
+    let workers = || async {
+        let c = h.admin.clusters(false).await.unwrap();
+        (c[0].workers, c[0].active_nodes)
+    };
+    // Frozen long enough to be forgotten and for the broker to drop its connection
+    // (keep-alive 5 s): a forgotten worker must not be able to talk on an old connection.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while workers().await != (0, 0) {
+        assert!(Instant::now() < deadline, "not forgotten: {:?}", workers().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while workers().await != (1, 1) {
+        assert!(Instant::now() < deadline, "did not come back: {:?}", workers().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(std::fs::read_to_string(h.worker_dir(0).join("node-id")).unwrap(), node_id, "the same node");
+    let svc = deploy(&h, "again", "exec sleep 3600").await;
+    h.wait_for(&svc, 60, "RUNNING", |is| is.iter().all(|i| i.status == Status::Running) && !is.is_empty()).await;
+}

@@ -301,3 +301,29 @@ fn desired_changes_add_and_remove() {
     assert_eq!(topics(&outs), ["nodes/a/control/delete"]);
     assert_eq!(c.assignments().keys().map(|k| k.1).collect::<Vec<_>>(), [1]);
 }
+
+/// Workers silent past `forget_after` that hold nothing are forgotten; the report no longer
+/// lists them (so the root frees their subnets). One still holding an assignment stays.
+#[test]
+fn silent_workers_are_forgotten() {
+    let mut c = Core::default();
+    c.timing.forget_after = 100.0;
+    // (A heartbeat timeout this long keeps b's instance on b while b is silent.)
+    c.timing.heartbeat_timeout = 1000.0;
+    for id in ["a", "b"] {
+        worker(&mut c, id, 4000, 0.0);
+        let rec = c.workers[id].clone();
+        c.add_worker(rec, 0.0);
+    }
+    c.set_desired(vec![desired(0, json!({"constraints": [{"type": "direct", "node": "name-b"}]}))], 0.0);
+    c.node_info("a", info(), 50.0);
+    assert!(c.forget_silent(120.0).is_empty(), "a was heard at 50; b holds an instance");
+    c.take_report_due();
+    assert_eq!(c.forget_silent(151.0), ["a"]);
+    assert!(c.take_report_due());
+    assert_eq!(c.report(151.0).workers, ["b"]);
+    // Once b's instance is gone, b goes too.
+    c.set_desired(vec![], 152.0);
+    assert_eq!(c.forget_silent(152.0), ["b"]);
+    assert!(c.workers.is_empty());
+}
