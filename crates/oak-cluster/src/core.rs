@@ -146,9 +146,13 @@ fn live(s: Status) -> bool {
     matches!(s, Status::NodeScheduled | Status::Creating | Status::Running)
 }
 
+fn resources_of(d: &DesiredInstance) -> Resources {
+    Resources::new(d.spec.millicpu(), d.spec.memory, d.spec.vgpus as u32)
+}
+
 fn request_of(d: &DesiredInstance) -> Request {
     Request {
-        resources: Resources::new(d.spec.millicpu(), d.spec.memory, d.spec.vgpus as u32),
+        resources: resources_of(d),
         runtime: d.spec.virtualization.clone(),
         arch: d.spec.arch.clone(),
         direct: d.spec.direct_targets(oak_api::sla::DirectTier::Node),
@@ -240,15 +244,13 @@ impl Core {
         self.active(w, now) && w.info.as_ref().is_none_or(|i| !i.overlay || i.subnet.is_some())
     }
 
-    /// The schedulable workers with what their live instances reserve, and their ids in
-    /// candidate order. O(workers + assignments).
-    fn snapshot(&self, now: f64) -> (Snapshot, Vec<String>) {
-        let mut ids = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::new();
+    /// The schedulable workers with what their live instances reserve, indexed for placement.
+    /// O(workers + assignments).
+    fn snapshot(&self, now: f64) -> Snapshot {
+        let used = self.reserved();
         let mut snap = Snapshot::default();
         for w in self.workers.values().filter(|w| self.schedulable(w, now)) {
-            index.insert(&w.id, ids.len());
-            snap.add(Candidate {
+            let idx = snap.add(Candidate {
                 id: w.id.clone(),
                 name: w.reg.name.clone(),
                 slots: vec![Slot {
@@ -257,16 +259,11 @@ impl Core {
                     capacity: w.capacity(),
                 }],
             });
-            ids.push(w.id.clone());
-        }
-        for (k, a) in &self.assignments {
-            if let (Some(w), true) = (&a.worker, live(a.status))
-                && let (Some(&idx), Some(d)) = (index.get(w.as_str()), self.desired.get(k))
-            {
-                snap.reserve(idx, 0, &request_of(d).resources);
+            if let Some(u) = used.get(w.id.as_str()) {
+                snap.reserve(idx, 0, u);
             }
         }
-        (snap, ids)
+        snap
     }
 
     fn set(&mut self, k: &Key, worker: Option<String>, status: Status, detail: String, now: f64) {
@@ -315,7 +312,7 @@ impl Core {
         let placed = match pass.refused.get(&req) {
             Some(e) => Err(e.clone()),
             None => {
-                let snap = pass.snapshot.get_or_insert_with(|| self.snapshot(now).0);
+                let snap = pass.snapshot.get_or_insert_with(|| self.snapshot(now));
                 let placed = snap.place(&req, self.policy);
                 match &placed {
                     Ok(p) => snap.reserve(p.candidate, p.slot, &req.resources),
@@ -692,22 +689,60 @@ impl Core {
     }
 
     /// The full observed state, for the root.
+    /// What the live instances of each worker reserve: the scheduler's view of free space,
+    /// without building its index (one merge of the desired and assigned maps).
+    fn reserved(&self) -> HashMap<&str, Resources> {
+        let mut used: HashMap<&str, Resources> = HashMap::new();
+        let mut desired = self.desired.iter().peekable();
+        for (k, a) in &self.assignments {
+            while desired.next_if(|(dk, _)| *dk < k).is_some() {}
+            let Some((_, d)) = desired.next_if(|(dk, _)| *dk == k) else { continue };
+            if let (Some(w), true) = (&a.worker, live(a.status)) {
+                let e = used.entry(w.as_str()).or_default();
+                *e = e.saturating_add(&resources_of(d));
+            }
+        }
+        used
+    }
+
     pub fn report(&self, now: f64) -> ClusterReport {
-        let (snap, ids) = self.snapshot(now);
-        let mut slots: Vec<FreeSlot> = Vec::new();
-        let mut runtimes = BTreeSet::new();
+        let used = self.reserved();
+        let mut free_of: Vec<(Resources, &WorkerRec)> = Vec::new();
+        let mut runtimes: BTreeSet<String> = BTreeSet::new();
         let mut agg = ClusterAggregate { workers: self.workers.len() as u32, ..ClusterAggregate::default() };
         let mut cpu_sum = 0.0;
-        for (idx, id) in ids.iter().enumerate() {
-            let Some(w) = self.workers.get(id) else { continue };
+        for w in self.workers.values().filter(|w| self.schedulable(w, now)) {
             agg.active_workers += 1;
             agg.cpu_cores += w.reg.cpu_cores;
             agg.memory_mb += w.reg.memory_mb;
             agg.gpus += w.reg.gpus;
             cpu_sum += w.info.as_ref().map(|i| i.cpu_percent).unwrap_or(0.0);
-            runtimes.extend(w.reg.runtimes.iter().cloned());
-            if let Some(free) = snap.free(idx, 0) {
-                agg.memory_free_mb += free.memory_mb;
+            for r in &w.reg.runtimes {
+                if !runtimes.contains(r) {
+                    runtimes.insert(r.clone());
+                }
+            }
+            let free = w.capacity().saturating_sub(&used.get(w.id.as_str()).copied().unwrap_or_default());
+            agg.memory_free_mb += free.memory_mb;
+            free_of.push((free, w));
+        }
+        if agg.active_workers > 0 {
+            agg.cpu_percent = cpu_sum / f64::from(agg.active_workers);
+        }
+        // The 16 largest distinct free slots (sorted on references; only those 16 are copied).
+        free_of.sort_by(|(a, wa), (b, wb)| {
+            (b.memory_mb, b.millicpu, &wb.reg.arch).cmp(&(a.memory_mb, a.millicpu, &wa.reg.arch))
+        });
+        let mut slots: Vec<FreeSlot> = Vec::new();
+        for (free, w) in free_of {
+            if slots.len() == 16 {
+                break;
+            }
+            let same = slots.last().is_some_and(|s: &FreeSlot| {
+                (s.millicpu, s.memory_mb, s.gpus, &s.arch, &s.runtimes)
+                    == (free.millicpu, free.memory_mb, free.gpus, &w.reg.arch, &w.reg.runtimes)
+            });
+            if !same {
                 slots.push(FreeSlot {
                     arch: w.reg.arch.clone(),
                     runtimes: w.reg.runtimes.clone(),
@@ -717,12 +752,6 @@ impl Core {
                 });
             }
         }
-        if agg.active_workers > 0 {
-            agg.cpu_percent = cpu_sum / f64::from(agg.active_workers);
-        }
-        slots.sort_by(|a, b| (b.memory_mb, b.millicpu, &b.arch).cmp(&(a.memory_mb, a.millicpu, &a.arch)));
-        slots.dedup();
-        slots.truncate(16);
         agg.slots = slots;
         agg.runtimes = runtimes.into_iter().collect();
         let instances = self
