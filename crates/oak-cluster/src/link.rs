@@ -8,8 +8,7 @@ use crate::Cmd;
 use futures_util::{SinkExt, StreamExt};
 use oak_api::ServiceId;
 use oak_api::link::{
-    ClusterAggregate, ClusterReport, ClusterToRoot, DesiredInstance, InstanceState, LINK_PATH, ReportDelta,
-    RootToCluster,
+    ClusterReport, ClusterToRoot, DesiredInstance, InstanceState, LINK_PATH, ReportDelta, RootToCluster,
 };
 use oak_api::node::InstanceRef;
 use std::collections::{HashMap, HashSet};
@@ -187,7 +186,6 @@ const FULL_EVERY: Duration = Duration::from_secs(60);
 
 /// What the root holds of this cluster on the current connection, so that only changes go.
 struct Sent {
-    aggregate: ClusterAggregate,
     instances: HashMap<(ServiceId, u32), InstanceState>,
     workers: Vec<String>,
     interests: Vec<Ipv4Addr>,
@@ -238,7 +236,6 @@ impl Sent {
     /// The root got the whole report `r`.
     fn full(r: &ClusterReport) -> Self {
         Sent {
-            aggregate: r.aggregate.clone(),
             instances: r.instances.iter().map(|i| ((i.service_id.clone(), i.instance_number), i.clone())).collect(),
             workers: r.workers.clone(),
             interests: r.interests.clone(),
@@ -310,7 +307,6 @@ impl Sent {
                 r.instances.iter().map(|i| (&i.service_id, i.instance_number)).collect();
             self.instances.retain(|(s, n), _| now.contains(&(s, *n)));
         }
-        self.aggregate = r.aggregate.clone();
         let workers = (self.workers != r.workers).then(|| r.workers.clone());
         let interests = (self.interests != r.interests).then(|| r.interests.clone());
         if let Some(w) = &workers {
