@@ -204,7 +204,8 @@ impl<R: Runtime> Worker<R> {
         &self.reg.id
     }
 
-    /// Runs until `shutdown`; then removes every instance it runs.
+    /// Runs until `shutdown`, or until the broker refuses this worker's login (the caller then
+    /// registers again); either way it then removes every instance it runs.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) -> RunEnd {
         let id = self.reg.id.clone();
 
