@@ -131,9 +131,11 @@ fn latency(client_ns: &str, target: &str, probes: usize) -> (f64, f64, f64, f64)
     .unwrap()
 }
 
-/// Per-request times (ms) of `n` HTTP/1.0 GETs, a new connection each, to `target`.
+/// Per-request times (ms) of `n` HTTP/1.0 GETs, a new connection each, to `target` (port 80
+/// unless it names one).
 fn http_times(client_ns: &str, target: &str, n: usize) -> Vec<f64> {
-    let addr: SocketAddr = format!("{target}:80").parse().unwrap();
+    let with_port = if target.contains(':') { target.to_owned() } else { format!("{target}:80") };
+    let addr: SocketAddr = with_port.parse().unwrap();
     in_ns(client_ns, move || {
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
@@ -221,12 +223,35 @@ async fn main() {
     );
 
     let n = 1000;
+    // The same busybox httpd, run in the server instance's namespace, reached over the direct
+    // veth and over the overlay: the data plane's share of the HTTP figures.
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(www.path().join("index.html"), "ok\n").unwrap();
+    let mut httpd = std::process::Command::new("ip")
+        .args(["netns", "exec", &sns, "busybox", "httpd", "-f", "-p", "8080", "-h"])
+        .arg(www.path())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let direct_http = format!("{DIRECT_SERVER}:8080");
+    let _ = http_times(&cns, &direct_http, 20);
+    let _ = http_times(&cns, "10.30.60.60:8080", 20);
     let _ = http_times(&cns, "10.30.60.61", 20);
     let _ = http_times(&cns, "10.30.60.69", 20);
+    let mut td = http_times(&cns, &direct_http, n);
+    let mut to = http_times(&cns, "10.30.60.60:8080", n);
     let mut t1 = http_times(&cns, "10.30.60.61", n);
     let mut t9 = http_times(&cns, "10.30.60.69", n);
+    let _ = httpd.kill();
+    let _ = httpd.wait();
     println!("| HTTP GET, new connection each ({n} sequential) | p50 ms | p99 ms |");
     println!("|---|---|---|");
+    println!("| one httpd, direct veth | {:.3} | {:.3} |", percentile(&mut td, 0.5), percentile(&mut td, 0.99));
+    println!(
+        "| the same httpd, overlay (RR IP) | {:.3} | {:.3} |",
+        percentile(&mut to, 0.5),
+        percentile(&mut to, 0.99)
+    );
     println!("| 1 replica (RR IP) | {:.3} | {:.3} |", percentile(&mut t1, 0.5), percentile(&mut t1, 0.99));
     println!("| 9 replicas (RR IP) | {:.3} | {:.3} |", percentile(&mut t9, 0.5), percentile(&mut t9, 0.99));
 }
