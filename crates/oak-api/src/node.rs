@@ -52,7 +52,7 @@ pub fn topic_tables(node: &str) -> String {
 }
 
 /// Static facts about a worker, sent at registration.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RegisterRequest {
     pub name: String,
     /// The id from an earlier registration, so a restarted worker is the same node.
@@ -112,7 +112,7 @@ pub struct InstanceUsage {
 }
 
 /// Periodic report (`nodes/<id>/information`); its arrival is the heartbeat.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub cpu_percent: f64,
     pub cpu_cores: f64,

@@ -14,29 +14,17 @@ use std::time::Instant;
 
 fn register(core: &mut Core, i: usize, now: f64) -> String {
     let id = format!("{i:08x}-0000-4000-8000-000000000000");
-    let mem = 1024 * (1 + (i as u64 * 7919) % 16);
-    core.workers.insert(
-        id.clone(),
-        WorkerRec {
-            id: id.clone(),
-            reg: RegisterRequest {
-                name: format!("worker-{i}"),
-                node_id: None,
-                ip: "10.0.0.1".into(),
-                arch: if i.is_multiple_of(4) { "arm64".into() } else { "amd64".into() },
-                runtimes: vec!["container".into()],
-                cpu_cores: 4.0,
-                memory_mb: mem,
-                gpus: 0,
-                location: None,
-                session: format!("s{i}"),
-            },
-            mqtt_password_hash: String::new(),
-            last_seen: now,
-            info: None,
-            subnet: None,
-        },
-    );
+    let reg = RegisterRequest {
+        name: format!("worker-{i}"),
+        ip: "10.0.0.1".into(),
+        arch: if i.is_multiple_of(4) { "arm64".into() } else { "amd64".into() },
+        runtimes: vec!["container".into()],
+        cpu_cores: 4.0,
+        memory_mb: 1024 * (1 + (i as u64 * 7919) % 16),
+        session: format!("s{i}"),
+        ..RegisterRequest::default()
+    };
+    core.add_worker(WorkerRec { last_seen: now, ..WorkerRec::new(id.clone(), reg) }, now);
     id
 }
 
@@ -49,14 +37,8 @@ fn info(instances: Vec<InstanceUsage>) -> NodeInfo {
         disk_free_mb: 10_000,
         arch: "amd64".into(),
         runtimes: vec!["container".into()],
-        gpus: 0,
-        location: None,
         instances,
-        overlay: false,
-        subnet: None,
-        tunnel: None,
-        interests: vec![],
-        tables_digest: None,
+        ..NodeInfo::default()
     }
 }
 

@@ -51,6 +51,11 @@ pub struct WorkerRec {
 }
 
 impl WorkerRec {
+    /// A worker as registered: not active until it reports, no broker login, no subnet yet.
+    pub fn new(id: String, reg: RegisterRequest) -> Self {
+        Self { id, reg, mqtt_password_hash: String::new(), last_seen: f64::MIN, info: None, subnet: None }
+    }
+
     fn capacity(&self) -> Resources {
         Resources::new((self.reg.cpu_cores * 1000.0) as u64, self.reg.memory_mb, self.reg.gpus)
     }
@@ -176,11 +181,19 @@ impl Core {
 
     /// Puts back an assignment read from the store (at start).
     pub fn restore(&mut self, k: Key, a: Assignment) {
-        if let Some(w) = &a.worker {
-            self.by_worker.entry(w.clone()).or_default().insert(k.clone());
+        let new = a.worker.clone();
+        let old = self.assignments.insert(k.clone(), a).and_then(|o| o.worker);
+        self.reindex(&k, old.as_deref(), new.as_deref());
+    }
+
+    /// Moves `k` from `old`'s assignments to `new`'s in `by_worker`.
+    fn reindex(&mut self, k: &Key, old: Option<&str>, new: Option<&str>) {
+        if old == new {
+            return;
         }
-        if let Some(old) = self.assignments.insert(k.clone(), a) {
-            self.unindex(&k, old.worker.as_deref());
+        self.unindex(k, old);
+        if let Some(w) = new {
+            self.by_worker.entry(w.to_owned()).or_default().insert(k.clone());
         }
     }
 
@@ -270,12 +283,7 @@ impl Core {
         self.dirty.insert(k.clone());
         self.report_due = true;
         let old = self.assignments.get(k).and_then(|a| a.worker.clone());
-        if old != worker {
-            self.unindex(k, old.as_deref());
-            if let Some(w) = &worker {
-                self.by_worker.entry(w.clone()).or_default().insert(k.clone());
-            }
-        }
+        self.reindex(k, old.as_deref(), worker.as_deref());
         let a = self.assignments.entry(k.clone()).or_insert(Assignment {
             worker: None,
             status,

@@ -377,12 +377,9 @@ impl Cluster {
         };
         // Active only from its first report over MQTT: then it is subscribed and can take work.
         let rec = WorkerRec {
-            id: id.clone(),
-            reg: req,
             mqtt_password_hash: broker::hash(&password),
-            last_seen: f64::MIN,
-            info: None,
             subnet: self.core.workers.get(&id).and_then(|w| w.subnet),
+            ..WorkerRec::new(id.clone(), req)
         };
         self.core.forget_sent(&id);
         let mut b = Batch::new();

@@ -122,12 +122,6 @@ impl ContainerdRuntime {
         serde_json::from_slice(&config).map_err(|e| format!("bad image config: {e}"))
     }
 
-    async fn image_present(&self, name: &str) -> bool {
-        let mut images = ImagesClient::new(self.channel.clone());
-        let req = GetImageRequest { name: name.to_owned() };
-        images.get(with_namespace!(req, self.namespace.as_str())).await.is_ok()
-    }
-
     async fn cleanup(&self, id: &str, netns: Option<String>, log: Option<std::path::PathBuf>) {
         let ns = self.namespace.as_str();
         let mut tasks = TasksClient::new(self.channel.clone());
@@ -239,11 +233,13 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn has_image(&self, image: &str) -> bool {
-        self.image_present(image).await
+        let mut images = ImagesClient::new(self.channel.clone());
+        let req = GetImageRequest { name: image.to_owned() };
+        images.get(with_namespace!(req, self.namespace.as_str())).await.is_ok()
     }
 
     async fn ensure_image(&self, name: &str) -> Result<(), RuntimeError> {
-        if self.image_present(name).await {
+        if self.has_image(name).await {
             return Ok(());
         }
         let pull = tokio::process::Command::new("ctr")
@@ -257,7 +253,7 @@ impl Runtime for ContainerdRuntime {
                 reason: format!("the pull did not finish in {} s", self.pull_timeout.as_secs_f64()),
             })?
             .map_err(|e| RuntimeError::Image { image: name.to_owned(), reason: format!("cannot run ctr: {e}") })?;
-        if out.status.success() && self.image_present(name).await {
+        if out.status.success() && self.has_image(name).await {
             Ok(())
         } else {
             let err = String::from_utf8_lossy(&out.stderr);

@@ -570,10 +570,11 @@ impl<R: Runtime> Table<R> {
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let started = async {
+                // One lookup when the image is there (the usual case on a deploy's path).
                 if !rt.has_image(&spec.image).await {
                     let _ = tx.send(Command::Progress(k.clone(), format!("pulling {}", spec.image))).await;
+                    rt.ensure_image(&spec.image).await.map_err(|e| e.to_string())?;
                 }
-                rt.ensure_image(&spec.image).await.map_err(|e| e.to_string())?;
                 if let Some((ov, _)) = overlay {
                     let (netns, id) = (spec.netns.clone(), spec.id.clone());
                     tokio::task::spawn_blocking(move || {

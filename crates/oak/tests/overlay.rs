@@ -55,6 +55,27 @@ async fn log_of(h: &Hierarchy, service: &str, n: u32) -> String {
 /// Deletes an application and waits (30 s at most) until its containers are gone and then
 /// (5 s more at most; a container leaves containerd a moment before its worker has removed
 /// its namespace, veth and port rules) no instance veth or port rule is left on a host.
+/// A client and a server, deployed as application `name` with one instance each, both
+/// RUNNING.
+struct Pair {
+    app: String,
+    client: String,
+    server: String,
+    c: oak_api::model::Service,
+    s: oak_api::model::Service,
+}
+
+async fn deploy_pair(h: &Hierarchy, name: &str, client: Value, server: Value) -> Pair {
+    let created = h.admin.create_applications(&app(name, vec![client, server])).await.unwrap();
+    let a = created.into_iter().find(|a| a.application_name == name).unwrap();
+    let (client, server) = (a.microservices[0].to_string(), a.microservices[1].to_string());
+    h.admin.request_instance(&server).await.unwrap();
+    h.admin.request_instance(&client).await.unwrap();
+    let s = h.wait_for(&server, 60, "server RUNNING", running(1)).await;
+    let c = h.wait_for(&client, 60, "client RUNNING", running(1)).await;
+    Pair { app: a.id.to_string(), client, server, c, s }
+}
+
 async fn undeploy_cleanly(h: &Hierarchy, app: &str) {
     h.admin.delete_application(app).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -119,13 +140,7 @@ async fn client_and_server_across_workers() {
     server["addresses"] = json!({"rr_ip": "10.30.30.30"});
     server["port"] = json!("8080:80/tcp");
     let client = service("client", "while true; do wget -q -O - http://10.30.30.30/ && echo; sleep 0.3; done", on(w0));
-    let created = h.admin.create_applications(&app("clientsrvr", vec![client, server])).await.unwrap();
-    let a = created.into_iter().find(|a| a.application_name == "clientsrvr").unwrap();
-    let (client, server) = (a.microservices[0].to_string(), a.microservices[1].to_string());
-    h.admin.request_instance(&server).await.unwrap();
-    h.admin.request_instance(&client).await.unwrap();
-    let s = h.wait_for(&server, 60, "server RUNNING", running(1)).await;
-    let c = h.wait_for(&client, 60, "client RUNNING", running(1)).await;
+    let Pair { app: app_id, client, server, c, s } = deploy_pair(&h, "clientsrvr", client, server).await;
     assert_eq!(s.instance_list[0].worker_name.as_deref(), Some(w1));
     assert_eq!(c.instance_list[0].worker_name.as_deref(), Some(w0));
     let client_ip = c.instance_list[0].instance_ip.clone().unwrap();
@@ -158,7 +173,7 @@ async fn client_and_server_across_workers() {
 
     // Undeploy leaves nothing of the instances on either worker: only the worker's own
     // bridge, TUN and chains remain while it runs.
-    undeploy_cleanly(&h, &a.id.to_string()).await;
+    undeploy_cleanly(&h, &app_id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,13 +314,7 @@ async fn a_client_reaches_a_service_in_another_cluster() {
     server["addresses"] = json!({"rr_ip": "10.30.50.50"});
     let client =
         service("client", "exec sleep 100000", json!({"constraints": [{"type": "direct", "cluster": "cl-ovc"}]}));
-    let created = h.admin.create_applications(&app("multi", vec![client, server])).await.unwrap();
-    let a = created.into_iter().find(|a| a.application_name == "multi").unwrap();
-    let (client, server) = (a.microservices[0].to_string(), a.microservices[1].to_string());
-    h.admin.request_instance(&server).await.unwrap();
-    h.admin.request_instance(&client).await.unwrap();
-    let s = h.wait_for(&server, 60, "server RUNNING", running(1)).await;
-    let c = h.wait_for(&client, 60, "client RUNNING", running(1)).await;
+    let Pair { client, server, c, s, .. } = deploy_pair(&h, "multi", client, server).await;
     assert_ne!(s.instance_list[0].cluster_id, c.instance_list[0].cluster_id, "the two run in different clusters");
     let cont = container_of(&h, &client, 0);
     assert_eq!(fetch_from(&cont, "http://10.30.50.50/").unwrap(), "from-instance-0");

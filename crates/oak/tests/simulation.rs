@@ -61,28 +61,18 @@ struct SimCluster {
 const STEP: f64 = 0.5;
 
 fn register(core: &mut Core, w: &FakeWorker, now: f64) {
-    core.workers.insert(
-        w.id.clone(),
-        WorkerRec {
-            id: w.id.clone(),
-            reg: RegisterRequest {
-                name: w.id.clone(),
-                node_id: Some(w.id.clone()),
-                ip: "10.0.0.1".into(),
-                arch: "amd64".into(),
-                runtimes: vec!["container".into()],
-                cpu_cores: 4.0,
-                memory_mb: 4096,
-                gpus: 0,
-                location: None,
-                session: w.session.to_string(),
-            },
-            mqtt_password_hash: String::new(),
-            last_seen: now,
-            info: None,
-            subnet: None,
-        },
-    );
+    let reg = RegisterRequest {
+        name: w.id.clone(),
+        node_id: Some(w.id.clone()),
+        ip: "10.0.0.1".into(),
+        arch: "amd64".into(),
+        runtimes: vec!["container".into()],
+        cpu_cores: 4.0,
+        memory_mb: 4096,
+        session: w.session.to_string(),
+        ..RegisterRequest::default()
+    };
+    core.add_worker(WorkerRec { last_seen: now, ..WorkerRec::new(w.id.clone(), reg) }, now);
 }
 
 fn node_of(topic: &str) -> (&str, &str) {
@@ -280,14 +270,8 @@ fn run(seed: u64, clusters: usize, workers_per_cluster: usize, services: usize, 
                             disk_free_mb: 1000,
                             arch: "amd64".into(),
                             runtimes: vec!["container".into()],
-                            gpus: 0,
-                            location: None,
                             instances,
-                            overlay: false,
-                            subnet: None,
-                            tunnel: None,
-                            interests: Vec::new(),
-                            tables_digest: None,
+                            ..NodeInfo::default()
                         };
                         (w.id.clone(), info)
                     })

@@ -3,28 +3,17 @@ use oak_api::sla::parse_microservice;
 use serde_json::json;
 
 fn worker(core: &mut Core, id: &str, mem: u64, now: f64) {
-    core.workers.insert(
-        id.into(),
-        WorkerRec {
-            id: id.into(),
-            reg: RegisterRequest {
-                name: format!("name-{id}"),
-                node_id: None,
-                ip: "10.0.0.1".into(),
-                arch: "amd64".into(),
-                runtimes: vec!["container".into()],
-                cpu_cores: 4.0,
-                memory_mb: mem,
-                gpus: 0,
-                location: None,
-                session: format!("s-{id}"),
-            },
-            mqtt_password_hash: String::new(),
-            last_seen: now,
-            info: None,
-            subnet: None,
-        },
-    );
+    let reg = RegisterRequest {
+        name: format!("name-{id}"),
+        ip: "10.0.0.1".into(),
+        arch: "amd64".into(),
+        runtimes: vec!["container".into()],
+        cpu_cores: 4.0,
+        memory_mb: mem,
+        session: format!("s-{id}"),
+        ..RegisterRequest::default()
+    };
+    core.workers.insert(id.into(), WorkerRec { last_seen: now, ..WorkerRec::new(id.into(), reg) });
 }
 
 fn desired(n: u32, extra: serde_json::Value) -> DesiredInstance {
@@ -54,14 +43,19 @@ fn info() -> NodeInfo {
         disk_free_mb: 1,
         arch: "amd64".into(),
         runtimes: vec!["container".into()],
-        gpus: 0,
-        location: None,
-        instances: vec![],
-        overlay: false,
-        subnet: None,
-        tunnel: None,
-        interests: vec![],
-        tables_digest: None,
+        ..NodeInfo::default()
+    }
+}
+
+/// A report entry for instance `n` of `service`, running.
+fn usage(service: &str, n: u32, cpu_percent: f64, memory_mb: f64) -> node::InstanceUsage {
+    node::InstanceUsage {
+        service_id: ServiceId::from(service),
+        instance_number: n,
+        status: Status::Running,
+        cpu_percent,
+        memory_mb,
+        ns_ip: None,
     }
 }
 
@@ -172,17 +166,7 @@ fn workers_are_told_to_drop_what_is_not_theirs() {
     let mut c = Core::default();
     worker(&mut c, "a", 4000, 0.0);
     c.set_desired(vec![], 0.0);
-    let info = NodeInfo {
-        instances: vec![node::InstanceUsage {
-            service_id: ServiceId::from("old"),
-            instance_number: 7,
-            status: Status::Running,
-            cpu_percent: 0.0,
-            memory_mb: 1.0,
-            ns_ip: None,
-        }],
-        ..info()
-    };
+    let info = NodeInfo { instances: vec![usage("old", 7, 0.0, 1.0)], ..info() };
     let outs = c.node_info("a", info, 1.0);
     assert_eq!(topics(&outs), ["nodes/a/control/delete"]);
 }
@@ -256,17 +240,7 @@ fn the_report_is_due_on_changes_only() {
     assert!(!c.take_report_due(), "taken");
     assert!(c.instance_event("a", ev(0, Status::Running), 0.3).is_empty());
     assert!(c.take_report_due(), "status change");
-    let running = NodeInfo {
-        instances: vec![node::InstanceUsage {
-            service_id: ServiceId::from("svc"),
-            instance_number: 0,
-            status: Status::Running,
-            cpu_percent: 3.0,
-            memory_mb: 12.0,
-            ns_ip: None,
-        }],
-        ..info()
-    };
+    let running = NodeInfo { instances: vec![usage("svc", 0, 3.0, 12.0)], ..info() };
     for t in [2.0, 4.0, 6.0] {
         assert!(c.node_info("a", running.clone(), t).is_empty());
         assert!(!c.take_report_due(), "a steady report at {t}");
