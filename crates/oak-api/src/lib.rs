@@ -5,8 +5,10 @@
 //! simulator share it, so a type here means the same thing everywhere. Evolve it by adding
 //! fields and messages, never by changing what an existing one means.
 
+pub mod backoff;
 pub mod error;
 pub mod ids;
+pub mod json;
 pub mod link;
 pub mod model;
 pub mod net;

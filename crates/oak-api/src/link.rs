@@ -95,11 +95,21 @@ pub struct FreeSlot {
     pub gpus: u32,
 }
 
+/// A number from a lower tier that may have gone wrong on the way (serde_json writes an
+/// infinite or NaN float as `null`): read as 0, so one bad field costs that field, not the
+/// whole message (and with it the cluster's heartbeat).
+pub fn finite_or_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = Option::<f64>::deserialize(d)?;
+    Ok(v.filter(|v| v.is_finite()).unwrap_or(0.0))
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterAggregate {
     pub workers: u32,
     pub active_workers: u32,
+    #[serde(deserialize_with = "finite_or_zero")]
     pub cpu_cores: f64,
+    #[serde(deserialize_with = "finite_or_zero")]
     pub cpu_percent: f64,
     pub memory_mb: u64,
     pub memory_free_mb: u64,
@@ -159,4 +169,21 @@ pub struct ClusterReport {
     /// Semantic addresses some worker of the cluster needs tables for.
     #[serde(default)]
     pub interests: Vec<Ipv4Addr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_finite_aggregate_field_costs_that_field_only() {
+        let agg = ClusterAggregate { cpu_cores: f64::INFINITY, workers: 2, ..Default::default() };
+        let text = serde_json::to_string(&ClusterToRoot::Delta(ReportDelta { aggregate: agg, ..Default::default() }))
+            .unwrap_or_default();
+        assert!(text.contains("\"cpu_cores\":null"), "{text}");
+        match serde_json::from_str::<ClusterToRoot>(&text) {
+            Ok(ClusterToRoot::Delta(d)) => assert_eq!((d.aggregate.cpu_cores, d.aggregate.workers), (0.0, 2)),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -18,8 +18,155 @@ use crate::status::Status;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
-/// Identifier of a worker node, kept in the worker's data dir.
+/// Identifier of a worker node, kept in the worker's data dir. The cluster issues it (a
+/// lowercase hyphenated UUID, [`valid_node_id`]); a worker never picks its own.
 pub type NodeId = String;
+
+/// True for a node id as a cluster issues it: a lowercase hyphenated UUID. Nothing else (in
+/// particular none of the cluster's own MQTT names) can be a worker's id.
+pub fn valid_node_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+        })
+}
+
+/// Largest values a worker may report: beyond any machine, small enough that sums over a
+/// cluster of 100,000 workers stay exact and finite.
+pub const MAX_CPU_CORES: f64 = 4096.0;
+pub const MAX_MEMORY_MB: u64 = 64 * 1024 * 1024;
+pub const MAX_DISK_MB: u64 = 1 << 40;
+pub const MAX_GPUS: u32 = 1024;
+/// Percent of one core, for a whole host or an instance.
+pub const MAX_CPU_PERCENT: f64 = 100.0 * MAX_CPU_CORES;
+/// Most instances one worker may list in a report, and most semantic addresses it may ask for.
+pub const MAX_REPORTED_INSTANCES: usize = 10_000;
+pub const MAX_INTERESTS: usize = 65_536;
+
+/// A field a worker sent that the cluster does not accept: its name and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+fn bad(field: impl Into<String>, message: impl Into<String>) -> Result<(), FieldError> {
+    Err(FieldError { field: field.into(), message: message.into() })
+}
+
+fn check_f64(field: &str, v: f64, max: f64) -> Result<(), FieldError> {
+    if !v.is_finite() || !(0.0..=max).contains(&v) {
+        return bad(field, format!("must be a finite number from 0 to {max} (got {v})"));
+    }
+    Ok(())
+}
+
+fn check_u64(field: &str, v: u64, max: u64) -> Result<(), FieldError> {
+    if v > max {
+        return bad(field, format!("must be at most {max} (got {v})"));
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, v: &str, max: usize) -> Result<(), FieldError> {
+    if v.len() > max {
+        return bad(field, format!("must be at most {max} bytes (got {})", v.len()));
+    }
+    if v.chars().any(char::is_control) {
+        return bad(field, "must not contain control characters");
+    }
+    Ok(())
+}
+
+fn check_words(field: &str, v: &[String], max_items: usize, max_len: usize) -> Result<(), FieldError> {
+    if v.len() > max_items {
+        return bad(field, format!("must list at most {max_items} entries (got {})", v.len()));
+    }
+    for (i, w) in v.iter().enumerate() {
+        if w.is_empty() || w.len() > max_len || !w.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return bad(format!("{field}[{i}]"), format!("must be 1-{max_len} letters, digits, '-', '_' or '.'"));
+        }
+    }
+    Ok(())
+}
+
+fn check_location(field: &str, v: Option<&str>) -> Result<(), FieldError> {
+    let Some(v) = v else { return Ok(()) };
+    let ok = v.len() <= 64
+        && v.split_once(',').is_some_and(|(a, b)| {
+            let (a, b) = (a.trim().parse::<f64>(), b.trim().parse::<f64>());
+            matches!((a, b), (Ok(a), Ok(b)) if (-90.0..=90.0).contains(&a) && (-180.0..=180.0).contains(&b))
+        });
+    if !ok {
+        return bad(field, format!("must be \"LAT,LONG\" in degrees (got {v:?})"));
+    }
+    Ok(())
+}
+
+impl RegisterRequest {
+    /// Checks every field against the bounds above; the first bad one is named.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.name.is_empty() {
+            return bad("name", "must not be empty");
+        }
+        check_text("name", &self.name, 64)?;
+        if let Some(id) = &self.node_id
+            && !valid_node_id(id)
+        {
+            return bad("node_id", "must be an id this cluster issued (a lowercase UUID)");
+        }
+        if let Some(s) = &self.node_secret
+            && (s.is_empty() || s.len() > 128)
+        {
+            return bad("node_secret", "must be 1-128 bytes");
+        }
+        if self.ip.parse::<std::net::IpAddr>().is_err() {
+            return bad(
+                "ip",
+                format!("must be an IP address (got {:?})", self.ip.chars().take(64).collect::<String>()),
+            );
+        }
+        check_words("arch", std::slice::from_ref(&self.arch), 1, 16)?;
+        check_words("runtimes", &self.runtimes, 8, 32)?;
+        if self.cpu_cores <= 0.0 {
+            return bad("cpu_cores", format!("must be more than 0 (got {})", self.cpu_cores));
+        }
+        check_f64("cpu_cores", self.cpu_cores, MAX_CPU_CORES)?;
+        check_u64("memory_mb", self.memory_mb, MAX_MEMORY_MB)?;
+        check_u64("gpus", u64::from(self.gpus), u64::from(MAX_GPUS))?;
+        check_location("location", self.location.as_deref())?;
+        check_text("session", &self.session, 128)
+    }
+}
+
+impl NodeInfo {
+    /// Checks every number and list a worker reports; the first bad field is named.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_f64("cpu_percent", self.cpu_percent, MAX_CPU_PERCENT)?;
+        check_f64("cpu_cores", self.cpu_cores, MAX_CPU_CORES)?;
+        check_u64("memory_mb", self.memory_mb, MAX_MEMORY_MB)?;
+        check_u64("memory_available_mb", self.memory_available_mb, MAX_MEMORY_MB)?;
+        check_u64("disk_free_mb", self.disk_free_mb, MAX_DISK_MB)?;
+        check_words("arch", std::slice::from_ref(&self.arch), 1, 16)?;
+        check_words("runtimes", &self.runtimes, 8, 32)?;
+        check_u64("gpus", u64::from(self.gpus), u64::from(MAX_GPUS))?;
+        check_location("location", self.location.as_deref())?;
+        if self.instances.len() > MAX_REPORTED_INSTANCES {
+            return bad("instances", format!("at most {MAX_REPORTED_INSTANCES} (got {})", self.instances.len()));
+        }
+        for (i, u) in self.instances.iter().enumerate() {
+            check_f64(&format!("instances[{i}].cpu_percent"), u.cpu_percent, MAX_CPU_PERCENT)?;
+            check_f64(&format!("instances[{i}].memory_mb"), u.memory_mb, MAX_MEMORY_MB as f64)?;
+        }
+        if self.interests.len() > MAX_INTERESTS {
+            return bad("interests", format!("at most {MAX_INTERESTS} (got {})", self.interests.len()));
+        }
+        Ok(())
+    }
+}
 
 pub fn topic_information(node: &str) -> String {
     format!("nodes/{node}/information")
@@ -55,9 +202,14 @@ pub fn topic_tables(node: &str) -> String {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RegisterRequest {
     pub name: String,
-    /// The id from an earlier registration, so a restarted worker is the same node.
+    /// The id from an earlier registration, so a restarted worker is the same node. A known
+    /// id is given back only with its `node_secret`.
     #[serde(default)]
     pub node_id: Option<NodeId>,
+    /// The secret the cluster issued with `node_id` (kept in the worker's data dir): proof
+    /// that the caller is that worker, and not another holder of the shared worker token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_secret: Option<String>,
     /// Address other workers and the cluster see.
     pub ip: String,
     /// OCI architecture name (amd64, arm64).
@@ -88,6 +240,10 @@ pub struct RegisterResponse {
     pub mqtt_username: String,
     pub mqtt_password: String,
     pub report_interval_ms: u64,
+    /// Issued with a new id: the worker keeps it (mode 0600) and presents it to register as
+    /// the same node again. `None` when the worker proved an id it already holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_secret: Option<String>,
 }
 
 /// One instance as a worker sees it.

@@ -40,6 +40,9 @@ pub struct WorkerRec {
     pub id: String,
     pub reg: RegisterRequest,
     pub mqtt_password_hash: String,
+    /// sha256 of the secret issued with the id: a re-registration as this node must show it.
+    #[serde(default)]
+    pub node_secret_hash: Option<String>,
     #[serde(skip)]
     pub last_seen: f64,
     #[serde(skip)]
@@ -53,7 +56,15 @@ pub struct WorkerRec {
 impl WorkerRec {
     /// A worker as registered: not active until it reports, no broker login, no subnet yet.
     pub fn new(id: String, reg: RegisterRequest) -> Self {
-        Self { id, reg, mqtt_password_hash: String::new(), last_seen: f64::MIN, info: None, subnet: None }
+        Self {
+            id,
+            reg,
+            mqtt_password_hash: String::new(),
+            node_secret_hash: None,
+            last_seen: f64::MIN,
+            info: None,
+            subnet: None,
+        }
     }
 
     fn capacity(&self) -> Resources {

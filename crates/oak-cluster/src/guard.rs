@@ -12,8 +12,17 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The largest packet a worker may send (reports of many instances fit easily).
+/// The largest packet a logged-in worker may send: a report of the most instances a worker
+/// may list (10,000, about 2 MB) or a 1 MiB log chunk with its JSON escapes fit.
 pub const MAX_PACKET: usize = 4 * 1024 * 1024;
+/// The largest packet before a login is accepted: a CONNECT (client id, will, user name,
+/// password) is well under this. A stranger holds at most this much of the cluster's memory.
+pub const MAX_CONNECT: usize = 4 * 1024;
+/// A connection that has not been logged in by the broker within this is closed.
+pub const LOGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most connections at once (the broker's limit), and most of them not yet logged in.
+pub const MAX_CONNECTIONS: usize = 10_000;
+pub const MAX_PENDING_LOGINS: usize = 1_024;
 
 const CONNECT: u8 = 1;
 const PUBLISH: u8 = 3;
@@ -37,15 +46,15 @@ fn string(b: &[u8], at: &mut usize) -> Option<String> {
 }
 
 /// The length of a packet's fixed header and its body, once `b` holds its fixed header.
-/// `Err` for a malformed length.
-pub fn frame(b: &[u8]) -> Result<Option<(usize, usize)>, String> {
+/// `Err` for a malformed length or a packet over `limit`.
+pub fn frame(b: &[u8], limit: usize) -> Result<Option<(usize, usize)>, String> {
     let mut len = 0usize;
     for i in 0..4 {
         let Some(&byte) = b.get(1 + i) else { return Ok(None) };
         len |= usize::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
-            if len > MAX_PACKET {
-                return Err(format!("a packet of {len} bytes is over the limit of {MAX_PACKET}"));
+            if len > limit {
+                return Err(format!("a packet of {len} bytes is over the limit of {limit}"));
             }
             return Ok(Some((2 + i, len)));
         }
@@ -81,6 +90,11 @@ pub fn connect(body: &[u8]) -> Result<String, String> {
         return Err("a CONNECT without a user name".into());
     }
     let user = string(body, &mut at).ok_or("a malformed CONNECT user name")?;
+    // Only a worker's id (a UUID the cluster issued) logs in from outside: never the
+    // cluster's own client, whatever password is offered.
+    if !oak_api::node::valid_node_id(&user) {
+        return Err(format!("{:?} is not a worker's user name", user.chars().take(64).collect::<String>()));
+    }
     if let Some(w) = will
         && !allowed(&w, &user)
     {
@@ -148,7 +162,12 @@ pub fn check(node: &str, first: u8, body: &[u8]) -> Verdict {
 }
 
 /// Accepts worker connections on `listener` and relays them to the broker at `upstream`.
+/// Beyond [`MAX_CONNECTIONS`], or [`MAX_PENDING_LOGINS`] not yet logged in, a new connection
+/// is closed at once.
 pub async fn serve(listener: TcpListener, upstream: SocketAddr) {
+    let all = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let pending = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_LOGINS));
+    let mut refused = 0u64;
     loop {
         let (client, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -158,10 +177,19 @@ pub async fn serve(listener: TcpListener, upstream: SocketAddr) {
                 continue;
             }
         };
+        let (Ok(conn), Ok(login)) = (all.clone().try_acquire_owned(), pending.clone().try_acquire_owned()) else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(peer = %peer, refused, "MQTT connection limit reached; closing new connections");
+            }
+            drop(client);
+            continue;
+        };
         tokio::spawn(async move {
-            if let Err(e) = relay(client, upstream).await {
+            if let Err(e) = relay(client, upstream, login).await {
                 tracing::info!(peer = %peer, reason = %e, "MQTT connection closed by the guard");
             }
+            drop(conn);
         });
     }
 }
@@ -169,22 +197,40 @@ pub async fn serve(listener: TcpListener, upstream: SocketAddr) {
 /// CONNACK, return code 4: bad user name or password (MQTT 3.1.1 §3.2.2.3).
 pub const REFUSED_LOGIN: [u8; 4] = [0x20, 0x02, 0x00, 0x04];
 
-async fn relay(client: TcpStream, upstream: SocketAddr) -> Result<(), String> {
+async fn relay(
+    client: TcpStream,
+    upstream: SocketAddr,
+    login: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), String> {
     let _ = client.set_nodelay(true);
-    let broker = TcpStream::connect(upstream).await.map_err(|e| format!("cannot reach the broker: {e}"))?;
+    let deadline = tokio::time::Instant::now() + LOGIN_TIMEOUT;
+    let broker = tokio::time::timeout_at(deadline, TcpStream::connect(upstream))
+        .await
+        .map_err(|_| "the broker did not answer".to_owned())?
+        .map_err(|e| format!("cannot reach the broker: {e}"))?;
     let _ = broker.set_nodelay(true);
     let (mut from_client, client_w) = client.into_split();
     let (mut from_broker, mut to_broker) = broker.into_split();
     let client_w = std::sync::Arc::new(tokio::sync::Mutex::new(client_w));
     let down_w = client_w.clone();
+    // Set once the broker accepted the login (a CONNACK with return code 0).
+    let logged_in = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let accepted = logged_in.clone();
     let down = tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut answered = false;
+        let mut login = Some(login);
+        let mut first: Vec<u8> = Vec::with_capacity(4);
+        let mut buf = vec![0u8; 16 * 1024];
         loop {
             match from_broker.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    answered = true;
+                    if first.len() < 4 {
+                        first.extend(buf[..n].iter().take(4 - first.len()));
+                        if first.len() == 4 && first[0] == 0x20 && first[3] == 0 {
+                            accepted.store(true, std::sync::atomic::Ordering::Release);
+                            login.take();
+                        }
+                    }
                     if down_w.lock().await.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
@@ -195,33 +241,48 @@ async fn relay(client: TcpStream, upstream: SocketAddr) -> Result<(), String> {
         // means it refused the login (rumqttd just hangs up); say so in MQTT, "bad user name
         // or password", so the worker knows to register again rather than retry forever.
         let mut w = down_w.lock().await;
-        if !answered {
+        if first.is_empty() {
             let _ = w.write_all(&REFUSED_LOGIN).await;
         }
         let _ = w.shutdown().await;
     });
-    let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut node: Option<String> = None;
     let result = loop {
+        let is_in = logged_in.load(std::sync::atomic::Ordering::Acquire);
+        let limit = if is_in { MAX_PACKET } else { MAX_CONNECT };
         // One whole packet in `buf[..end]`.
-        let (head, len) = loop {
-            match frame(&buf) {
-                Ok(Some(f)) if buf.len() >= f.0 + f.1 => break f,
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            match from_client.read(&mut chunk).await {
+        let framed = loop {
+            let want = match frame(&buf, limit) {
+                Ok(Some(f)) if buf.len() >= f.0 + f.1 => break Ok(f),
+                Ok(Some(f)) => f.0 + f.1 - buf.len(),
+                Ok(None) => 1,
+                Err(e) => break Err(e),
+            };
+            // Memory follows what was sent, never what a header announces.
+            buf.reserve(want.min(16 * 1024));
+            let read = from_client.read_buf(&mut buf);
+            let n = if logged_in.load(std::sync::atomic::Ordering::Acquire) {
+                read.await
+            } else {
+                match tokio::time::timeout_at(deadline, read).await {
+                    Ok(r) => r,
+                    Err(_) if logged_in.load(std::sync::atomic::Ordering::Acquire) => continue,
+                    Err(_) => break Err(format!("no login within {} s", LOGIN_TIMEOUT.as_secs())),
+                }
+            };
+            match n {
                 Ok(0) => {
                     down.abort();
                     return Ok(());
                 }
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) => {
-                    down.abort();
-                    return Err(e.to_string());
-                }
+                Ok(_) => {}
+                Err(e) => break Err(e.to_string()),
             }
+        };
+        let (head, len) = match framed {
+            Ok(f) => f,
+            Err(e) => break Err(e),
         };
         let end = head + len;
         let (first, body) = (buf[0], &buf[head..end]);
@@ -253,6 +314,9 @@ async fn relay(client: TcpStream, upstream: SocketAddr) -> Result<(), String> {
             }
         }
         buf.drain(..end);
+        if buf.capacity() > 64 * 1024 && buf.len() < 1024 {
+            buf.shrink_to(1024);
+        }
     };
     down.abort();
     result

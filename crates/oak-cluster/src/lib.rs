@@ -34,6 +34,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 const META: &str = "meta";
 const WORKERS: &str = "workers";
 const ASSIGNMENTS: &str = "assignments";
+/// The largest registration body (a registration is a few hundred bytes).
+const REGISTER_MAX_BODY: usize = 16 * 1024;
 /// Most inputs handled together before one write, publish and report.
 const BATCH: usize = 255;
 const TABLES: &[&str] = &[META, WORKERS, ASSIGNMENTS];
@@ -78,12 +80,23 @@ pub enum ClusterError {
     Listen { addr: String, reason: String },
 }
 
+/// Why a registration was refused.
+#[derive(Debug)]
+pub(crate) enum RegError {
+    /// 422: a field out of bounds, named.
+    Invalid(oak_api::node::FieldError),
+    /// 403: a known node id without the proof that the caller is that node.
+    Forbidden(String),
+    /// 500: the store failed; nothing was registered.
+    Internal(String),
+}
+
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 pub(crate) enum Cmd {
-    Register(RegisterRequest, oneshot::Sender<Result<RegisterResponse, String>>),
+    Register(RegisterRequest, oneshot::Sender<Result<RegisterResponse, RegError>>),
     Desired(Vec<DesiredInstance>),
     DesiredDelta(Vec<DesiredInstance>, Vec<oak_api::node::InstanceRef>),
     Info(String, NodeInfo),
@@ -140,7 +153,10 @@ impl Cluster {
             path: config.data_dir.display().to_string(),
             reason: e.to_string(),
         };
-        std::fs::create_dir_all(&config.data_dir).map_err(dd)?;
+        oak_store::datadir::prepare(&config.data_dir).map_err(|e| ClusterError::DataDir {
+            path: config.data_dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
         let worker_token = match &config.worker_token {
             Some(t) => t.clone(),
             None => oak_store::secret::read_or_create(&config.data_dir.join("worker-token")).map_err(dd)?,
@@ -251,7 +267,18 @@ impl Cluster {
                         let mut parts = p.topic.splitn(3, '/');
                         let (_, node, kind) = (parts.next(), parts.next().unwrap_or_default().to_owned(), parts.next());
                         let cmd = match kind {
-                            Some("information") => serde_json::from_slice(&p.payload).map(|i| Cmd::Info(node, i)).ok(),
+                            // Every number a worker sends is checked before it counts: one
+                            // worker's +inf must not become the cluster's total.
+                            Some("information") => match serde_json::from_slice::<NodeInfo>(&p.payload) {
+                                Ok(i) => match i.validate() {
+                                    Ok(()) => Some(Cmd::Info(node, i)),
+                                    Err(e) => {
+                                        tracing::warn!(node = %node, field = %e.field, error = %e.message, "refused a worker report");
+                                        continue;
+                                    }
+                                },
+                                Err(_) => None,
+                            },
                             Some("job") => serde_json::from_slice(&p.payload).map(|e| Cmd::Event(node, e)).ok(),
                             Some("logs") => serde_json::from_slice(&p.payload).map(Cmd::LogsReply).ok(),
                             Some("lost") => Some(Cmd::Lost(node, String::from_utf8_lossy(&p.payload).into_owned())),
@@ -275,7 +302,25 @@ impl Cluster {
 
         // Worker registration.
         let http_state = HttpState { tx: tx.clone(), token: Arc::new(self.worker_token.clone()) };
-        let app = Router::new().route("/api/node/register", post(register)).with_state(http_state);
+        let app = Router::new()
+            .route("/api/node/register", post(register))
+            .fallback(|uri: axum::http::Uri| async move {
+                (
+                    StatusCode::NOT_FOUND,
+                    Json(serde_json::json!({"code": "not_found", "message": format!("no endpoint at {}", uri.path())})),
+                )
+            })
+            .method_not_allowed_fallback(|m: axum::http::Method, uri: axum::http::Uri| async move {
+                (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    Json(serde_json::json!({
+                        "code": "method_not_allowed",
+                        "message": format!("{m} is not allowed on {}", uri.path()),
+                    })),
+                )
+            })
+            .layer(axum::extract::DefaultBodyLimit::max(REGISTER_MAX_BODY))
+            .with_state(http_state);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut http_stop = stop_rx.clone();
         let http = tokio::spawn(async move {
@@ -360,31 +405,60 @@ impl Cluster {
         &mut self,
         req: RegisterRequest,
         creds: &broker::Credentials,
-    ) -> Result<RegisterResponse, String> {
-        let valid_id =
-            |s: &str| (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        let id = match &req.node_id {
-            Some(id) if valid_id(id) => id.clone(),
-            Some(id) => return Err(format!("node_id {id:?} is not a valid node id")),
-            None => uuid::Uuid::new_v4().to_string(),
+    ) -> Result<RegisterResponse, RegError> {
+        req.validate().map_err(RegError::Invalid)?;
+        // Every worker holds the same worker token: it proves "may join this cluster", not
+        // "is node X". A known id is given back only to the holder of the secret issued with
+        // it; anything else is a new node with a new id.
+        let (id, node_secret) = match &req.node_id {
+            Some(id) => match self.core.workers.get(id) {
+                Some(w) => {
+                    let proved = match (&req.node_secret, &w.node_secret_hash) {
+                        (Some(s), Some(h)) => {
+                            oak_store::secret::constant_time_eq(broker::hash(s).as_bytes(), h.as_bytes())
+                        }
+                        _ => false,
+                    };
+                    if !proved {
+                        tracing::warn!(node = %id, ip = %req.ip, "refused a registration as a known node without its secret");
+                        return Err(RegError::Forbidden(format!(
+                            "node_id {id} belongs to a registered worker and node_secret does not prove it; \
+                             register without node_id to join as a new worker"
+                        )));
+                    }
+                    (id.clone(), None)
+                }
+                // An id this cluster no longer knows (forgotten after a long silence): the
+                // worker keeps it, with a secret of its own choosing or a new one.
+                None => match &req.node_secret {
+                    Some(_) => (id.clone(), None),
+                    None => (id.clone(), Some(oak_store::secret::random_hex(32))),
+                },
+            },
+            None => (uuid::Uuid::new_v4().to_string(), Some(oak_store::secret::random_hex(32))),
         };
-        if req.name.is_empty() || req.name.len() > 64 {
-            return Err("name must be 1-64 characters".into());
-        }
+        let secret_hash = match (&node_secret, &req.node_secret) {
+            (Some(s), _) | (None, Some(s)) => broker::hash(s),
+            (None, None) => return Err(RegError::Internal("no node secret".into())),
+        };
         let (username, password) = match &self.external_mqtt {
             Some(e) => (e.user.clone(), e.password.clone()),
             None => (id.clone(), oak_store::secret::random_hex(24)),
         };
+        let mut reg = req;
+        reg.node_secret = None;
         // Active only from its first report over MQTT: then it is subscribed and can take work.
         let rec = WorkerRec {
             mqtt_password_hash: broker::hash(&password),
+            node_secret_hash: Some(secret_hash),
             subnet: self.core.workers.get(&id).and_then(|w| w.subnet),
-            ..WorkerRec::new(id.clone(), req)
+            ..WorkerRec::new(id.clone(), reg)
         };
-        self.core.forget_sent(&id);
+        let bytes = serde_json::to_vec(&rec).map_err(|e| RegError::Internal(e.to_string()))?;
         let mut b = Batch::new();
-        b.put(WORKERS, id.clone(), serde_json::to_vec(&rec).unwrap_or_default());
-        self.store.commit(b).map_err(|e| e.to_string())?;
+        b.put(WORKERS, id.clone(), bytes);
+        self.store.commit(b).map_err(|e| RegError::Internal(e.to_string()))?;
+        self.core.forget_sent(&id);
         creds.set(&id, rec.mqtt_password_hash.clone());
         tracing::info!(node = %id, name = %rec.reg.name, ip = %rec.reg.ip, "worker registered");
         self.core.add_worker(rec, now());
@@ -400,6 +474,7 @@ impl Cluster {
             mqtt_username: username,
             mqtt_password: password,
             report_interval_ms: self.config.report_interval.as_millis() as u64,
+            node_secret,
         })
     }
 
@@ -542,14 +617,26 @@ fn token_ok(headers: &HeaderMap, expected: &str) -> bool {
 async fn register(
     State(st): State<HttpState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<RegisterResponse>, (StatusCode, Json<serde_json::Value>)> {
     let err = |s: StatusCode, code: &str, m: String| (s, Json(serde_json::json!({"code": code, "message": m})));
     if !token_ok(&headers, &st.token) {
         return Err(err(StatusCode::UNAUTHORIZED, "unauthenticated", "missing or wrong worker token".into()));
     }
-    let req: RegisterRequest = serde_json::from_slice(&body)
-        .map_err(|e| err(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", format!("bad registration: {e}")))?;
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => err(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("a registration is at most {REGISTER_MAX_BODY} bytes"),
+        ),
+        s => err(s, "bad_request", format!("cannot read the registration: {}", e.body_text())),
+    })?;
+    let req: RegisterRequest = oak_api::json::from_slice_strict(&body).map_err(|e| {
+        (
+            StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
+            Json(serde_json::to_value(&e).unwrap_or_default()),
+        )
+    })?;
     let (tx, rx) = oneshot::channel();
     st.tx
         .send(Cmd::Register(req, tx))
@@ -557,7 +644,16 @@ async fn register(
         .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the cluster is stopping".into()))?;
     match rx.await {
         Ok(Ok(r)) => Ok(Json(r)),
-        Ok(Err(m)) => Err(err(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", m)),
+        Ok(Err(RegError::Invalid(f))) => Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(serde_json::json!({
+                "code": "invalid_field",
+                "message": f.to_string(),
+                "violations": [{"field": f.field, "message": f.message}],
+            })),
+        )),
+        Ok(Err(RegError::Forbidden(m))) => Err(err(StatusCode::FORBIDDEN, "forbidden", m)),
+        Ok(Err(RegError::Internal(m))) => Err(err(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)),
         Err(_) => Err(err(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the cluster is stopping".into())),
     }
 }

@@ -43,21 +43,26 @@ pub async fn run(
     mut reports: watch::Receiver<ClusterReport>,
     stop: watch::Receiver<bool>,
 ) {
-    let mut delay = Duration::from_millis(200);
+    // Jittered, so that the clusters of a root that comes back do not all retry at once.
+    let mut backoff = oak_api::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         if *stop.borrow() {
             return;
         }
+        let began = Instant::now();
         match session(&mut cfg, &core, &mut reports, stop.clone()).await {
             Ok(()) => return,
             Err(e) => tracing::warn!(root = %cfg.root_url, error = %e, "root link down; reconnecting"),
         }
+        // A link that held for a while was a success: the next outage starts short again.
+        if began.elapsed() >= Duration::from_secs(30) {
+            backoff.reset();
+        }
         let mut s = stop.clone();
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {},
+            _ = tokio::time::sleep(backoff.next(rand::random())) => {},
             _ = async { let _ = s.wait_for(|v| *v).await; } => return,
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

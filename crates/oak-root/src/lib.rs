@@ -65,6 +65,8 @@ pub enum RootError {
     #[error("cannot create data directory {path}: {source}")]
     DataDir { path: String, source: std::io::Error },
     #[error(transparent)]
+    UnsafeDataDir(#[from] oak_store::datadir::DataDirError),
+    #[error(transparent)]
     Store(#[from] oak_store::StoreError),
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
@@ -82,8 +84,7 @@ pub struct Root {
 impl Root {
     /// Opens (or creates) the store under the data dir and bootstraps `Admin` and `root`.
     pub fn open(config: &RootConfig) -> Result<Self, RootError> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|source| RootError::DataDir { path: config.data_dir.display().to_string(), source })?;
+        oak_store::datadir::prepare(&config.data_dir)?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("root.redb"), registry::TABLES)?);
         Self::with_store(config, store, Arc::new(SystemClock))
     }

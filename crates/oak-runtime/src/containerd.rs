@@ -3,8 +3,10 @@
 //! The sequence per instance: image → manifest → config → chain id → `Snapshots.Prepare` →
 //! `Containers.Create` (OCI spec) → `Tasks.Create` (rootfs mounts, log file) → `Tasks.Wait`
 //! (spawned before start, so a fast exit is not missed) → `Tasks.Start`. Removal reverses it.
-//! Images are pulled with `ctr` when absent: containerd 1.6 has no server-side pull.
+//! Images are pulled with `ctr` when absent (containerd 1.6 has no server-side pull), against
+//! the same socket as every other call.
 
+use crate::cgroup::Cgroups;
 use crate::image::{self, ImageConfigJson, ManifestJson};
 use crate::{Exit, InstanceSpec, Runtime, RuntimeError, Usage};
 use containerd_client::services::v1::containers_client::ContainersClient;
@@ -39,10 +41,12 @@ struct Running {
 /// A containerd client bound to one namespace.
 pub struct ContainerdRuntime {
     channel: Channel,
+    socket: String,
     namespace: String,
     running: Mutex<HashMap<String, Running>>,
     arch: String,
     pull_timeout: Duration,
+    cgroups: Cgroups,
 }
 
 /// How long a pull may take before the instance fails (and is placed again after a backoff).
@@ -66,11 +70,19 @@ impl ContainerdRuntime {
         v.version(()).await.map_err(|e| err(e.message().to_owned()))?;
         Ok(Self {
             channel,
+            socket: socket.to_owned(),
             namespace: namespace.to_owned(),
             running: Mutex::new(HashMap::new()),
             arch: image::host_arch().to_owned(),
             pull_timeout: DEFAULT_PULL_TIMEOUT,
+            cgroups: Cgroups::new(crate::cgroup::DEFAULT_ROOT),
         })
+    }
+
+    /// Reads instances' usage from cgroups mounted at `root` instead of `/sys/fs/cgroup`.
+    pub fn with_cgroup_root(mut self, root: impl Into<std::path::PathBuf>) -> Self {
+        self.cgroups = Cgroups::new(root);
+        self
     }
 
     /// Sets how long a pull may take.
@@ -220,11 +232,14 @@ impl ContainerdRuntime {
             .map_err(|e| op(id, "start task", e.message()))?;
         Ok(rx)
     }
+}
 
-    fn cgroup_file(ctrl: &str, id: &str, file: &str) -> Option<u64> {
-        let v1 = format!("/sys/fs/cgroup/{ctrl}/oak/{id}/{file}");
-        std::fs::read_to_string(v1).ok().and_then(|s| s.trim().parse().ok())
-    }
+/// `ctr --address <socket> -n <namespace> images pull <image>`: the pull goes to the
+/// containerd this runtime talks to, not to `ctr`'s default socket.
+fn pull_command(socket: &str, namespace: &str, image: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("ctr");
+    cmd.args(["--address", socket, "-n", namespace, "images", "pull", image]);
+    cmd
 }
 
 impl Runtime for ContainerdRuntime {
@@ -242,10 +257,7 @@ impl Runtime for ContainerdRuntime {
         if self.has_image(name).await {
             return Ok(());
         }
-        let pull = tokio::process::Command::new("ctr")
-            .args(["-n", &self.namespace, "images", "pull", name])
-            .kill_on_drop(true)
-            .output();
+        let pull = pull_command(&self.socket, &self.namespace, name).kill_on_drop(true).output();
         let out = tokio::time::timeout(self.pull_timeout, pull)
             .await
             .map_err(|_| RuntimeError::Image {
@@ -343,9 +355,21 @@ impl Runtime for ContainerdRuntime {
         if !self.running.lock().contains_key(id) {
             return None;
         }
-        Some(Usage {
-            cpu_ns: Self::cgroup_file("cpuacct", id, "cpuacct.usage").unwrap_or(0),
-            memory_bytes: Self::cgroup_file("memory", id, "memory.usage_in_bytes").unwrap_or(0),
-        })
+        Some(self.cgroups.usage(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pulls_go_to_the_configured_socket() {
+        let cmd = super::pull_command("/run/other/containerd.sock", "oak-x", "docker.io/library/nginx:1");
+        let cmd = cmd.as_std();
+        assert_eq!(cmd.get_program(), "ctr");
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            args,
+            ["--address", "/run/other/containerd.sock", "-n", "oak-x", "images", "pull", "docker.io/library/nginx:1"]
+        );
     }
 }

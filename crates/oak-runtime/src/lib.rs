@@ -3,11 +3,13 @@
 //! their pitfalls are in `../shared/reference/rust-deps.md`).
 //!
 //! Each instance gets its own network namespace (loopback up), cgroup limits from the SLA's
-//! `memory` and `vcpus`, and a log file for stdout and stderr. Removing an instance leaves
+//! `memory` and `vcpus` (usage is read back under cgroup v1 or v2, [`cgroup`]), and a log file
+//! for stdout and stderr. Removing an instance leaves
 //! nothing behind: task, container, snapshot, namespace and log go.
 //!
 //! This crate runs instances; it holds no orchestration logic (what should run where).
 
+pub mod cgroup;
 pub mod containerd;
 pub mod image;
 pub mod netns;

@@ -1,6 +1,7 @@
 //! The containerd runtime against a real containerd (root and the socket needed; CI has both).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use oak_runtime::cgroup::{Cgroups, DEFAULT_ROOT, Layout};
 use oak_runtime::containerd::ContainerdRuntime;
 use oak_runtime::{Exit, InstanceSpec, Runtime, RuntimeError, testimage};
 use std::collections::BTreeMap;
@@ -38,7 +39,7 @@ fn spec(id: &str, cmd: &[&str], dir: &std::path::Path) -> InstanceSpec {
 fn nothing_left(id: &str, log: &std::path::Path) {
     assert!(!std::path::Path::new(&format!("/run/netns/oak-{id}")).exists(), "netns left");
     assert!(!log.exists(), "log left");
-    assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/memory/oak/{id}")).exists(), "cgroup left");
+    assert!(!Cgroups::new(DEFAULT_ROOT).dir("memory", id).exists(), "cgroup left");
 }
 
 #[tokio::test]
@@ -63,12 +64,23 @@ async fn limits_apply_and_removal_stops_a_running_instance() {
     let dir = tempfile::tempdir().unwrap();
     let s = spec("rt2-sleep", &["sleep", "1000"], dir.path());
     let exit = rt.start(&s).await.unwrap();
-    let mem = std::fs::read_to_string("/sys/fs/cgroup/memory/oak/rt2-sleep/memory.limit_in_bytes").unwrap();
-    assert_eq!(mem.trim(), (32 * 1024 * 1024).to_string());
-    let quota = std::fs::read_to_string("/sys/fs/cgroup/cpu/oak/rt2-sleep/cpu.cfs_quota_us").unwrap();
-    assert_eq!(quota.trim(), "50000");
+    let cg = Cgroups::new(DEFAULT_ROOT);
+    let read = |controller: &str, file: &str| {
+        std::fs::read_to_string(cg.dir(controller, "rt2-sleep").join(file)).unwrap().trim().to_owned()
+    };
+    match cg.layout() {
+        Layout::V1 => {
+            assert_eq!(read("memory", "memory.limit_in_bytes"), (32 * 1024 * 1024).to_string());
+            assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+        }
+        Layout::V2 => {
+            assert_eq!(read("memory", "memory.max"), (32 * 1024 * 1024).to_string());
+            assert_eq!(read("cpu", "cpu.max"), "50000 100000");
+        }
+    }
+    // Read under whichever layout this host has: neither figure is 0 for a running instance.
     let usage = rt.usage(&s.id).unwrap();
-    assert!(usage.memory_bytes > 0);
+    assert!(usage.memory_bytes > 0 && usage.cpu_ns > 0, "{usage:?}");
     // Its own network namespace, with loopback up.
     let out = std::process::Command::new("ip").args(["-n", "oak-rt2-sleep", "link", "show", "lo"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("UP"), "{}", String::from_utf8_lossy(&out.stdout));

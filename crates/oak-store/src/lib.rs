@@ -9,6 +9,7 @@
 //! Architecture invariant: [`Store::commit`] returns only after the batch is durable (fsynced);
 //! callers acknowledge a request only after that.
 
+pub mod datadir;
 mod mem;
 mod redb_store;
 pub mod secret;

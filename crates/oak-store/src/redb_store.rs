@@ -25,8 +25,22 @@ fn backend(e: impl Into<redb::Error>) -> StoreError {
 }
 
 impl RedbStore {
-    /// Opens (or creates) the store file at `path` and makes sure every table exists.
+    /// Opens (or creates, mode `0600`) the store file at `path` and makes sure every table
+    /// exists. A store file other users can read or write is refused: it holds secrets.
     pub fn open(path: &Path, tables: &[Table]) -> Result<Self, StoreError> {
+        let open_err = |reason: String| StoreError::Open { path: path.display().to_string(), reason };
+        crate::datadir::touch_private(path).map_err(|e| open_err(e.to_string()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).map_err(|e| open_err(e.to_string()))?.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                return Err(open_err(format!(
+                    "it is mode {mode:04o}, open to other users; set it with `chmod 600 {}`",
+                    path.display()
+                )));
+            }
+        }
         let db = Database::create(path)
             .map_err(|e| StoreError::Open { path: path.display().to_string(), reason: e.to_string() })?;
         let txn = db.begin_write().map_err(backend)?;

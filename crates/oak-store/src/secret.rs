@@ -1,7 +1,6 @@
 //! Secrets kept next to a store: tokens generated on first start into the data dir, readable
 //! by the owner only, and compared in constant time.
 
-use std::io::Write;
 use std::path::Path;
 
 /// `bytes` random bytes as lowercase hex.
@@ -21,14 +20,7 @@ pub fn read_or_create(path: &Path) -> std::io::Result<String> {
         }
     }
     let s = random_hex(24);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path)?.write_all(s.as_bytes())?;
+    crate::datadir::write_private(path, s.as_bytes())?;
     Ok(s)
 }
 

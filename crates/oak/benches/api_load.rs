@@ -59,7 +59,10 @@ async fn main() {
     let secs = env_or("OAK_BENCH_SECS", 10);
     let readers = env_or("OAK_BENCH_READERS", 32);
     let writers = env_or("OAK_BENCH_WRITERS", 4);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = {
+        use std::os::unix::fs::PermissionsExt;
+        tempfile::Builder::new().permissions(std::fs::Permissions::from_mode(0o700)).tempdir().unwrap()
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_oak"))
         .args(["root", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])

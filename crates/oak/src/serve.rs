@@ -136,6 +136,8 @@ fn hostname() -> String {
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    // Before anything else: a data dir others can read (the node secret) stops the worker.
+    oak_store::datadir::prepare(&args.data_dir)?;
     let runtime =
         oak_runtime::containerd::ContainerdRuntime::connect(&args.containerd_socket, &args.containerd_namespace)
             .await?

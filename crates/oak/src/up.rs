@@ -44,7 +44,16 @@ impl Hierarchy {
     /// Starts `oak <args>`; secrets go in `env`, never on the command line (where `ps` shows them).
     fn spawn(&mut self, name: &str, args: &[String], env: &[(&str, &str)]) -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("cannot find the oak executable")?;
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
+        // Logs may name secrets' paths and users: private like the data dirs beside them.
+        let log = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(self.dir.join(format!("{name}.log")))?
+        };
         let child = Command::new(exe)
             .args(args)
             .env(
@@ -130,7 +139,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Some(d) => (d.clone(), false),
         None => (std::env::temp_dir().join(format!("oak-up-{}", std::process::id())), true),
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    oak_store::datadir::prepare(&dir)?;
     let mut h = Hierarchy { children: Vec::new(), hosts: Vec::new(), dir: dir.clone(), remove_dir };
     let password = crate::admin_password_from_env().unwrap_or_else(|| oak_root::DEFAULT_ADMIN_PASSWORD.to_owned());
     let url = format!("http://{}", args.listen);

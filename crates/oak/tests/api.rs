@@ -82,7 +82,7 @@ async fn every_state_change_requires_authentication() {
 
 #[tokio::test]
 async fn admin_password_comes_from_the_environment() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let root = RootProcess::start_in(dir.path(), Some("s3cret-admin")).await;
     assert_eq!(code(&root.client().login("Admin", "Admin").await.unwrap_err()), "401 unauthenticated");
     root.client().login("Admin", "s3cret-admin").await.unwrap();

@@ -14,7 +14,7 @@ struct Cli {
 
 impl Cli {
     fn new() -> Self {
-        Self { config: tempfile::tempdir().unwrap() }
+        Self { config: common::tempdir() }
     }
 
     fn run(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {

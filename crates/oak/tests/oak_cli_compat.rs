@@ -37,7 +37,7 @@ async fn the_original_cli_works_against_our_root() {
         return;
     };
     // oak-cli always talks to port 10000.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let mut root = None;
     for _ in 0..50 {
         if std::net::TcpListener::bind("127.0.0.1:10000").is_ok() {
@@ -47,7 +47,7 @@ async fn the_original_cli_works_against_our_root() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let root = root.expect("port 10000 stays busy");
-    let home = tempfile::tempdir().unwrap();
+    let home = common::tempdir();
     let cfg_dir = home.path().join("oak_cli");
     std::fs::create_dir_all(&cfg_dir).unwrap();
     std::fs::write(

@@ -58,7 +58,7 @@ fn ca(dir: &Path, name: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_and_the_cluster_link_run_over_tls() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = common::tempdir();
     let dir = tmp.path();
     make_pki(dir, "good");
     make_pki(dir, "other");
@@ -146,7 +146,7 @@ async fn the_api_and_the_cluster_link_run_over_tls() {
 
 #[test]
 fn plain_http_is_for_loopback_only() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = common::tempdir();
     let out = Command::new(OAK)
         .args(["root", "--listen", &format!("0.0.0.0:{}", free_port()), "--data-dir"])
         .arg(tmp.path())

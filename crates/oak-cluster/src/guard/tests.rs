@@ -33,46 +33,166 @@ fn subscribe(filters: &[&str]) -> Vec<u8> {
 
 #[test]
 fn a_worker_stays_under_its_own_topics() {
-    assert_eq!(connect(&connect_body("n1", Some("nodes/n1/lost"))), Ok("n1".into()));
-    assert!(connect(&connect_body("n1", Some("nodes/n2/lost"))).is_err(), "a will on another's topic");
-    assert!(connect(&connect_body("n1", Some("nodes/n1x/lost"))).is_err(), "a prefix is not the node");
-    assert_eq!(check("n1", 0x82, &subscribe(&["nodes/n1/control/#"])), Verdict::Forward);
     assert_eq!(
-        check("n1", 0x82, &subscribe(&["nodes/n1/control/#", "nodes/+/information", "#", "nodes/n2/job"])),
+        connect(&connect_body(
+            "11111111-1111-4111-8111-111111111111",
+            Some("nodes/11111111-1111-4111-8111-111111111111/lost")
+        )),
+        Ok("11111111-1111-4111-8111-111111111111".into())
+    );
+    assert!(
+        connect(&connect_body(
+            "11111111-1111-4111-8111-111111111111",
+            Some("nodes/22222222-2222-4222-8222-222222222222/lost")
+        ))
+        .is_err(),
+        "a will on another's topic"
+    );
+    assert!(
+        connect(&connect_body(
+            "11111111-1111-4111-8111-111111111111",
+            Some("nodes/11111111-1111-4111-8111-111111111111x/lost")
+        ))
+        .is_err(),
+        "a prefix is not the node"
+    );
+    assert_eq!(
+        check(
+            "11111111-1111-4111-8111-111111111111",
+            0x82,
+            &subscribe(&["nodes/11111111-1111-4111-8111-111111111111/control/#"])
+        ),
+        Verdict::Forward
+    );
+    assert_eq!(
+        check(
+            "11111111-1111-4111-8111-111111111111",
+            0x82,
+            &subscribe(&[
+                "nodes/11111111-1111-4111-8111-111111111111/control/#",
+                "nodes/+/information",
+                "#",
+                "nodes/22222222-2222-4222-8222-222222222222/job"
+            ])
+        ),
         Verdict::Refuse(vec![0x90, 6, 0, 7, 1, 0x80, 0x80, 0x80])
     );
-    assert_eq!(check("n1", 0x32, &[s("nodes/n1/information"), vec![0, 1]].concat()), Verdict::Forward);
-    assert!(matches!(check("n1", 0x32, &s("nodes/n2/job")), Verdict::Close(_)));
-    assert!(matches!(check("n1", 0x30, &s("jobs/x/updates_available")), Verdict::Close(_)));
-    assert!(matches!(check("n1", 0x10, &connect_body("n1", None)), Verdict::Close(_)), "a second CONNECT");
-    assert_eq!(check("n1", 0xc0, &[]), Verdict::Forward, "PINGREQ");
+    assert_eq!(
+        check(
+            "11111111-1111-4111-8111-111111111111",
+            0x32,
+            &[s("nodes/11111111-1111-4111-8111-111111111111/information"), vec![0, 1]].concat()
+        ),
+        Verdict::Forward
+    );
+    assert!(matches!(
+        check("11111111-1111-4111-8111-111111111111", 0x32, &s("nodes/22222222-2222-4222-8222-222222222222/job")),
+        Verdict::Close(_)
+    ));
+    assert!(matches!(
+        check("11111111-1111-4111-8111-111111111111", 0x30, &s("jobs/x/updates_available")),
+        Verdict::Close(_)
+    ));
+    assert!(
+        matches!(
+            check(
+                "11111111-1111-4111-8111-111111111111",
+                0x10,
+                &connect_body("11111111-1111-4111-8111-111111111111", None)
+            ),
+            Verdict::Close(_)
+        ),
+        "a second CONNECT"
+    );
+    assert_eq!(check("11111111-1111-4111-8111-111111111111", 0xc0, &[]), Verdict::Forward, "PINGREQ");
 }
 
 #[test]
 fn a_refusal_of_many_filters_is_a_well_formed_suback() {
     let filters: Vec<String> = (2..202).map(|i| format!("nodes/n{i}/x")).collect();
     let refs: Vec<&str> = filters.iter().map(String::as_str).collect();
-    let Verdict::Refuse(ack) = check("n1", 0x82, &subscribe(&refs)) else { panic!("not refused") };
+    let Verdict::Refuse(ack) = check("11111111-1111-4111-8111-111111111111", 0x82, &subscribe(&refs)) else {
+        panic!("not refused")
+    };
     // Fixed header (type, two length bytes), packet id, one code per filter.
-    assert_eq!(frame(&ack), Ok(Some((3, 202))));
+    assert_eq!(frame(&ack, MAX_PACKET), Ok(Some((3, 202))));
     assert_eq!(ack.len(), 3 + 202);
     assert!(ack[5..].iter().all(|c| *c == 0x80));
 }
 
 #[test]
 fn lengths_are_framed_and_bounded() {
-    assert_eq!(frame(&[0x30]), Ok(None));
-    assert_eq!(frame(&[0x30, 5]), Ok(Some((2, 5))));
-    assert_eq!(frame(&[0x30, 0x80, 0x01]), Ok(Some((3, 128))));
-    assert!(frame(&[0x30, 0xff, 0xff, 0xff, 0x7f]).is_err(), "over the limit");
-    assert!(frame(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err(), "five length bytes");
+    assert_eq!(frame(&[0x30], MAX_PACKET), Ok(None));
+    assert_eq!(frame(&[0x30, 5], MAX_PACKET), Ok(Some((2, 5))));
+    assert_eq!(frame(&[0x30, 0x80, 0x01], MAX_PACKET), Ok(Some((3, 128))));
+    assert!(frame(&[0x30, 0xff, 0xff, 0xff, 0x7f], MAX_PACKET).is_err(), "over the limit");
+    assert!(frame(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], MAX_PACKET).is_err(), "five length bytes");
 }
 
 proptest! {
     #[test]
     fn garbage_is_refused_without_panic(b in proptest::collection::vec(any::<u8>(), 0..300), first in any::<u8>()) {
-        let _ = frame(&b);
+        let _ = frame(&b, MAX_PACKET);
         let _ = connect(&b);
-        let _ = check("n1", first, &b);
+        let _ = check("11111111-1111-4111-8111-111111111111", first, &b);
+    }
+}
+
+#[test]
+fn only_a_worker_id_logs_in_never_the_clusters_own_client() {
+    for user in
+        ["oak-cluster", "", "11111111-1111-4111-8111-11111111111", "../x", "11111111-1111-4111-8111-11111111111G"]
+    {
+        assert!(connect(&connect_body(user, None)).is_err(), "{user:?} accepted");
+    }
+}
+
+/// A guard in front of a "broker" that accepts and never answers.
+async fn silent_guard() -> std::net::SocketAddr {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let up = upstream.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = upstream.accept().await {
+            held.push(s);
+        }
+    });
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(serve(l, up));
+    addr
+}
+
+/// Reads until the guard closes; how long that took.
+async fn closed_after(mut c: TcpStream) -> std::time::Duration {
+    let t = std::time::Instant::now();
+    let mut b = [0u8; 64];
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(20), c.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return t.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("still open after 20 s"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stranger_cannot_announce_a_big_connect_nor_wait_without_logging_in() {
+    let addr = silent_guard().await;
+    // A CONNECT announcing 4 MiB: refused from its header, before any byte of it is kept.
+    let mut c = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
+    c.write_all(&[0x10, 0xff, 0xff, 0xff, 0x01]).await.unwrap_or_else(|e| panic!("{e}"));
+    let _ = c.write_all(&vec![0u8; 64 * 1024]).await;
+    assert!(closed_after(c).await < std::time::Duration::from_secs(2));
+    // A connection that sends nothing, and one whose login the broker never accepts.
+    let idle = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut pending = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
+    let body = connect_body("11111111-1111-4111-8111-111111111111", None);
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    pending.write_all(&packet).await.unwrap_or_else(|e| panic!("{e}"));
+    let (a, b) = tokio::join!(closed_after(idle), closed_after(pending));
+    for t in [a, b] {
+        assert!(t >= LOGIN_TIMEOUT - std::time::Duration::from_millis(500) && t < LOGIN_TIMEOUT * 2, "{t:?}");
     }
 }

@@ -1,8 +1,8 @@
 //! Applications: created from an SLA, with their services.
 
-use super::extract::{Caller, JsonBody, JsonValue};
+use super::extract::{Caller, JsonBody, JsonValue, Path};
 use super::{ApiError, AppState, route};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use oak_api::model::{Application, ApplicationUpdate, Message};

@@ -58,6 +58,12 @@ impl From<RegistryError> for ApiError {
     }
 }
 
+impl From<ErrorBody> for ApiError {
+    fn from(e: ErrorBody) -> Self {
+        Self { code: e.code, message: e.message, violations: e.violations }
+    }
+}
+
 impl From<oak_api::sla::SlaError> for ApiError {
     fn from(e: oak_api::sla::SlaError) -> Self {
         ApiError::invalid(e.violations)

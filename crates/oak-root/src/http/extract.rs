@@ -28,8 +28,7 @@ pub(crate) async fn json_value<S: Send + Sync>(req: Request, state: &S) -> Resul
     if bytes.is_empty() {
         return Err(ApiError::new(ErrorCode::MalformedJson, "request body is empty; expected JSON"));
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::new(ErrorCode::MalformedJson, format!("request body is not valid JSON: {e}")))
+    oak_api::json::value_strict(&bytes).map_err(ApiError::from)
 }
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
@@ -37,9 +36,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let value = json_value(req, state).await?;
-        serde_json::from_value(value).map(JsonBody).map_err(|e| {
-            ApiError::invalid(vec![oak_api::sla::Violation { field: String::new(), message: e.to_string() }])
-        })
+        oak_api::json::from_value_named(value).map(JsonBody).map_err(ApiError::from)
     }
 }
 
@@ -109,5 +106,38 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         authenticate(state, bearer(parts)?, TokenKind::Access)
+    }
+}
+
+/// A path parameter, with rejections in the API's error shape (a segment that is not UTF-8,
+/// or not what the route takes, is a 400 that says so).
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Path(v))
+            .map_err(|e| ApiError::bad_request(format!("bad path {}: {}", parts.uri.path(), e.body_text())))
+    }
+}
+
+/// A query string, with rejections in the API's error shape: a 422 naming the parameter.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let q = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
+        serde_path_to_error::deserialize(de).map(Query).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." { "query".to_owned() } else { field };
+            let message = e.into_inner().to_string();
+            ApiError::invalid(vec![oak_api::sla::Violation { field, message }])
+        })
     }
 }

@@ -118,7 +118,11 @@ pub async fn scheduler(state: AppState) {
 
 /// `GET /api/cluster/link`: a cluster joins with the deployment's cluster token or a live
 /// join token.
-pub(super) async fn link(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+pub(super) async fn link(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
     let got = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -134,6 +138,13 @@ pub(super) async fn link(State(state): State<AppState>, headers: HeaderMap, ws: 
                 tracing::warn!("a cluster link with a missing, unknown or revoked token was refused");
                 return ApiError::unauthenticated("missing, unknown or revoked cluster token").into_response();
             }
+        }
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return ApiError::bad_request(format!("the cluster link is a WebSocket: {}", e.body_text()))
+                .into_response();
         }
     };
     ws.max_message_size(oak_api::link::LINK_MAX_MESSAGE).max_frame_size(oak_api::link::LINK_MAX_MESSAGE).on_upgrade(

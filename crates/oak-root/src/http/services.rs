@@ -1,8 +1,8 @@
 //! Services, their instances, and the cluster list.
 
-use super::extract::{Caller, JsonValue};
+use super::extract::{Caller, JsonValue, Path, Query};
 use super::{ApiError, AppState, route};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use oak_api::model::{Cluster, InstanceRequested, Message, Service, ServiceCreated};
@@ -175,7 +175,7 @@ pub(super) async fn instance_logs(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, number)): Path<(String, String)>,
-    axum::extract::Query(q): axum::extract::Query<LogsQuery>,
+    Query(q): Query<LogsQuery>,
 ) -> Result<Json<oak_api::node::LogsReply>, ApiError> {
     let n: u32 = number.parse().map_err(|_| {
         ApiError::bad_request(format!("instance number must be a non-negative integer, got {number:?}"))

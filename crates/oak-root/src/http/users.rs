@@ -1,9 +1,9 @@
 //! Authentication, users and organizations.
 
-use super::extract::{Caller, JsonBody, authenticate, bearer};
+use super::extract::{Caller, JsonBody, Path, authenticate, bearer};
 use super::{ApiError, AppState, route};
 use crate::auth::{self, TokenKind};
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::{Json, Router};

@@ -19,6 +19,13 @@ pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A temporary directory private to this user (`0700`), as the tiers require of a data dir
+/// (`tempfile::tempdir` makes it `0755`).
+pub fn tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new().permissions(std::fs::Permissions::from_mode(0o700)).tempdir().unwrap()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -35,7 +42,7 @@ pub struct RootProcess {
 impl RootProcess {
     /// A root with a fresh data dir and the default Admin password.
     pub async fn start() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = tempdir();
         let dir = tmp.path().to_path_buf();
         let mut r = Self::start_in(&dir, None).await;
         r._tmp = Some(tmp);
@@ -49,7 +56,7 @@ impl RootProcess {
 
     /// A root with a fresh data dir and extra environment (e.g. OAK_CLUSTER_TIMEOUT_MS).
     pub async fn start_env(env: &[(&str, &str)]) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = tempdir();
         let dir = tmp.path().to_path_buf();
         let mut r = Self::start_on(&dir, None, None, env).await;
         r._tmp = Some(tmp);
@@ -387,7 +394,7 @@ impl Hierarchy {
             }
         }
         let admin = root.admin().await;
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempdir();
         let cluster_port = free_port();
         let mqtt_port = free_port();
         let cluster_opts =
