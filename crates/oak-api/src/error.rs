@@ -15,6 +15,8 @@ pub enum ErrorCode {
     Unauthenticated,
     /// 403: authenticated, but the role does not allow it.
     Forbidden,
+    /// 403: the request would take the user over a quota; `message` names it.
+    QuotaExceeded,
     /// 404: no such object, or it belongs to someone else.
     NotFound,
     /// 405: the path exists, the method does not.
@@ -42,7 +44,7 @@ impl ErrorCode {
         match self {
             ErrorCode::MalformedJson | ErrorCode::BadRequest => 400,
             ErrorCode::Unauthenticated => 401,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::QuotaExceeded => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,

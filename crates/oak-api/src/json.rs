@@ -44,9 +44,18 @@ pub fn from_value_named<T: DeserializeOwned>(value: Value) -> Result<T, ErrorBod
     })
 }
 
-/// [`value_strict`], then [`from_value_named`].
+/// [`value_strict`], then [`from_value_named`], for a body that is one JSON object (serde
+/// would otherwise read an array as the struct's fields in order).
 pub fn from_slice_strict<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ErrorBody> {
-    from_value_named(value_strict(bytes)?)
+    let v = value_strict(bytes)?;
+    if !v.is_object() {
+        return Err(ErrorBody {
+            code: ErrorCode::InvalidField,
+            message: "body: must be a JSON object".into(),
+            violations: vec![Violation { field: "body".into(), message: "must be a JSON object".into() }],
+        });
+    }
+    from_value_named(v)
 }
 
 struct Node<'a> {
@@ -149,6 +158,8 @@ mod tests {
         let e = from_slice_strict::<S>(br#"{"replicas":1,"inner":[{"n":"x"}]}"#).err().unwrap_or_else(|| panic!("ok"));
         assert_eq!(e.violations[0].field, "inner[0].n");
         let e = from_slice_strict::<S>(br#"[]"#).err().unwrap_or_else(|| panic!("ok"));
+        assert_eq!(e.violations[0].field, "body");
+        let e = from_slice_strict::<S>(br#"[1, []]"#).err().unwrap_or_else(|| panic!("an array read as a struct"));
         assert_eq!(e.violations[0].field, "body");
     }
 

@@ -35,6 +35,10 @@ pub enum ClusterToRoot {
         /// The id the root gave this cluster before, if any.
         #[serde(default)]
         cluster_id: Option<ClusterId>,
+        /// The secret the root issued with that id: proof that this is that cluster (every
+        /// cluster holds the same cluster token).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cluster_secret: Option<String>,
     },
     /// The full state: the first report on every connection.
     Report(ClusterReport),
@@ -48,6 +52,10 @@ pub enum ClusterToRoot {
 pub enum RootToCluster {
     Welcome {
         cluster_id: ClusterId,
+        /// Issued when the cluster first joins (or first since secrets exist): kept in its
+        /// store and shown in every later hello.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cluster_secret: Option<String>,
     },
     /// Every instance the root wants on this cluster; anything else must go. The first
     /// desired message of every connection.
@@ -169,6 +177,36 @@ pub struct ClusterReport {
     /// Semantic addresses some worker of the cluster needs tables for.
     #[serde(default)]
     pub interests: Vec<Ipv4Addr>,
+}
+
+/// What changed from `prev` to `now`, as the root sends it on a connection after the first
+/// full set: a cluster of 60,000 instances would otherwise get some 25 MB for each instance
+/// deployed.
+pub fn desired_delta(prev: &[DesiredInstance], now: &[DesiredInstance]) -> RootToCluster {
+    use std::collections::{HashMap, HashSet};
+    let key = |d: &DesiredInstance| (d.service_id.clone(), d.instance_number);
+    let before: HashMap<_, &DesiredInstance> = prev.iter().map(|d| (key(d), d)).collect();
+    let after: HashSet<_> = now.iter().map(key).collect();
+    let upsert = now.iter().filter(|d| before.get(&key(d)).is_none_or(|p| *p != *d)).cloned().collect();
+    let remove = prev
+        .iter()
+        .filter(|d| !after.contains(&key(d)))
+        .map(|d| crate::node::InstanceRef { service_id: d.service_id.clone(), instance_number: d.instance_number })
+        .collect();
+    RootToCluster::DesiredDelta { upsert, remove }
+}
+
+impl ReportDelta {
+    /// The full report this delta stands for: fields it leaves out are as the cluster last
+    /// reported them (`workers`, `interests`).
+    pub fn into_report(self, workers: &[String], interests: &[Ipv4Addr]) -> ClusterReport {
+        ClusterReport {
+            aggregate: self.aggregate,
+            instances: self.instances,
+            workers: self.workers.unwrap_or_else(|| workers.to_vec()),
+            interests: self.interests.unwrap_or_else(|| interests.to_vec()),
+        }
+    }
 }
 
 #[cfg(test)]

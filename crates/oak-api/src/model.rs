@@ -290,3 +290,35 @@ pub struct Cluster {
     #[serde(default)]
     pub memory_free_mb: u64,
 }
+
+/// A user's limits (or usage, in the same units): services, instances, and the CPU and memory
+/// their instances reserve.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QuotaLimits {
+    pub services: u64,
+    pub instances: u64,
+    pub vcpus: f64,
+    pub memory_mb: u64,
+}
+
+/// `GET /api/user/{username}/quota`: the limits (`null`: none, the bootstrap Admin) and usage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QuotaStatus {
+    pub user: String,
+    pub limits: Option<QuotaLimits>,
+    pub used: QuotaLimits,
+}
+
+/// `PUT /api/user/{username}/quota` (Admin): the limits to change; the others stay.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaUpdate {
+    #[serde(default)]
+    pub services: Option<u64>,
+    #[serde(default)]
+    pub instances: Option<u64>,
+    #[serde(default)]
+    pub vcpus: Option<f64>,
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+}

@@ -66,10 +66,37 @@ pub struct WorkerNetwork {
 }
 
 /// A digest of a set of tables (FNV-1a over their JSON): a worker reports the digest of the
-/// tables it holds, so its cluster notices one that went missing and sends it again.
+/// tables it holds, so its cluster notices one that went missing and sends it again. The JSON
+/// is hashed as it is written, never held whole.
+pub fn try_digest(tables: &[ServiceTable]) -> Result<u64, serde_json::Error> {
+    fnv_json(tables)
+}
+
+/// [`try_digest`], for a holder of tables it decoded from JSON (which therefore encode
+/// again). Should they not, the digest is [`UNENCODABLE`]: never a hash of empty bytes,
+/// and a cluster (which uses [`try_digest`]) then sends the tables again.
 pub fn digest(tables: &[ServiceTable]) -> u64 {
-    let bytes = serde_json::to_vec(tables).unwrap_or_default();
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+    try_digest(tables).unwrap_or(UNENCODABLE)
+}
+
+/// The digest of tables that cannot be encoded (see [`digest`]).
+pub const UNENCODABLE: u64 = 0;
+
+/// FNV-1a of the JSON of `v`, without building the JSON.
+fn fnv_json<T: Serialize + ?Sized>(v: &T) -> Result<u64, serde_json::Error> {
+    struct Fnv(u64);
+    impl std::io::Write for Fnv {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = buf.iter().fold(self.0, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3));
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    serde_json::to_writer(&mut h, v)?;
+    Ok(h.0)
 }
 
 /// Parses `LAT,LONG` into degrees.
@@ -100,5 +127,35 @@ mod tests {
         assert_eq!(parse_location("x"), None);
         let munich_berlin = distance_km((48.14, 11.58), (52.52, 13.40));
         assert!((munich_berlin - 504.0).abs() < 10.0, "{munich_berlin}");
+    }
+
+    /// The digest is FNV-1a over the tables' JSON (workers and clusters of different versions
+    /// must agree on it); a value that does not encode is an error, not the hash of nothing.
+    #[test]
+    fn digests_hash_the_json_and_refuse_what_does_not_encode() {
+        let t = ServiceTable {
+            service_id: crate::ServiceId::from("s"),
+            job_name: "a.b.c.d".into(),
+            rr_ip: Some(Ipv4Addr::new(10, 30, 0, 1)),
+            closest_ip: None,
+            instances: vec![TableInstance {
+                instance_number: 0,
+                instance_ip: Ipv4Addr::new(10, 30, 0, 2),
+                ns_ip: Ipv4Addr::new(10, 18, 0, 2),
+                host_ip: "192.168.0.1".into(),
+                host_port: TUNNEL_PORT,
+                location: None,
+            }],
+        };
+        let fnv = |bytes: &[u8]| {
+            bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+        };
+        let tables = [t];
+        let json = serde_json::to_vec(&tables).map_err(|e| e.to_string());
+        assert_eq!(try_digest(&tables).map_err(|e| e.to_string()), json.map(|j| fnv(&j)));
+        assert_eq!(digest(&[]), fnv(b"[]"));
+        assert_ne!(digest(&tables), digest(&[]));
+        let bad: std::collections::BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        assert!(fnv_json(&bad).is_err());
     }
 }

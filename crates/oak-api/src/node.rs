@@ -59,7 +59,7 @@ fn bad(field: impl Into<String>, message: impl Into<String>) -> Result<(), Field
 
 fn check_f64(field: &str, v: f64, max: f64) -> Result<(), FieldError> {
     if !v.is_finite() || !(0.0..=max).contains(&v) {
-        return bad(field, format!("must be a finite number from 0 to {max} (got {v})"));
+        return bad(field, format!("must be a finite number from 0 to {max} (got {v:?})"));
     }
     Ok(())
 }
@@ -104,6 +104,21 @@ fn check_location(field: &str, v: Option<&str>) -> Result<(), FieldError> {
         return bad(field, format!("must be \"LAT,LONG\" in degrees (got {v:?})"));
     }
     Ok(())
+}
+
+/// The longest status detail a worker's event carries on (longer ones are cut, with a mark).
+pub const MAX_STATUS_DETAIL: usize = 1024;
+
+/// Cuts `detail` to [`MAX_STATUS_DETAIL`] bytes at a character boundary.
+pub fn truncate_detail(detail: &mut String) {
+    if detail.len() > MAX_STATUS_DETAIL {
+        let mut end = MAX_STATUS_DETAIL - 3;
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+        detail.push('…');
+    }
 }
 
 impl RegisterRequest {
@@ -346,4 +361,59 @@ pub struct LogsReply {
     pub text: String,
     #[serde(default)]
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg() -> RegisterRequest {
+        RegisterRequest {
+            name: "w".into(),
+            ip: "10.0.0.1".into(),
+            arch: "amd64".into(),
+            runtimes: vec!["container".into()],
+            cpu_cores: 4.0,
+            memory_mb: 8192,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn worker_numbers_are_bounded_and_named() {
+        assert_eq!(reg().validate(), Ok(()));
+        for (r, field) in [
+            (RegisterRequest { cpu_cores: 1.7e308, ..reg() }, "cpu_cores"),
+            (RegisterRequest { cpu_cores: f64::NAN, ..reg() }, "cpu_cores"),
+            (RegisterRequest { memory_mb: u64::MAX, ..reg() }, "memory_mb"),
+            (RegisterRequest { node_id: Some("oak-cluster".into()), ..reg() }, "node_id"),
+            (RegisterRequest { name: "a\nb".into(), ..reg() }, "name"),
+            (RegisterRequest { location: Some("0,181".into()), ..reg() }, "location"),
+        ] {
+            assert_eq!(r.validate().map_err(|e| e.field), Err(field.to_owned()));
+        }
+        let info = NodeInfo { cpu_percent: f64::INFINITY, ..Default::default() };
+        assert_eq!(info.validate().map_err(|e| e.field), Err("cpu_percent".to_owned()));
+        let mut d = "é".repeat(2000);
+        truncate_detail(&mut d);
+        assert!(d.len() <= MAX_STATUS_DETAIL && d.ends_with('…'));
+    }
+
+    #[test]
+    fn node_ids_are_uuids_only() {
+        assert!(valid_node_id("3002c3d0-e185-4f82-84f7-3b401604caf5"));
+        for bad in ["oak-cluster", "3002C3D0-E185-4F82-84F7-3B401604CAF5", "3002c3d0e1854f8284f73b401604caf5", ""] {
+            assert!(!valid_node_id(bad), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn validation_never_panics(cores in proptest::num::f64::ANY, mem in proptest::num::u64::ANY, s in ".{0,80}") {
+            let r = RegisterRequest { cpu_cores: cores, memory_mb: mem, name: s.clone(), location: Some(s.clone()), ..reg() };
+            let _ = r.validate();
+            let mut d = s;
+            truncate_detail(&mut d);
+        }
+    }
 }

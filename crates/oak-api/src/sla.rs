@@ -21,6 +21,9 @@ pub const SERVICE_SUBNET_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0xfdff, 0, 0, 0, 0,
 /// Constraint types a descriptor may name.
 pub const CONSTRAINT_TYPES: [&str; 5] = ["direct", "latency", "geo", "addons", "clusters"];
 
+/// Most instances one service may ask for, on every path (SLA, PUT, scaling).
+pub const MAX_REPLICAS: u32 = 10_000;
+
 /// One problem in a descriptor: which field, and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Violation {
@@ -618,16 +621,27 @@ impl Validator {
         }
         if let Some(v) = self.required(obj, path, "code") {
             let field = join(path, "code");
-            if let Some(s) = self.string(v, &field)
-                && s.trim().is_empty()
-            {
-                self.push(field, "must name an image or code location");
+            if let Some(s) = self.string(v, &field) {
+                if s.trim().is_empty() {
+                    self.push(field, "must name an image or code location");
+                } else if s.chars().any(char::is_control) {
+                    self.push(field, "must not contain control characters");
+                }
             }
         }
-        self.string_array(obj, path, "cmd");
+        if let Some(cmd) = self.string_array(obj, path, "cmd") {
+            for (i, c) in cmd.iter().enumerate() {
+                if c.chars().any(char::is_control) {
+                    self.push(format!("{}[{i}]", join(path, "cmd")), "must not contain control characters");
+                }
+            }
+        }
         if let Some(env) = self.string_array(obj, path, "environment") {
             for (i, e) in env.iter().enumerate() {
                 match e.split_once('=') {
+                    _ if e.chars().any(char::is_control) => {
+                        self.push(format!("{}[{i}]", join(path, "environment")), "must not contain control characters")
+                    }
                     Some((k, _)) if !k.is_empty() => {}
                     _ => self
                         .push(format!("{}[{i}]", join(path, "environment")), format!("must be KEY=VALUE, got {e:?}")),
@@ -636,6 +650,11 @@ impl Validator {
         }
         for key in ["memory", "vgpus", "vtpus", "bandwidth_in", "bandwidth_out", "storage", "replicas"] {
             self.count(obj, path, key);
+        }
+        if let Some(Value::Number(n)) = obj.get("replicas")
+            && as_count(n).is_some_and(|r| r > MAX_REPLICAS as u64)
+        {
+            self.push(join(path, "replicas"), format!("must be at most {MAX_REPLICAS}, got {n}"));
         }
         if let Some(c) = self.number(obj, path, "vcpus", false)
             && c < 0.0

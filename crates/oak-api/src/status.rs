@@ -107,10 +107,10 @@ mod tests {
             Status::NoActiveClusterWithCapacity,
             Status::NoWorkerCapacity,
         ] {
-            let json = serde_json::to_string(&s).unwrap_or_default();
-            assert_eq!(json, format!("\"{}\"", s.as_str()));
-            let back: Status = serde_json::from_str(&json).unwrap_or(Status::Failed);
-            assert_eq!(back, s);
+            let json = serde_json::to_string(&s).map_err(|e| e.to_string());
+            assert_eq!(json, Ok(format!("\"{}\"", s.as_str())));
+            let back = json.and_then(|j| serde_json::from_str::<Status>(&j).map_err(|e| e.to_string()));
+            assert_eq!(back, Ok(s));
         }
         assert!(Status::NoWorkerCapacity.is_negative_scheduling());
         assert!(!Status::Running.is_negative_scheduling());

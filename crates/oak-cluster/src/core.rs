@@ -24,6 +24,10 @@ use std::net::Ipv4Addr;
 
 pub type Key = (ServiceId, u32);
 
+/// What the root holds of this cluster on the current link connection: the link's own delta
+/// encoding (the full report once, then deltas), usable without a socket.
+pub use crate::link::Sent;
+
 /// A message to publish on the broker.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Out {
@@ -31,8 +35,47 @@ pub struct Out {
     pub payload: Vec<u8>,
 }
 
-fn out<T: Serialize>(topic: String, msg: &T) -> Out {
-    Out { topic, payload: serde_json::to_vec(msg).unwrap_or_default() }
+/// A message that cannot be encoded: it is not published (an empty payload never is).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode the message for {topic}: {source}")]
+pub struct EncodeError {
+    pub topic: String,
+    pub source: serde_json::Error,
+}
+
+/// `msg` as JSON, to publish on `topic`.
+fn out<T: Serialize>(topic: String, msg: &T) -> Result<Out, EncodeError> {
+    match serde_json::to_vec(msg) {
+        Ok(payload) => Ok(Out { topic, payload }),
+        Err(source) => Err(EncodeError { topic, source }),
+    }
+}
+
+/// The message, or (logged) nothing when it cannot be encoded.
+fn logged(o: Result<Out, EncodeError>) -> Option<Out> {
+    o.map_err(|e| tracing::error!(error = %e, "a message was not sent")).ok()
+}
+
+/// A changed assignment as the store should hold it, by `service/number`: its JSON, or `None`
+/// when it went.
+pub type Stored = (String, Option<Vec<u8>>);
+
+/// The store records of the assignments `dirty`, and the errors of those that cannot be
+/// encoded: they get no record (what is stored for them stays as it was, never empty bytes).
+pub fn encode_assignments<A: Serialize>(
+    assignments: &BTreeMap<Key, A>,
+    dirty: impl IntoIterator<Item = Key>,
+) -> (Vec<Stored>, Vec<(String, serde_json::Error)>) {
+    let (mut records, mut errors) = (Vec::new(), Vec::new());
+    for k in dirty {
+        let key = format!("{}/{}", k.0, k.1);
+        match assignments.get(&k).map(serde_json::to_vec) {
+            Some(Ok(bytes)) => records.push((key, Some(bytes))),
+            Some(Err(e)) => errors.push((key, e)),
+            None => records.push((key, None)),
+        }
+    }
+    (records, errors)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -231,12 +274,21 @@ impl Core {
     /// cluster whose machines come and go (reinstalled, replaced) would keep every worker it
     /// ever had, and the root a subnet for each.
     pub fn forget_silent(&mut self, now: f64) -> Vec<String> {
+        const NEVER_REPORTED_FORGET: f64 = 600.0;
         let gone: Vec<String> = self
             .workers
             .keys()
             .filter(|id| {
-                now - self.heard.get(*id).copied().unwrap_or(now) > self.timing.forget_after
-                    && !self.by_worker.contains_key(*id)
+                // A registration that never reported holds a subnet at the root for nothing:
+                // it goes after ten minutes (a holder of the worker token could otherwise
+                // register until the root's subnets run out).
+                let never_reported = self.workers.get(*id).is_some_and(|w| w.info.is_none());
+                let limit = if never_reported {
+                    self.timing.forget_after.min(NEVER_REPORTED_FORGET)
+                } else {
+                    self.timing.forget_after
+                };
+                now - self.heard.get(*id).copied().unwrap_or(now) > limit && !self.by_worker.contains_key(*id)
             })
             .cloned()
             .collect();
@@ -316,12 +368,24 @@ impl Core {
         a.detail = detail;
     }
 
-    fn deploy(&self, k: &Key, worker: &str) -> Option<Out> {
+    fn deploy(&self, k: &Key, worker: &str) -> Option<Result<Out, EncodeError>> {
         Some(out(node::topic_deploy(worker), self.desired.get(k)?))
     }
 
-    fn delete(k: &Key, worker: &str) -> Out {
-        out(node::topic_delete(worker), &DeleteCommand { service_id: k.0.clone(), instance_number: k.1 })
+    fn delete(k: &Key, worker: &str) -> Option<Out> {
+        logged(out(node::topic_delete(worker), &DeleteCommand { service_id: k.0.clone(), instance_number: k.1 }))
+    }
+
+    /// `k`'s deploy command cannot be encoded: it is not sent (never as an empty payload); the
+    /// instance fails, where the root sees why, and is placed again after a backoff.
+    fn unencodable(&mut self, k: &Key, e: &EncodeError, now: f64) {
+        tracing::error!(service = %k.0, instance = k.1, error = %e, "cannot encode a deploy command");
+        let attempts = self.assignments.get(k).map(|a| a.attempts).unwrap_or(0);
+        let delay = self.backoff(attempts);
+        self.set(k, None, Status::Failed, format!("its deploy command cannot be encoded: {}", e.source), now);
+        if let Some(a) = self.slot(k) {
+            a.next_try = now + delay;
+        }
     }
 
     /// Places `k` on a worker (or records why it cannot be).
@@ -346,8 +410,11 @@ impl Core {
             Ok(p) => {
                 let worker = p.id;
                 let name = self.workers.get(&worker).map(|w| w.reg.name.clone()).unwrap_or_default();
-                if let Some(o) = self.deploy(k, &worker) {
-                    outs.push(o);
+                match self.deploy(k, &worker) {
+                    Some(Ok(o)) => outs.push(o),
+                    // (What the snapshot reserved for it stays reserved until this pass ends.)
+                    Some(Err(e)) => return self.unencodable(k, &e, now),
+                    None => return,
                 }
                 self.set(k, Some(worker), Status::NodeScheduled, format!("placed on worker {name}"), now);
                 if let Some(a) = self.slot(k) {
@@ -423,7 +490,7 @@ impl Core {
                 Status::Completed => {}
                 Status::Dead | Status::Failed if now >= a.next_try => {
                     if let Some(w) = &a.worker {
-                        outs.push(Self::delete(k, w));
+                        outs.extend(Self::delete(k, w));
                     }
                     let attempts = a.attempts + 1;
                     self.place(k, now, &mut outs, &mut pass);
@@ -447,16 +514,22 @@ impl Core {
                     }
                     if let Some(x) = self.assignments.get(k).cloned() {
                         if let Some(w) = &x.worker {
-                            outs.push(Self::delete(k, w));
+                            outs.extend(Self::delete(k, w));
                         }
                         self.place(k, now, &mut outs, &mut pass);
                     }
                 }
                 Status::NodeScheduled if now - a.sent >= self.timing.deploy_ack_timeout => {
-                    if let Some(w) = &a.worker
-                        && let Some(o) = self.deploy(k, w)
-                    {
-                        outs.push(o);
+                    match a.worker.as_ref().and_then(|w| self.deploy(k, w)) {
+                        Some(Ok(o)) => outs.push(o),
+                        Some(Err(e)) => {
+                            if let Some(w) = &a.worker {
+                                outs.extend(Self::delete(k, w));
+                            }
+                            self.unencodable(k, &e, now);
+                            continue;
+                        }
+                        None => {}
                     }
                     if let Some(x) = self.slot(k) {
                         x.sent = now;
@@ -473,7 +546,7 @@ impl Core {
                     && let Some(w) = a.worker
                 {
                     self.unindex(&k, Some(&w));
-                    outs.push(Self::delete(&k, &w));
+                    outs.extend(Self::delete(&k, &w));
                 }
             }
         }
@@ -550,7 +623,7 @@ impl Core {
         for k in &held {
             let mine = self.assignments.get(k).is_some_and(|a| a.worker.as_deref() == Some(node));
             if !mine && self.desired_known {
-                outs.push(Self::delete(k, node));
+                outs.extend(Self::delete(k, node));
             }
         }
         // Instances it should hold but lost (e.g. it restarted).
@@ -606,7 +679,7 @@ impl Core {
         let mine = self.assignments.get(&k).is_some_and(|a| a.worker.as_deref() == Some(node));
         if !mine {
             if ev.status != Status::Undeployed && self.desired_known {
-                return vec![Self::delete(&k, node)];
+                return Self::delete(&k, node).into_iter().collect();
             }
             return Vec::new();
         }
@@ -648,7 +721,9 @@ impl Core {
         let w = self.workers.get(node)?;
         let info = w.info.as_ref()?;
         let subnet = w.subnet?;
-        (info.overlay && info.subnet != Some(subnet)).then(|| out(node::topic_network(node), &WorkerNetwork { subnet }))
+        (info.overlay && info.subnet != Some(subnet))
+            .then(|| logged(out(node::topic_network(node), &WorkerNetwork { subnet })))
+            .flatten()
     }
 
     /// The tables a worker asked for, when they differ from what it was last sent.
@@ -671,15 +746,24 @@ impl Core {
         // A worker starts with no tables: nothing to send until it asks for some. What was
         // sent but did not arrive (the worker reports a different digest) goes again.
         let (sent, sent_digest) = match self.sent_tables.get(node) {
-            Some((t, d)) => (t.as_slice(), *d),
-            None => (&[][..], oak_api::net::digest(&[])),
+            Some((t, d)) => (t.as_slice(), Some(*d)),
+            None => (&[][..], oak_api::net::try_digest(&[]).ok()),
         };
-        if sent == mine.as_slice() && held.is_none_or(|d| d == sent_digest) {
+        if sent == mine.as_slice() && held.is_none_or(|d| Some(d) == sent_digest) {
             return None;
         }
-        let digest = oak_api::net::digest(&mine);
-        self.sent_tables.insert(node.to_owned(), (mine.clone(), digest));
-        Some(out(node::topic_tables(node), &WorkerTables { tables: mine }))
+        // Tables that cannot be encoded are not sent (nor recorded as sent): logged, and tried
+        // again at the worker's next report.
+        let digest = match oak_api::net::try_digest(&mine) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(node, error = %e, "cannot encode a worker's overlay tables");
+                return None;
+            }
+        };
+        let o = logged(out(node::topic_tables(node), &WorkerTables { tables: mine.clone() }))?;
+        self.sent_tables.insert(node.to_owned(), (mine, digest));
+        Some(o)
     }
 
     /// The root's subnets for this cluster's workers.

@@ -103,7 +103,8 @@ pub(crate) enum Cmd {
     Event(String, InstanceEvent),
     Logs(LogsRequest, oneshot::Sender<LogsReply>),
     LogsReply(LogsReply),
-    ClusterId(String),
+    /// The root's welcome: this cluster's id, and its secret when the root issued one now.
+    ClusterId(String, Option<String>),
     /// A worker's last will: (node, session).
     Lost(String, String),
     Subnets(std::collections::BTreeMap<String, std::net::Ipv4Addr>),
@@ -256,9 +257,11 @@ impl Cluster {
         let sub = mqtt.clone();
         let mtx = tx.clone();
         tokio::spawn(async move {
+            let mut backoff = oak_api::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        backoff.reset();
                         for t in ["nodes/+/information", "nodes/+/job", "nodes/+/logs", "nodes/+/lost"] {
                             let _ = sub.subscribe(t, QoS::AtLeastOnce).await;
                         }
@@ -279,7 +282,13 @@ impl Cluster {
                                 },
                                 Err(_) => None,
                             },
-                            Some("job") => serde_json::from_slice(&p.payload).map(|e| Cmd::Event(node, e)).ok(),
+                            Some("job") => serde_json::from_slice::<InstanceEvent>(&p.payload)
+                                .map(|mut e| {
+                                    // The detail is stored at the root and shown to users: bounded.
+                                    oak_api::node::truncate_detail(&mut e.status_detail);
+                                    Cmd::Event(node, e)
+                                })
+                                .ok(),
                             Some("logs") => serde_json::from_slice(&p.payload).map(Cmd::LogsReply).ok(),
                             Some("lost") => Some(Cmd::Lost(node, String::from_utf8_lossy(&p.payload).into_owned())),
                             _ => None,
@@ -294,7 +303,7 @@ impl Cluster {
                     Ok(_) => {}
                     Err(e) => {
                         tracing::debug!(error = %e, "cluster MQTT client reconnecting");
-                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        tokio::time::sleep(backoff.next(rand::random())).await;
                     }
                 }
             }
@@ -323,12 +332,21 @@ impl Cluster {
             .with_state(http_state);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut http_stop = stop_rx.clone();
+        // The port is open to the workers' networks: the root's connection limits
+        // (oak_tls::serve), with a quarter of its bound. Registration is rare and short; the
+        // rest of the file limit is for the workers' MQTT connections.
+        let limits = oak_tls::serve::ConnLimits {
+            max_connections: Some((oak_tls::serve::ConnLimits::default().max_connections() / 4).clamp(16, 1024)),
+            ..Default::default()
+        }
+        .with_env();
         let http = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stop.wait_for(|s| *s).await;
-                })
-                .await;
+            let stop = async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = oak_tls::serve::serve(listener, app, None, limits, stop).await {
+                tracing::warn!(error = %e, "the worker registration server failed");
+            }
         });
 
         // The link to the root.
@@ -339,6 +357,12 @@ impl Cluster {
                 name: self.config.name.clone(),
                 location: self.config.location.clone(),
                 cluster_id: self.cluster_id.clone(),
+                cluster_secret: self
+                    .store
+                    .get(META, "cluster_secret")
+                    .ok()
+                    .flatten()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned()),
                 report_interval: self.config.report_interval,
                 root_ca: self.config.root_ca.clone(),
             },
@@ -499,13 +523,24 @@ impl Cluster {
             Cmd::Logs(req, reply) => {
                 let k: Key = (req.service_id.clone(), req.instance_number);
                 match self.core.assignments().get(&k).and_then(|a| a.worker.clone()) {
-                    Some(w) => {
-                        pending_logs.insert(req.request_id.clone(), reply);
-                        vec![Out {
-                            topic: oak_api::node::topic_logs_request(&w),
-                            payload: serde_json::to_vec(&req).unwrap_or_default(),
-                        }]
-                    }
+                    Some(w) => match serde_json::to_vec(&req) {
+                        Ok(payload) => {
+                            pending_logs.insert(req.request_id.clone(), reply);
+                            vec![Out { topic: oak_api::node::topic_logs_request(&w), payload }]
+                        }
+                        // Refused, not sent empty: the root hears why at once.
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot encode a log request");
+                            let _ = reply.send(LogsReply {
+                                request_id: req.request_id,
+                                offset: 0,
+                                next_offset: 0,
+                                text: String::new(),
+                                error: Some(format!("the cluster cannot encode the log request: {e}")),
+                            });
+                            Vec::new()
+                        }
+                    },
                     None => {
                         let _ = reply.send(LogsReply {
                             request_id: req.request_id,
@@ -527,7 +562,15 @@ impl Cluster {
                 }
                 Vec::new()
             }
-            Cmd::ClusterId(id) => {
+            Cmd::ClusterId(id, secret) => {
+                if let Some(secret) = secret {
+                    // Without it this cluster could not prove itself to the root again.
+                    let mut b = Batch::new();
+                    b.put(META, "cluster_secret", secret.into_bytes());
+                    if let Err(e) = self.store.commit(b) {
+                        tracing::error!(error = %e, "cannot store the cluster secret");
+                    }
+                }
                 if self.cluster_id.as_deref() != Some(&id) {
                     let mut b = Batch::new();
                     b.put(META, "cluster_id", id.as_bytes().to_vec());
@@ -562,23 +605,27 @@ impl Cluster {
         }
     }
 
-    /// Writes the assignments that changed since the last call, in one batch.
+    /// Writes the assignments that changed since the last call, in one batch. An assignment
+    /// that cannot be encoded is not written (its stored record stays as it was, never
+    /// empty); the error is logged and the others are written.
     fn persist(&mut self) {
         let dirty = self.core.take_dirty();
         if dirty.is_empty() {
             return;
         }
+        let (records, errors) = crate::core::encode_assignments(self.core.assignments(), dirty);
+        for (key, e) in errors {
+            tracing::error!(assignment = %key, error = %e, "cannot encode an assignment; not persisted");
+        }
         let mut b = Batch::new();
-        for k in dirty {
-            let key = format!("{}/{}", k.0, k.1);
-            match self.core.assignments().get(&k) {
-                Some(a) => {
-                    b.put(ASSIGNMENTS, key, serde_json::to_vec(a).unwrap_or_default());
-                }
-                None => {
-                    b.delete(ASSIGNMENTS, key);
-                }
-            }
+        for (key, bytes) in records {
+            match bytes {
+                Some(v) => b.put(ASSIGNMENTS, key, v),
+                None => b.delete(ASSIGNMENTS, key),
+            };
+        }
+        if b.is_empty() {
+            return;
         }
         if let Err(e) = self.store.commit(b) {
             tracing::error!(error = %e, "cannot persist assignments");

@@ -24,6 +24,8 @@ pub struct LinkConfig {
     pub name: String,
     pub location: Option<String>,
     pub cluster_id: Option<String>,
+    /// The secret the root issued with `cluster_id`, shown in every hello.
+    pub cluster_secret: Option<String>,
     pub report_interval: Duration,
     /// For an `https://` root: the CA (PEM) its certificate must chain to.
     pub root_ca: Option<std::path::PathBuf>,
@@ -94,6 +96,7 @@ async fn session(
         name: cfg.name.clone(),
         location: cfg.location.clone(),
         cluster_id: cfg.cluster_id.clone().map(oak_api::ClusterId),
+        cluster_secret: cfg.cluster_secret.clone(),
     })?)
     .await
     .map_err(|e| e.to_string())?;
@@ -119,12 +122,15 @@ async fn session(
                     _ => continue,
                 };
                 match serde_json::from_str::<RootToCluster>(&text) {
-                    Ok(RootToCluster::Welcome { cluster_id }) => {
+                    Ok(RootToCluster::Welcome { cluster_id, cluster_secret }) => {
                         cfg.cluster_id = Some(cluster_id.to_string());
+                        if cluster_secret.is_some() {
+                            cfg.cluster_secret.clone_from(&cluster_secret);
+                        }
                         welcomed = true;
-                        let _ = core.send(Cmd::ClusterId(cluster_id.to_string())).await;
+                        let _ = core.send(Cmd::ClusterId(cluster_id.to_string(), cluster_secret)).await;
                         let r = reports.borrow_and_update().clone();
-                        sent = Sent::full(&r);
+                        sent = Sent::full(&r, Instant::now());
                         sink.send(send(&ClusterToRoot::Report(r))?).await.map_err(|e| e.to_string())?;
                     }
                     Ok(RootToCluster::Desired { instances }) => {
@@ -169,12 +175,12 @@ async fn session(
                 if changed.is_err() {
                     return Ok(());
                 }
-                let d = sent.delta(&reports.borrow_and_update());
+                let d = sent.delta(&reports.borrow_and_update(), Instant::now());
                 sink.send(send(&ClusterToRoot::Delta(d))?).await.map_err(|e| e.to_string())?;
             }
             // Also the root's sign of life of this cluster.
             _ = tick.tick(), if welcomed => {
-                let d = sent.delta(&reports.borrow());
+                let d = sent.delta(&reports.borrow(), Instant::now());
                 sink.send(send(&ClusterToRoot::Delta(d))?).await.map_err(|e| e.to_string())?;
             }
         }
@@ -189,8 +195,10 @@ const USAGE_EVERY: Duration = Duration::from_secs(10);
 /// failed to apply a delta, it is repaired within this time.
 const FULL_EVERY: Duration = Duration::from_secs(60);
 
-/// What the root holds of this cluster on the current connection, so that only changes go.
-struct Sent {
+/// What the root holds of this cluster on the current connection, so that only changes go:
+/// the link's delta encoding, without the socket (the simulation drives it too). Time is
+/// passed in, so that a virtual clock drives it as well as the real one.
+pub struct Sent {
     instances: HashMap<(ServiceId, u32), InstanceState>,
     workers: Vec<String>,
     interests: Vec<Ipv4Addr>,
@@ -202,7 +210,7 @@ struct Sent {
 
 impl Default for Sent {
     fn default() -> Self {
-        Sent::full(&ClusterReport::default())
+        Sent::full(&ClusterReport::default(), Instant::now())
     }
 }
 
@@ -238,14 +246,15 @@ fn same_state(a: &InstanceState, b: &InstanceState) -> bool {
 }
 
 impl Sent {
-    /// The root got the whole report `r`.
-    fn full(r: &ClusterReport) -> Self {
+    /// The root got the whole report `r` (a [`ClusterToRoot::Report`], the first of a
+    /// connection) at `now`.
+    pub fn full(r: &ClusterReport, now: Instant) -> Self {
         Sent {
             instances: r.instances.iter().map(|i| ((i.service_id.clone(), i.instance_number), i.clone())).collect(),
             workers: r.workers.clone(),
             interests: r.interests.clone(),
-            usage_at: Instant::now(),
-            full_at: Instant::now(),
+            usage_at: now,
+            full_at: now,
             desired: None,
         }
     }
@@ -254,7 +263,7 @@ impl Sent {
     /// root, which now shows it as waiting for this cluster: its state goes again even if
     /// the cluster's view of it did not change. (The first set of a connection follows the
     /// full report, which the root has applied.)
-    fn desired(&mut self, instances: &[DesiredInstance]) {
+    pub fn desired(&mut self, instances: &[DesiredInstance]) {
         let now: HashSet<(ServiceId, u32)> =
             instances.iter().map(|d| (d.service_id.clone(), d.instance_number)).collect();
         if let Some(before) = &self.desired {
@@ -266,7 +275,7 @@ impl Sent {
     }
 
     /// The same for a change of the desired set.
-    fn desired_delta(&mut self, upsert: &[DesiredInstance], remove: &[InstanceRef]) {
+    pub fn desired_delta(&mut self, upsert: &[DesiredInstance], remove: &[InstanceRef]) {
         let set = self.desired.get_or_insert_with(HashSet::new);
         for r in remove {
             set.remove(&(r.service_id.clone(), r.instance_number));
@@ -279,15 +288,16 @@ impl Sent {
         }
     }
 
-    /// What of `r` the root does not have yet; afterwards it has it.
-    fn delta(&mut self, r: &ClusterReport) -> ReportDelta {
-        if self.full_at.elapsed() >= FULL_EVERY {
-            self.full_at = Instant::now();
+    /// What of `r` the root does not have yet at `now` (a [`ClusterToRoot::Delta`]);
+    /// afterwards it has it.
+    pub fn delta(&mut self, r: &ClusterReport, now: Instant) -> ReportDelta {
+        if now.saturating_duration_since(self.full_at) >= FULL_EVERY {
+            self.full_at = now;
             self.instances.clear();
         }
-        let usage = self.usage_at.elapsed() >= USAGE_EVERY;
+        let usage = now.saturating_duration_since(self.usage_at) >= USAGE_EVERY;
         if usage {
-            self.usage_at = Instant::now();
+            self.usage_at = now;
         }
         self.delta_with(r, usage)
     }
@@ -362,7 +372,7 @@ mod tests {
             workers: vec!["w".into()],
             ..ClusterReport::default()
         };
-        let mut sent = Sent::full(&r0);
+        let mut sent = Sent::full(&r0, Instant::now());
         let d = sent.delta_with(&r0, false);
         assert!(d.instances.is_empty() && d.workers.is_none() && d.interests.is_none());
         // A status change goes at once; a usage change only when usage is due.
@@ -409,5 +419,20 @@ mod tests {
         sent.desired_delta(&[], &[two]);
         sent.desired_delta(&[want(1), want(2)], &[]);
         assert_eq!(sent.delta_with(&r1, false).instances, [inst(2, Status::Creating, 0.0)]);
+    }
+
+    /// Usage goes when due and every state once a minute, by the time passed in (a virtual
+    /// clock replays exactly).
+    #[test]
+    fn deltas_follow_the_clock_passed_in() {
+        let t0 = Instant::now();
+        let r0 = ClusterReport { instances: vec![inst(0, Status::Running, 1.0)], ..ClusterReport::default() };
+        let r1 = ClusterReport { instances: vec![inst(0, Status::Running, 2.0)], ..ClusterReport::default() };
+        let mut sent = Sent::full(&r0, t0);
+        assert!(sent.delta(&r1, t0 + Duration::from_secs(9)).instances.is_empty(), "usage is not due yet");
+        assert_eq!(sent.delta(&r1, t0 + Duration::from_secs(10)).instances, r1.instances);
+        assert!(sent.delta(&r1, t0 + Duration::from_secs(59)).instances.is_empty());
+        assert_eq!(sent.delta(&r1, t0 + Duration::from_secs(60)).instances, r1.instances, "every state once a minute");
+        assert!(sent.delta(&r1, t0 + Duration::from_secs(61)).instances.is_empty());
     }
 }

@@ -108,7 +108,6 @@ fn egress_loop(proxy: &Proxy, tun: &Tun, sock: &UdpSocket, stop: &AtomicBool) {
             continue;
         }
         let now = Instant::now();
-        let mut n = 0;
         for _ in 0..BATCH {
             let len = match tun.read(&mut buf) {
                 Ok(len) => len,
@@ -132,16 +131,15 @@ fn egress_loop(proxy: &Proxy, tun: &Tun, sock: &UdpSocket, stop: &AtomicBool) {
             match proxy.egress(pkt, now) {
                 Verdict::Send(to) if gso => {
                     // Keep a flow's order: what was batched before goes first.
-                    small.send(sock, std::mem::take(&mut n));
+                    small.send(sock);
                     send_super_packet(sock, to, pkt, usize::from(vh.gso_size), &mut headers);
                 }
                 Verdict::Send(to) => {
-                    if pkt.len() <= SMALL {
-                        small.bufs[n][..pkt.len()].copy_from_slice(pkt);
-                        small.lens[n] = pkt.len();
-                        small.addrs[n] = to;
-                        n += 1;
+                    if small.is_full() {
+                        small.send(sock);
                     }
+                    // A packet larger than SMALL cannot pass the MTU: dropped.
+                    let _ = small.push(pkt, to);
                 }
                 Verdict::Local => {
                     if proxy.ingress(pkt) {
@@ -156,8 +154,8 @@ fn egress_loop(proxy: &Proxy, tun: &Tun, sock: &UdpSocket, stop: &AtomicBool) {
                 Verdict::Pending | Verdict::Drop(_) => {}
             }
         }
-        if n > 0 {
-            small.send(sock, n);
+        if !small.is_empty() {
+            small.send(sock);
         }
     }
 }
@@ -198,8 +196,8 @@ fn ingress_loop(proxy: &Proxy, tun: &Tun, sock: &UdpSocket, stop: &AtomicBool) {
             }
         };
         for i in 0..n {
-            let (len, seg) = (gro.lens[i], gro.segs[i].max(1));
-            let buf = &mut gro.bufs[i][..len];
+            let Some((buf, seg)) = gro.datagram_mut(i) else { break };
+            let seg = seg.max(1);
             ok.clear();
             ok.extend(buf.chunks_mut(seg).map(|pkt| proxy.ingress(pkt)));
             offload::coalesce(buf, seg, &ok, |parts| {

@@ -111,11 +111,26 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     }
 }
 
-/// Up to `cap` datagrams per call, with buffers and headers allocated once.
+/// Up to [`capacity`](Self::capacity) datagrams sent with one `sendmmsg`, buffers and headers
+/// allocated once.
+///
+/// Sound by construction: the fields are private, a datagram enters only through
+/// [`push`](Self::push), which copies it into a buffer it fits in, and `prepare`, the one place
+/// that builds the iovecs the kernel reads, takes each iovec from a bounds-checked slice of its
+/// buffer. No sequence of safe calls can make the kernel read outside a buffer.
+///
+/// ```compile_fail
+/// let mut b = oak_net::sys::Batch::new(1, 8);
+/// b.lens[0] = 1 << 20; // private: lengths are set only by `push`
+/// ```
 pub struct Batch {
-    pub bufs: Vec<Vec<u8>>,
-    pub lens: Vec<usize>,
-    pub addrs: Vec<SocketAddrV4>,
+    /// Every buffer is `buf_size` bytes long, for the batch's whole life.
+    bufs: Vec<Vec<u8>>,
+    /// `lens[i] <= bufs[i].len()` for every queued datagram (`i < queued`).
+    lens: Vec<usize>,
+    addrs: Vec<SocketAddrV4>,
+    /// Datagrams `0..queued` wait to be sent.
+    queued: usize,
     raw_addrs: Vec<libc::sockaddr_in>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
@@ -126,12 +141,14 @@ pub struct Batch {
 unsafe impl Send for Batch {}
 
 impl Batch {
+    /// Room for `cap` datagrams of at most `buf_size` bytes each.
     pub fn new(cap: usize, buf_size: usize) -> Self {
         let zero_addr = sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
         Self {
             bufs: vec![vec![0; buf_size]; cap],
             lens: vec![0; cap],
             addrs: vec![SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); cap],
+            queued: 0,
             raw_addrs: vec![zero_addr; cap],
             iovs: (0..cap).map(|_| libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }).collect(),
             // SAFETY: mmsghdr is plain old data; all-zero is a valid (empty) value.
@@ -139,9 +156,54 @@ impl Batch {
         }
     }
 
-    fn prepare(&mut self, n: usize) {
-        for i in 0..n {
-            self.iovs[i] = libc::iovec { iov_base: self.bufs[i].as_mut_ptr().cast(), iov_len: self.lens[i] };
+    /// How many datagrams fit.
+    pub fn capacity(&self) -> usize {
+        self.bufs.len()
+    }
+
+    /// The largest datagram [`push`](Self::push) takes.
+    pub fn buf_size(&self) -> usize {
+        self.bufs.first().map_or(0, Vec::len)
+    }
+
+    /// How many datagrams are queued.
+    pub fn len(&self) -> usize {
+        self.queued
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.queued == self.capacity()
+    }
+
+    /// Queues a copy of `data` for `to`. False, and nothing queued, when the batch is full or
+    /// `data` is longer than [`buf_size`](Self::buf_size).
+    #[must_use]
+    pub fn push(&mut self, data: &[u8], to: SocketAddrV4) -> bool {
+        let i = self.queued;
+        let Some(buf) = self.bufs.get_mut(i) else { return false };
+        let Some(dst) = buf.get_mut(..data.len()) else { return false };
+        dst.copy_from_slice(data);
+        self.lens[i] = data.len();
+        self.addrs[i] = to;
+        self.queued += 1;
+        true
+    }
+
+    /// Forgets the queued datagrams.
+    pub fn clear(&mut self) {
+        self.queued = 0;
+    }
+
+    /// Builds the headers of the queued datagrams. The only place iovecs are made: each is
+    /// taken from a slice of its buffer, so its length never exceeds the buffer's.
+    fn prepare(&mut self) {
+        for i in 0..self.queued {
+            let data = &mut self.bufs[i][..self.lens[i]];
+            self.iovs[i] = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
             self.raw_addrs[i] = sockaddr(self.addrs[i]);
             let h = &mut self.hdrs[i].msg_hdr;
             h.msg_name = (&mut self.raw_addrs[i] as *mut libc::sockaddr_in).cast();
@@ -155,28 +217,32 @@ impl Batch {
         }
     }
 
-    /// Sends datagrams `0..n` (`bufs[i][..lens[i]]` to `addrs[i]`). Returns how many went;
+    /// Sends the queued datagrams, in order, and empties the batch. Returns how many went;
     /// a datagram the kernel refuses is skipped, not retried.
-    pub fn send(&mut self, sock: &UdpSocket, n: usize) -> usize {
-        let mut done = 0;
+    pub fn send(&mut self, sock: &UdpSocket) -> usize {
+        let n = self.queued;
+        self.prepare();
+        let (mut done, mut sent) = (0, 0);
         while done < n {
-            self.prepare(n);
-            // SAFETY: hdrs[done..n] point into this batch's live buffers and addresses.
-            let r = unsafe {
-                libc::sendmmsg(sock.as_raw_fd(), self.hdrs[done..].as_mut_ptr(), (n - done) as libc::c_uint, 0)
-            };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                // E.g. no route, or a full buffer: skip this one datagram.
-                done += 1;
+            // Bounds-checked: the headers prepared just above, and only those.
+            let hdrs = &mut self.hdrs[done..n];
+            // SAFETY: `hdrs` are the headers `prepare` built; each points at its address and at
+            // one iovec within its own live buffer. `self` is borrowed mutably throughout.
+            let r = unsafe { libc::sendmmsg(sock.as_raw_fd(), hdrs.as_mut_ptr(), hdrs.len() as libc::c_uint, 0) };
+            if r > 0 {
+                let r = (r as usize).min(n - done);
+                done += r;
+                sent += r;
                 continue;
             }
-            done += r as usize;
+            if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // E.g. no route, or a full buffer (or, never, nothing sent): skip this one datagram.
+            done += 1;
         }
-        done
+        self.queued = 0;
+        sent
     }
 }
 
@@ -268,17 +334,21 @@ pub fn send_gso(
 }
 
 /// Receives up to `cap` (possibly coalesced) datagrams per call; for each, the size of the
-/// datagrams it holds (`segs`, equal to its length when not coalesced).
+/// datagrams it holds (equal to its length when not coalesced). Like [`Batch`], its fields are
+/// private: the iovecs are built from the buffers themselves, and a received datagram is only
+/// handed out as a slice of its buffer.
 pub struct GroBatch {
-    pub bufs: Vec<Vec<u8>>,
-    pub lens: Vec<usize>,
-    pub segs: Vec<usize>,
+    bufs: Vec<Vec<u8>>,
+    lens: Vec<usize>,
+    segs: Vec<usize>,
+    /// Datagrams `0..received` hold what the last [`recv`](Self::recv) got.
+    received: usize,
     ctrl: Vec<[u64; 8]>,
     raw_addrs: Vec<libc::sockaddr_in>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     /// Offset in each buffer where data starts (room for a header in front).
-    pub headroom: usize,
+    headroom: usize,
 }
 
 // SAFETY: as for `Batch`: the raw pointers only point into this value's own buffers.
@@ -291,6 +361,7 @@ impl GroBatch {
             bufs: vec![vec![0; headroom + buf_size]; cap],
             lens: vec![0; cap],
             segs: vec![0; cap],
+            received: 0,
             ctrl: vec![[0; 8]; cap],
             raw_addrs: vec![zero_addr; cap],
             iovs: (0..cap).map(|_| libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }).collect(),
@@ -302,10 +373,12 @@ impl GroBatch {
 
     /// Waits at most the socket's read timeout for the first datagram; returns the count.
     pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        self.received = 0;
         let cap = self.bufs.len();
         for i in 0..cap {
-            let room = self.bufs[i].len() - self.headroom;
-            self.iovs[i] = libc::iovec { iov_base: self.bufs[i][self.headroom..].as_mut_ptr().cast(), iov_len: room };
+            // The iovec is the buffer past the headroom, from a bounds-checked slice.
+            let room = &mut self.bufs[i][self.headroom..];
+            self.iovs[i] = libc::iovec { iov_base: room.as_mut_ptr().cast(), iov_len: room.len() };
             let h = &mut self.hdrs[i].msg_hdr;
             h.msg_name = (&mut self.raw_addrs[i] as *mut libc::sockaddr_in).cast();
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
@@ -316,12 +389,12 @@ impl GroBatch {
             h.msg_flags = 0;
             self.hdrs[i].msg_len = 0;
         }
-        // SAFETY: every header points into this batch's live buffers.
+        // SAFETY: every header points into this batch's live buffers, `cap` of them.
         let r = unsafe {
             libc::recvmmsg(
                 sock.as_raw_fd(),
                 self.hdrs.as_mut_ptr(),
-                cap as libc::c_uint,
+                self.hdrs.len() as libc::c_uint,
                 libc::MSG_WAITFORONE,
                 std::ptr::null_mut(),
             )
@@ -333,9 +406,10 @@ impl GroBatch {
                 _ => Err(e),
             };
         }
-        let n = r as usize;
+        let n = (r as usize).min(cap);
         for i in 0..n {
-            let len = self.hdrs[i].msg_len as usize;
+            // Never more than the room offered (the kernel truncates a larger datagram).
+            let len = (self.hdrs[i].msg_len as usize).min(self.iovs[i].iov_len);
             self.lens[i] = len;
             self.segs[i] = len;
             let h = &self.hdrs[i].msg_hdr;
@@ -353,7 +427,18 @@ impl GroBatch {
                 }
             }
         }
+        self.received = n;
         Ok(n)
+    }
+
+    /// Datagram `i` of the last [`recv`](Self::recv) (with the headroom in front) and the size
+    /// of the datagrams coalesced in it; `None` past what was received.
+    pub fn datagram_mut(&mut self, i: usize) -> Option<(&mut [u8], usize)> {
+        if i >= self.received {
+            return None;
+        }
+        let end = self.headroom + self.lens[i];
+        Some((&mut self.bufs[i][..end], self.segs[i]))
     }
 }
 
@@ -388,8 +473,10 @@ mod tests {
                 return got;
             }
             for i in 0..n {
-                got.push((inb.segs[i], inb.bufs[i][..inb.lens[i]].to_vec()));
+                let (b, seg) = inb.datagram_mut(i).unwrap();
+                got.push((seg, b.to_vec()));
             }
+            assert!(inb.datagram_mut(n).is_none(), "nothing past what was received");
         }
     }
 
@@ -399,11 +486,13 @@ mod tests {
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut out = Batch::new(8, 64);
         for i in 0..8 {
-            out.bufs[i][0] = i as u8;
-            out.lens[i] = 1 + i;
-            out.addrs[i] = to;
+            let mut d = vec![0; 1 + i];
+            d[0] = i as u8;
+            assert!(out.push(&d, to));
         }
-        assert_eq!(out.send(&tx, 8), 8);
+        assert!(out.is_full());
+        assert_eq!(out.send(&tx), 8);
+        assert!(out.is_empty(), "sending empties the batch");
         // Different sizes: the kernel does not coalesce them.
         let got: Vec<(u8, usize)> = drain(&rx)
             .into_iter()
@@ -436,5 +525,102 @@ mod tests {
         let joined: Vec<u8> = got.iter().flat_map(|(_, b)| b.iter().copied()).collect();
         assert_eq!(joined, data, "all bytes, in order");
         assert!(got.iter().any(|(seg, b)| *seg == 1000 && b.len() > 1000), "GRO coalesced some datagrams");
+    }
+
+    /// The invariant the kernel relies on: each prepared header points at one iovec that
+    /// lies within its own buffer, and only queued datagrams are prepared.
+    fn assert_iovecs_within_buffers(b: &mut Batch) {
+        b.prepare();
+        assert!(b.queued <= b.capacity());
+        for i in 0..b.queued {
+            let (buf, iov, h) = (&b.bufs[i], &b.iovs[i], &b.hdrs[i].msg_hdr);
+            assert_eq!(buf.len(), b.buf_size(), "buffers never change size");
+            assert!(iov.iov_len <= buf.len(), "iovec {i} of {} bytes over a {}-byte buffer", iov.iov_len, buf.len());
+            assert_eq!(iov.iov_base.cast_const(), buf.as_ptr().cast(), "iovec {i} starts its buffer");
+            assert_eq!(iov.iov_len, b.lens[i]);
+            assert_eq!(h.msg_iov.cast_const(), std::ptr::from_ref(iov), "header {i} uses its own iovec");
+            assert_eq!(h.msg_iovlen, 1);
+        }
+    }
+
+    #[test]
+    fn a_datagram_larger_than_its_buffer_is_refused() {
+        let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9);
+        let mut b = Batch::new(2, 16);
+        assert!(!b.push(&[7; 17], to), "one byte too many");
+        assert!(b.is_empty(), "a refused datagram leaves nothing queued");
+        assert!(b.push(&[7; 16], to));
+        assert!(b.push(&[], to), "an empty datagram fits");
+        assert!(!b.push(&[1], to), "full");
+        assert_eq!(b.len(), 2);
+        assert_iovecs_within_buffers(&mut b);
+        b.clear();
+        assert!(b.is_empty());
+        assert_iovecs_within_buffers(&mut b);
+        // A batch without room takes nothing.
+        let mut none = Batch::new(0, 16);
+        assert!(!none.push(&[1], to));
+        let mut tiny = Batch::new(4, 0);
+        assert!(!tiny.push(&[1], to));
+        assert!(tiny.push(&[], to));
+        assert_iovecs_within_buffers(&mut tiny);
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Push(usize),
+        Clear,
+        Send,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![6 => (0usize..300).prop_map(Op::Push), 1 => Just(Op::Clear), 1 => Just(Op::Send)]
+    }
+
+    proptest::proptest! {
+        /// Whatever safe calls are made, in whatever order, no iovec reaches past its buffer,
+        /// and what is sent is exactly what was pushed and accepted.
+        #[test]
+        fn no_call_sequence_builds_an_iovec_past_its_buffer(
+            cap in 0usize..6,
+            buf_size in 0usize..200,
+            ops in proptest::collection::vec(op(), 0..40),
+        ) {
+            let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            rx.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+            let to = v4(rx.local_addr().unwrap());
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut b = Batch::new(cap, buf_size);
+            let mut model: Vec<Vec<u8>> = Vec::new();
+            let mut tag = 0u8;
+            for op in ops {
+                match op {
+                    Op::Push(len) => {
+                        tag = tag.wrapping_add(1);
+                        let data = vec![tag; len];
+                        let fits = len <= buf_size && model.len() < cap;
+                        proptest::prop_assert_eq!(b.push(&data, to), fits);
+                        if fits {
+                            model.push(data);
+                        }
+                    }
+                    Op::Clear => {
+                        b.clear();
+                        model.clear();
+                    }
+                    Op::Send => {
+                        proptest::prop_assert_eq!(b.send(&tx), model.len());
+                        let mut buf = [0u8; 512];
+                        for want in model.drain(..) {
+                            let n = rx.recv(&mut buf).unwrap();
+                            proptest::prop_assert_eq!(&buf[..n], &want[..]);
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(b.len(), model.len());
+                assert_iovecs_within_buffers(&mut b);
+            }
+        }
     }
 }

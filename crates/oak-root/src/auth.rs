@@ -191,68 +191,138 @@ impl HashMemory {
     }
 }
 
+/// A job and where its answer goes (a tokio channel for requests, a std one at start-up,
+/// where no runtime may be blocked).
 enum HashJob {
-    Hash(String, std::sync::mpsc::SyncSender<Result<String, AuthError>>),
-    Verify(String, String, std::sync::mpsc::SyncSender<bool>),
+    Hash(String, Box<dyn FnOnce(Result<String, AuthError>) + Send>),
+    Verify(String, String, Box<dyn FnOnce(bool) + Send>),
+}
+
+/// Who waits for a hash: a login (anyone on the network, so its queue is short and refuses
+/// the excess) or an authenticated request (creating a user, changing a password), which goes
+/// first and never waits behind a login flood.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    Login,
+    Authenticated,
+}
+
+/// The hasher's queue is full: come back later.
+#[derive(Debug, thiserror::Error)]
+#[error("too many password checks are waiting; retry in {retry_after_secs} s")]
+pub struct Busy {
+    pub retry_after_secs: u64,
+}
+
+#[derive(Default)]
+struct Queues {
+    login: std::collections::VecDeque<HashJob>,
+    authenticated: std::collections::VecDeque<HashJob>,
 }
 
 /// Runs every password hash and check on one dedicated thread, with one [`HashMemory`]. That
-/// bounds the CPU an attack on login can take to one core, and the memory to one buffer.
+/// bounds the CPU an attack on login can take to one core, and the memory to one buffer. The
+/// queue in front of it is bounded: logins beyond [`Hasher::MAX_LOGINS_WAITING`] are refused at
+/// once (429), and authenticated work has its own queue, served first.
 #[derive(Clone)]
 pub struct Hasher {
-    tx: std::sync::mpsc::SyncSender<HashJob>,
+    queues: std::sync::Arc<(parking_lot::Mutex<Queues>, parking_lot::Condvar)>,
 }
 
 impl Hasher {
+    /// At ~46 checks a second, a full login queue is under a second of waiting.
+    pub const MAX_LOGINS_WAITING: usize = 32;
+    pub const MAX_AUTHENTICATED_WAITING: usize = 64;
+
     pub fn spawn() -> Result<Self, AuthError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<HashJob>(64);
+        let queues: std::sync::Arc<(parking_lot::Mutex<Queues>, parking_lot::Condvar)> = Default::default();
+        let q = queues.clone();
         std::thread::Builder::new()
             .name("password-hasher".into())
             .spawn(move || {
                 let mut memory = HashMemory::default();
-                for job in rx {
+                loop {
+                    let job = {
+                        let (lock, cv) = &*q;
+                        let mut g = lock.lock();
+                        loop {
+                            if let Some(j) = g.authenticated.pop_front().or_else(|| g.login.pop_front()) {
+                                break j;
+                            }
+                            // The last handle gone: nothing more can come.
+                            if std::sync::Arc::strong_count(&q) == 1 {
+                                return;
+                            }
+                            cv.wait_for(&mut g, std::time::Duration::from_secs(1));
+                        }
+                    };
                     match job {
-                        HashJob::Hash(pw, reply) => {
-                            let _ = reply.send(memory.hash(&pw));
-                        }
-                        HashJob::Verify(pw, phc, reply) => {
-                            let _ = reply.send(memory.verify(&pw, &phc));
-                        }
+                        HashJob::Hash(pw, reply) => reply(memory.hash(&pw)),
+                        HashJob::Verify(pw, phc, reply) => reply(memory.verify(&pw, &phc)),
                     }
                 }
             })
             .map_err(|e| AuthError::Hash(format!("cannot start the hasher thread: {e}")))?;
-        Ok(Self { tx })
+        Ok(Self { queues })
     }
 
-    /// Hashes on the hasher thread, blocking the caller (use from blocking contexts).
+    fn submit(&self, job: HashJob, priority: Priority) -> Result<(), Busy> {
+        let (lock, cv) = &*self.queues;
+        let mut g = lock.lock();
+        let (queue, max) = match priority {
+            Priority::Login => (&mut g.login, Self::MAX_LOGINS_WAITING),
+            Priority::Authenticated => (&mut g.authenticated, Self::MAX_AUTHENTICATED_WAITING),
+        };
+        if queue.len() >= max {
+            return Err(Busy { retry_after_secs: 1 });
+        }
+        queue.push_back(job);
+        cv.notify_one();
+        Ok(())
+    }
+
+    /// Hashes on the hasher thread, blocking the caller (start-up only).
     pub fn hash_blocking(&self, password: &str) -> Result<String, AuthError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.tx
-            .send(HashJob::Hash(password.to_owned(), tx))
-            .map_err(|_| AuthError::Hash("the hasher stopped".into()))?;
+        let reply = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        self.submit(HashJob::Hash(password.to_owned(), reply), Priority::Authenticated)
+            .map_err(|e| AuthError::Hash(e.to_string()))?;
         rx.recv().map_err(|_| AuthError::Hash("the hasher stopped".into()))?
     }
 
-    /// Checks on the hasher thread, blocking the caller. False on any failure.
+    /// Checks on the hasher thread, blocking the caller (start-up only). False on any failure.
     pub fn verify_blocking(&self, password: &str, phc: &str) -> bool {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        if self.tx.send(HashJob::Verify(password.to_owned(), phc.to_owned(), tx)).is_err() {
+        let reply = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        if self.submit(HashJob::Verify(password.to_owned(), phc.to_owned(), reply), Priority::Authenticated).is_err() {
             return false;
         }
         rx.recv().unwrap_or(false)
     }
 
     pub async fn hash(&self, password: String) -> Result<String, AuthError> {
-        let h = self.clone();
-        tokio::task::spawn_blocking(move || h.hash_blocking(&password))
-            .await
-            .map_err(|e| AuthError::Hash(e.to_string()))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let reply = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        self.submit(HashJob::Hash(password, reply), Priority::Authenticated)
+            .map_err(|e| AuthError::Hash(e.to_string()))?;
+        rx.await.map_err(|_| AuthError::Hash("the hasher stopped".into()))?
     }
 
-    pub async fn verify(&self, password: String, phc: String) -> bool {
-        let h = self.clone();
-        tokio::task::spawn_blocking(move || h.verify_blocking(&password, &phc)).await.unwrap_or(false)
+    /// Checks `password` against `phc` on the hasher thread, or refuses at once when too many
+    /// checks of this priority wait already.
+    pub async fn verify(&self, password: String, phc: String, priority: Priority) -> Result<bool, Busy> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let reply = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        self.submit(HashJob::Verify(password, phc, reply), priority)?;
+        Ok(rx.await.unwrap_or(false))
     }
 }
 
@@ -262,46 +332,115 @@ pub fn dummy_hash() -> &'static str {
     "$argon2id$v=19$m=7168,t=5,p=1$c29tZXNhbHRzb21lc2FsdA$Qd3vrHqMZ0MMs8jbh7d3JsBOTlMh2F9RRVJsjv8uq0M"
 }
 
-/// Throttles password guessing: after `MAX_FAILURES` failed logins for a user name within
-/// `WINDOW_SECS`, that name is refused for `BLOCK_SECS`, right password or not.
-#[derive(Default)]
+/// Failed logins, throttled per (user name, source address): after `MAX_FAILURES` failures
+/// within `WINDOW_SECS`, that pair is refused for `BLOCK_SECS`, right password or not. An
+/// attacker elsewhere cannot lock the owner out, since the owner's address has its own count;
+/// an address that fails for many names (`MAX_ADDRESS_FAILURES` in a window) is refused for all
+/// of them. Both tables hold at most `MAX_ENTRIES`; when full, the entry that changed least
+/// recently goes first, so the limiter's memory is bounded whatever a flood sends.
 pub struct LoginLimiter {
-    /// user name → (failures, first failure of the window, blocked until)
-    state: parking_lot::Mutex<std::collections::HashMap<String, (u32, f64, f64)>>,
+    inner: parking_lot::Mutex<LimiterTables>,
+}
+
+#[derive(Default)]
+struct LimiterTables {
+    pairs: BoundedTable<(String, std::net::IpAddr)>,
+    addresses: BoundedTable<std::net::IpAddr>,
+}
+
+/// key → (failures in the window, start of the window, blocked until), with eviction of the
+/// least recently touched key once `MAX_ENTRIES` are held.
+struct BoundedTable<K> {
+    map: std::collections::HashMap<K, (u32, f64, f64, u64)>,
+    order: std::collections::BTreeMap<u64, K>,
+    clock: u64,
+}
+
+impl<K> Default for BoundedTable<K> {
+    fn default() -> Self {
+        Self { map: Default::default(), order: Default::default(), clock: 0 }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> BoundedTable<K> {
+    fn blocked(&self, k: &K, now: f64) -> Option<f64> {
+        self.map.get(k).and_then(|&(_, _, until, _)| (until > now).then_some(until - now))
+    }
+
+    fn fail(&mut self, k: K, now: f64, max: u32, window: f64, block: f64) {
+        if !self.map.contains_key(&k)
+            && self.map.len() >= LoginLimiter::MAX_ENTRIES
+            && let Some((_, old)) = self.order.pop_first()
+        {
+            self.map.remove(&old);
+        }
+        self.clock += 1;
+        let e = self.map.entry(k.clone()).or_insert((0, now, 0.0, 0));
+        self.order.remove(&e.3);
+        e.3 = self.clock;
+        self.order.insert(self.clock, k);
+        if now - e.1 > window {
+            (e.0, e.1) = (0, now);
+        }
+        e.0 += 1;
+        if e.0 >= max {
+            e.2 = now + block;
+            (e.0, e.1) = (0, now);
+        }
+    }
+
+    fn forget(&mut self, k: &K) {
+        if let Some(e) = self.map.remove(k) {
+            self.order.remove(&e.3);
+        }
+    }
+}
+
+impl Default for LoginLimiter {
+    fn default() -> Self {
+        Self { inner: parking_lot::Mutex::new(LimiterTables::default()) }
+    }
 }
 
 impl LoginLimiter {
     pub const MAX_FAILURES: u32 = 5;
     pub const WINDOW_SECS: f64 = 60.0;
     pub const BLOCK_SECS: f64 = 30.0;
+    pub const MAX_ADDRESS_FAILURES: u32 = 50;
+    pub const ADDRESS_BLOCK_SECS: f64 = 60.0;
+    pub const MAX_ENTRIES: usize = 16_384;
 
-    /// `Err(seconds left)` while `user` is blocked.
-    pub fn check(&self, user: &str, now: f64) -> Result<(), f64> {
-        match self.state.lock().get(user) {
-            Some(&(_, _, until)) if until > now => Err(until - now),
-            _ => Ok(()),
+    fn key(user: &str, from: std::net::IpAddr) -> (String, std::net::IpAddr) {
+        (crate::registry::normalize_user_name(user), from)
+    }
+
+    /// `Err(seconds left)` while `user` is blocked from `from`.
+    pub fn check(&self, user: &str, from: std::net::IpAddr, now: f64) -> Result<(), f64> {
+        let t = self.inner.lock();
+        match (t.pairs.blocked(&Self::key(user, from), now), t.addresses.blocked(&from, now)) {
+            (None, None) => Ok(()),
+            (a, b) => Err(a.unwrap_or(0.0).max(b.unwrap_or(0.0))),
         }
     }
 
-    pub fn failed(&self, user: &str, now: f64) {
-        let mut st = self.state.lock();
-        if st.len() > 100_000 {
-            st.retain(|_, (_, start, until)| now - *start < Self::WINDOW_SECS || *until > now);
-        }
-        let e = st.entry(user.to_owned()).or_insert((0, now, 0.0));
-        if now - e.1 > Self::WINDOW_SECS {
-            *e = (0, now, 0.0);
-        }
-        e.0 += 1;
-        if e.0 >= Self::MAX_FAILURES {
-            e.2 = now + Self::BLOCK_SECS;
-            e.0 = 0;
-            e.1 = now;
-        }
+    pub fn failed(&self, user: &str, from: std::net::IpAddr, now: f64) {
+        let mut t = self.inner.lock();
+        t.pairs.fail(Self::key(user, from), now, Self::MAX_FAILURES, Self::WINDOW_SECS, Self::BLOCK_SECS);
+        t.addresses.fail(from, now, Self::MAX_ADDRESS_FAILURES, Self::WINDOW_SECS, Self::ADDRESS_BLOCK_SECS);
     }
 
-    pub fn succeeded(&self, user: &str) {
-        self.state.lock().remove(user);
+    pub fn succeeded(&self, user: &str, from: std::net::IpAddr) {
+        self.inner.lock().pairs.forget(&Self::key(user, from));
+    }
+
+    /// Entries held (both tables), for tests.
+    pub fn len(&self) -> usize {
+        let t = self.inner.lock();
+        t.pairs.map.len() + t.addresses.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -310,24 +449,86 @@ mod tests {
     use super::*;
 
     #[test]
-    fn login_limiter_blocks_after_repeated_failures() {
+    fn login_limiter_blocks_a_name_from_an_address_only() {
         let l = LoginLimiter::default();
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
         for i in 0..4 {
-            l.failed("bob", f64::from(i));
+            l.failed("bob", a, f64::from(i));
         }
-        assert!(l.check("bob", 4.0).is_ok());
-        l.failed("bob", 4.0);
-        assert_eq!(l.check("bob", 5.0), Err(29.0));
-        assert!(l.check("alice", 5.0).is_ok(), "other users are not affected");
-        assert!(l.check("bob", 34.5).is_ok(), "the block ends");
+        assert!(l.check("bob", a, 4.0).is_ok());
+        l.failed("BOB", a, 4.0);
+        assert_eq!(l.check("bob", a, 5.0), Err(29.0), "names count without regard to case");
+        assert!(l.check("bob", b, 5.0).is_ok(), "the owner elsewhere is not locked out");
+        assert!(l.check("alice", a, 5.0).is_ok(), "other users are not affected");
+        assert!(l.check("bob", a, 34.5).is_ok(), "the block ends");
         // Failures spread over more than the window do not add up.
         for i in 0..10 {
-            l.failed("carol", 100.0 + f64::from(i) * 61.0);
+            l.failed("carol", a, 100.0 + f64::from(i) * 61.0);
         }
-        assert!(l.check("carol", 800.0).is_ok());
-        l.failed("dave", 0.0);
-        l.succeeded("dave");
-        assert!(l.state.lock().get("dave").is_none());
+        assert!(l.check("carol", a, 800.0).is_ok());
+        l.failed("dave", b, 0.0);
+        l.succeeded("dave", b);
+        assert!(l.check("dave", b, 0.0).is_ok());
+    }
+
+    #[test]
+    fn an_address_spraying_names_is_blocked_for_all_of_them() {
+        let l = LoginLimiter::default();
+        let a: std::net::IpAddr = [10, 0, 0, 1].into();
+        for i in 0..LoginLimiter::MAX_ADDRESS_FAILURES {
+            l.failed(&format!("user{i}"), a, 1.0);
+        }
+        assert!(l.check("someone-else", a, 2.0).is_err());
+        assert!(l.check("someone-else", [10, 0, 0, 9].into(), 2.0).is_ok());
+    }
+
+    #[test]
+    fn the_limiter_holds_a_bounded_number_of_entries() {
+        let l = LoginLimiter::default();
+        for i in 0..(LoginLimiter::MAX_ENTRIES as u32 + 5_000) {
+            let ip = std::net::IpAddr::from(i.to_be_bytes());
+            l.failed(&format!("u{i}"), ip, 0.0);
+        }
+        assert!(l.len() <= 2 * LoginLimiter::MAX_ENTRIES, "{}", l.len());
+        // The newest are kept.
+        let last = LoginLimiter::MAX_ENTRIES as u32 + 4_999;
+        for _ in 0..4 {
+            l.failed(&format!("u{last}"), std::net::IpAddr::from(last.to_be_bytes()), 0.0);
+        }
+        assert!(l.check(&format!("u{last}"), std::net::IpAddr::from(last.to_be_bytes()), 1.0).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_login_flood_is_refused_at_once_and_authenticated_work_goes_first() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let h = Hasher::spawn().unwrap_or_else(|e| panic!("{e}"));
+        let phc = h.hash("pw".into()).await.unwrap_or_default();
+        let done = std::sync::Arc::new(AtomicUsize::new(0));
+        let mut waiting = Vec::new();
+        for _ in 0..(Hasher::MAX_LOGINS_WAITING + 40) {
+            let (h, phc, done) = (h.clone(), phc.clone(), done.clone());
+            waiting.push(tokio::spawn(async move {
+                let r = h.verify("x".into(), phc, Priority::Login).await;
+                if r.is_ok() {
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+                r
+            }));
+        }
+        tokio::task::yield_now().await;
+        // Authenticated work is not refused while logins queue, and overtakes them: at most
+        // the check under way (and one racing it) finishes before it.
+        assert_eq!(h.verify("pw".into(), phc.clone(), Priority::Authenticated).await.ok(), Some(true));
+        let before = done.load(Ordering::SeqCst);
+        assert!(before <= 2, "{before} logins were checked first");
+        let mut busy = 0;
+        for w in waiting {
+            if w.await.ok().is_some_and(|r| r.is_err()) {
+                busy += 1;
+            }
+        }
+        // All but the queue (and the few the thread took meanwhile) are refused at once.
+        assert!(busy >= 30, "only {busy} refused");
     }
 
     #[test]

@@ -12,10 +12,10 @@ pub mod auth;
 pub mod clock;
 pub mod http;
 pub mod registry;
-mod tls;
 
 use clock::{Clock, SystemClock};
 use oak_store::{RedbStore, Store};
+pub use oak_tls::serve::{ConnLimits, raise_file_limit};
 use registry::Registry;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -149,24 +149,31 @@ impl Root {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), RootError> {
-        let scheduler = tokio::spawn(http::link::scheduler(self.state.clone()));
-        let app = http::router(self.state);
-        let r = axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(RootError::Serve);
-        scheduler.abort();
-        r
+        self.serve_with(listener, None, ConnLimits::default(), shutdown).await
     }
 
     /// Like [`serve`](Self::serve), over HTTPS with `tls` (see [`oak_tls::server_config`]).
     pub async fn serve_tls(
         self,
         listener: TcpListener,
-        tls: std::sync::Arc<oak_tls::ServerConfig>,
+        tls: Arc<oak_tls::ServerConfig>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), RootError> {
-        let listener = tls::TlsListener::new(listener, tls).map_err(RootError::Serve)?;
+        self.serve_with(listener, Some(tls), ConnLimits::default(), shutdown).await
+    }
+
+    /// Serves over HTTPS when `tls` is given, with the timeouts and the connection bound of
+    /// `limits` (see [`ConnLimits`] and [`oak_tls::serve`]).
+    pub async fn serve_with(
+        self,
+        listener: TcpListener,
+        tls: Option<Arc<oak_tls::ServerConfig>>,
+        limits: ConnLimits,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), RootError> {
         let scheduler = tokio::spawn(http::link::scheduler(self.state.clone()));
         let app = http::router(self.state);
-        let r = axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(RootError::Serve);
+        let r = oak_tls::serve::serve(listener, app, tls, limits, shutdown).await.map_err(RootError::Serve);
         scheduler.abort();
         r
     }

@@ -35,10 +35,12 @@ const SERVICES: Table = "services";
 const ADDRESSES: Table = "addresses";
 const CLUSTERS: Table = "clusters";
 const JOIN_TOKENS: Table = "join_tokens";
+/// user id → `QuotaLimits` set by an Admin.
+const QUOTAS: Table = "quotas";
 
 /// Every table the root uses; the store is opened with these.
 pub const TABLES: &[Table] =
-    &[META, USERS, USER_NAMES, ORGS, ORG_NAMES, APPS, OWNER_APPS, SERVICES, ADDRESSES, CLUSTERS, JOIN_TOKENS];
+    &[META, USERS, USER_NAMES, ORGS, ORG_NAMES, APPS, OWNER_APPS, SERVICES, ADDRESSES, CLUSTERS, JOIN_TOKENS, QUOTAS];
 
 /// Default: a cluster that has not reported for this long is lost (it reports every 2 s).
 pub const DEFAULT_CLUSTER_TIMEOUT_SECS: f64 = 10.0;
@@ -57,6 +59,8 @@ pub enum RegistryError {
     BadRequest(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("{0}")]
     Unauthenticated(String),
     #[error(transparent)]
@@ -117,11 +121,19 @@ struct Semantic {
     closest_ip: Option<Ipv4Addr>,
 }
 
+/// The key under which a user name is unique: names are ASCII (letters, digits, `._-@`), and
+/// two that differ only in case are the same name.
+pub fn normalize_user_name(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
 /// Allocations made within one write (not yet committed), and the allocation cursor.
 #[derive(Default)]
 struct Alloc {
     taken: std::collections::BTreeSet<u32>,
     cursor: Option<u32>,
+    /// The pool was found full in this write: later requests fail at once, without a scan.
+    exhausted: bool,
 }
 
 impl Alloc {
@@ -153,6 +165,9 @@ struct ServiceRecord {
     /// Per instance number: clusters that refused it (they are not tried again for it).
     #[serde(default)]
     refused_by: BTreeMap<u32, Vec<ClusterId>>,
+    /// Why fewer instances exist than desired (the address plan is full), until they do.
+    #[serde(default)]
+    waiting: Option<String>,
     /// Desired number of instances (`replicas` in the SLA, or set by scaling); `None`: each
     /// deploy call adds one and nothing else, as in the original.
     #[serde(default)]
@@ -208,6 +223,11 @@ pub struct ClusterRecord {
     pub last_seen: f64,
     #[serde(default)]
     pub aggregate: oak_api::link::ClusterAggregate,
+    /// sha256 of the secret issued to the cluster when it first joined: a link that claims
+    /// this cluster (by id or by name) must show it. `None`: joined before secrets existed;
+    /// the next link that claims it gets one.
+    #[serde(default)]
+    pub secret_hash: Option<String>,
 }
 
 /// The root's registry of users, organizations, applications and services.
@@ -219,16 +239,56 @@ pub struct Registry {
     cluster_timeout: f64,
     /// Range (inclusive) Service and Instance IPs are allocated from.
     pool: (u32, u32),
+    /// Where new ids come from (random, but for a simulation that replays a seed).
+    ids: Mutex<IdSource>,
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    // Serializing these plain structs to JSON cannot fail (string keys, no custom impls).
-    serde_json::to_vec(v).unwrap_or_default()
+/// A record as stored. One that does not serialize (a map with non-string keys, a failing
+/// `Serialize`) refuses the whole write with an internal error: empty bytes are never stored.
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| RegistryError::Corrupt {
+        table: "(not written)",
+        key: std::any::type_name::<T>().to_owned(),
+        reason: format!("it cannot be encoded: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod encode_tests {
+    /// serde_json refuses a map whose keys are not strings: that is a refused write (500),
+    /// not an empty record.
+    #[test]
+    fn a_record_that_cannot_be_encoded_refuses_the_write() {
+        let bad: std::collections::BTreeMap<(u32, u32), u32> = [((1, 2), 3)].into();
+        let Err(e) = super::encode(&bad) else { panic!("a map with tuple keys was encoded") };
+        assert!(matches!(e, super::RegistryError::Corrupt { .. }), "{e:?}");
+        assert!(e.to_string().contains("cannot be encoded"), "{e}");
+        assert_eq!(crate::http::ApiError::from(e).code.http_status(), 500);
+        assert!(super::encode(&std::collections::BTreeMap::from([(1u32, 2u32)])).is_ok_and(|b| !b.is_empty()));
+    }
 }
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock, write: Mutex::new(()), cluster_timeout: DEFAULT_CLUSTER_TIMEOUT_SECS, pool: SERVICE_POOL }
+        Self {
+            store,
+            clock,
+            write: Mutex::new(()),
+            cluster_timeout: DEFAULT_CLUSTER_TIMEOUT_SECS,
+            pool: SERVICE_POOL,
+            ids: Mutex::new(IdSource::random()),
+        }
+    }
+
+    /// Takes new ids from `ids` instead of random ones (a simulation replays its seed).
+    pub fn with_id_source(self, ids: IdSource) -> Self {
+        *self.ids.lock() = ids;
+        self
+    }
+
+    /// A fresh id for a new object.
+    fn new_id(&self) -> String {
+        self.ids.lock().next_id().to_string()
     }
 
     /// Allocates Service and Instance IPs from `first..=last` only (tests use a small pool).
@@ -293,8 +353,9 @@ impl Registry {
         self.load(USERS, id.as_str())
     }
 
+    /// The user named `name`, without regard to case (`admin` is `Admin`).
     pub fn user_by_name(&self, name: &str) -> Result<Option<UserRecord>> {
-        match self.index(USER_NAMES, name)? {
+        match self.index(USER_NAMES, &normalize_user_name(name))? {
             Some(id) => self.user(&UserId(id)),
             None => Ok(None),
         }
@@ -336,10 +397,24 @@ impl Registry {
     pub fn bootstrap(&self, admin_password_hash: impl FnOnce() -> String) -> Result<bool> {
         let _w = self.write.lock();
         let mut b = Batch::new();
+        // Stores from before names were unique without regard to case are indexed by the
+        // name as given: index them by the normalized name (the first of a clash keeps it).
+        let mut seen = std::collections::BTreeSet::new();
+        for (key, id) in self.store.scan_prefix(USER_NAMES, "")? {
+            let norm = normalize_user_name(&key);
+            if norm != key {
+                b.delete(USER_NAMES, key.clone());
+                if self.store.get(USER_NAMES, &norm)?.is_none() && seen.insert(norm.clone()) {
+                    b.put(USER_NAMES, norm, id);
+                } else {
+                    tracing::warn!(user = %key, "a user whose name differs only in case from another's can no longer log in by name");
+                }
+            }
+        }
         let mut org = match self.org_by_name(model::ROOT_ORGANIZATION)? {
             Some(id) => self.org(&id)?.ok_or_else(|| not_found("organization", &id))?,
             None => {
-                let id = OrganizationId::generate();
+                let id = OrganizationId(self.new_id());
                 b.put(ORG_NAMES, model::ROOT_ORGANIZATION, id.as_str().as_bytes().to_vec());
                 OrgRecord { id, name: model::ROOT_ORGANIZATION.to_owned(), member: Vec::new() }
             }
@@ -348,7 +423,7 @@ impl Registry {
             Some(_) => false,
             None => {
                 let user = UserRecord {
-                    id: UserId::generate(),
+                    id: UserId(self.new_id()),
                     name: model::ADMIN_ROLE.to_owned(),
                     email: String::new(),
                     created_at: self.clock.now_rfc3339(),
@@ -356,12 +431,12 @@ impl Registry {
                     generation: 0,
                 };
                 org.member.push(Member { user_id: user.id.clone(), roles: model::ROLES.map(str::to_owned).to_vec() });
-                b.put(USER_NAMES, &user.name, user.id.as_str().as_bytes().to_vec());
-                b.put(USERS, user.id.as_str(), encode(&user));
+                b.put(USER_NAMES, normalize_user_name(&user.name), user.id.as_str().as_bytes().to_vec());
+                b.put(USERS, user.id.as_str(), encode(&user)?);
                 true
             }
         };
-        b.put(ORGS, org.id.as_str(), encode(&org));
+        b.put(ORGS, org.id.as_str(), encode(&org)?);
         self.store.commit(b)?;
         Ok(created)
     }
@@ -374,6 +449,13 @@ impl Registry {
                     format!("unknown role {r:?}; expected one of {}", model::ROLES.join(", ")),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn check_email(email: &str) -> Result<()> {
+        if email.len() > 254 || email.chars().any(char::is_control) {
+            return Err(invalid("email", "must be at most 254 characters, without control characters"));
         }
         Ok(())
     }
@@ -394,6 +476,7 @@ impl Registry {
         password_hash: String,
     ) -> Result<User> {
         Self::check_user_name(name)?;
+        Self::check_email(email)?;
         Self::check_roles(&roles, "roles")?;
         let _w = self.write.lock();
         if self.user_by_name(name)?.is_some() {
@@ -401,7 +484,7 @@ impl Registry {
         }
         let mut o = self.org(org)?.ok_or_else(|| not_found("organization", org))?;
         let user = UserRecord {
-            id: UserId::generate(),
+            id: UserId(self.new_id()),
             name: name.to_owned(),
             email: email.to_owned(),
             created_at: self.clock.now_rfc3339(),
@@ -410,9 +493,9 @@ impl Registry {
         };
         o.member.push(Member { user_id: user.id.clone(), roles });
         let mut b = Batch::new();
-        b.put(USER_NAMES, name, user.id.as_str().as_bytes().to_vec());
-        b.put(USERS, user.id.as_str(), encode(&user));
-        b.put(ORGS, o.id.as_str(), encode(&o));
+        b.put(USER_NAMES, normalize_user_name(name), user.id.as_str().as_bytes().to_vec());
+        b.put(USERS, user.id.as_str(), encode(&user)?);
+        b.put(ORGS, o.id.as_str(), encode(&o)?);
         self.store.commit(b)?;
         self.public_user(&user, org)
     }
@@ -457,11 +540,12 @@ impl Registry {
             let before = o.member.len();
             o.member.retain(|m| m.user_id != u.id);
             if o.member.len() != before {
-                b.put(ORGS, o.id.as_str(), encode(&o));
+                b.put(ORGS, o.id.as_str(), encode(&o)?);
             }
         }
         b.delete(USERS, u.id.as_str());
-        b.delete(USER_NAMES, name);
+        b.delete(QUOTAS, u.id.as_str());
+        b.delete(USER_NAMES, normalize_user_name(&u.name));
         self.store.commit(b)?;
         Ok(())
     }
@@ -481,6 +565,7 @@ impl Registry {
         let mut u = self.user_by_name_or_404(name)?;
         let mut b = Batch::new();
         if let Some(email) = &update.email {
+            Self::check_email(email)?;
             u.email = email.clone();
         }
         if let Some(h) = password_hash {
@@ -493,9 +578,9 @@ impl Registry {
                 Some(m) => m.roles = roles.clone(),
                 None => o.member.push(Member { user_id: u.id.clone(), roles: roles.clone() }),
             }
-            b.put(ORGS, o.id.as_str(), encode(&o));
+            b.put(ORGS, o.id.as_str(), encode(&o)?);
         }
-        b.put(USERS, u.id.as_str(), encode(&u));
+        b.put(USERS, u.id.as_str(), encode(&u)?);
         self.store.commit(b)?;
         self.public_user(&u, org)
     }
@@ -507,7 +592,7 @@ impl Registry {
         u.password_hash = password_hash;
         u.generation += 1;
         let mut b = Batch::new();
-        b.put(USERS, u.id.as_str(), encode(&u));
+        b.put(USERS, u.id.as_str(), encode(&u)?);
         self.store.commit(b)?;
         Ok(())
     }
@@ -546,10 +631,10 @@ impl Registry {
         if self.org_by_name(&req.name)?.is_some() {
             return Err(RegistryError::Conflict(format!("organization {} already exists", req.name)));
         }
-        let o = OrgRecord { id: OrganizationId::generate(), name: req.name.clone(), member: req.member.clone() };
+        let o = OrgRecord { id: OrganizationId(self.new_id()), name: req.name.clone(), member: req.member.clone() };
         let mut b = Batch::new();
         b.put(ORG_NAMES, &o.name, o.id.as_str().as_bytes().to_vec());
-        b.put(ORGS, o.id.as_str(), encode(&o));
+        b.put(ORGS, o.id.as_str(), encode(&o)?);
         self.store.commit(b)?;
         Ok(Self::public_org(o))
     }
@@ -571,7 +656,7 @@ impl Registry {
         }
         o.name = req.name.clone();
         o.member = req.member.clone();
-        b.put(ORGS, o.id.as_str(), encode(&o));
+        b.put(ORGS, o.id.as_str(), encode(&o)?);
         self.store.commit(b)?;
         Ok(Self::public_org(o))
     }
@@ -634,6 +719,12 @@ impl Registry {
     /// Returns the ids of the created applications.
     pub fn create_applications(&self, owner: &UserRecord, sla: Sla) -> Result<Vec<ApplicationId>> {
         let _w = self.write.lock();
+        let asked = sla
+            .applications
+            .iter()
+            .flat_map(|a| &a.microservices)
+            .fold(quotas::Footprint::default(), |f, m| f.plus(quotas::Footprint::of(m, m.replicas.unwrap_or(0))));
+        self.check_quota(&owner.id, quotas::Footprint::default(), asked)?;
         let existing = self.owner_apps(&owner.id)?;
         let mut b = Batch::new();
         let mut alloc = Alloc::default();
@@ -649,7 +740,7 @@ impl Registry {
             let ApplicationSpec { application_name, application_namespace, application_desc, microservices, extra } =
                 spec;
             let mut app = AppRecord {
-                id: ApplicationId::generate(),
+                id: ApplicationId(self.new_id()),
                 owner: owner.id.clone(),
                 owner_name: owner.name.clone(),
                 name: application_name,
@@ -666,7 +757,7 @@ impl Registry {
                 &format!("applications[{i}].microservices"),
             )?;
             b.put(OWNER_APPS, format!("{}/{}", owner.id, app.id), Vec::new());
-            b.put(APPS, app.id.as_str(), encode(&app));
+            b.put(APPS, app.id.as_str(), encode(&app)?);
             ids.push(app.id);
         }
         self.store.commit(b)?;
@@ -676,6 +767,16 @@ impl Registry {
     /// Allocates a free semantic address for `holder` (in `b`), or says the pool is exhausted.
     fn allocate_ip(&self, b: &mut Batch, alloc: &mut Alloc, holder: &str) -> Result<Ipv4Addr> {
         let (lo, hi) = self.pool;
+        let full = || {
+            RegistryError::Conflict(format!(
+                "no free address left in the service subnet {}-{}: every address is held by a service or an instance",
+                Ipv4Addr::from(lo),
+                Ipv4Addr::from(hi)
+            ))
+        };
+        if alloc.exhausted {
+            return Err(full());
+        }
         let mut cur = match alloc.cursor {
             Some(c) => c,
             None => self
@@ -697,11 +798,8 @@ impl Registry {
             b.put(META, "next_service_ip", cur.to_string().into_bytes());
             return Ok(ip);
         }
-        Err(RegistryError::Conflict(format!(
-            "no free address left in the service subnet {}-{}: every address is held by a service or an instance",
-            Ipv4Addr::from(lo),
-            Ipv4Addr::from(hi)
-        )))
+        alloc.exhausted = true;
+        Err(full())
     }
 
     /// Gives a service the Service IPs its SLA does not fix (kept across updates).
@@ -747,7 +845,7 @@ impl Registry {
             names.push(key);
             let desired = spec.replicas;
             let svc = ServiceRecord {
-                id: ServiceId::generate(),
+                id: ServiceId(self.new_id()),
                 app: app.id.clone(),
                 owner: app.owner.clone(),
                 spec,
@@ -756,21 +854,23 @@ impl Registry {
                 status_detail: None,
                 instances: Vec::new(),
                 refused_by: BTreeMap::new(),
+                waiting: None,
                 desired,
                 semantic: Semantic::default(),
                 net: BTreeMap::new(),
             };
             let mut svc = svc;
             for (addr, field) in svc.requested_addresses() {
-                if let Some(holder) = self.index(ADDRESSES, &addr)? {
+                // Whose it is stays private: the holder may be another user's service.
+                if self.index(ADDRESSES, &addr)?.is_some() {
                     return Err(RegistryError::Conflict(format!(
-                        "{path}[{j}].addresses.{field}: {addr} is already used by service {holder}"
+                        "{path}[{j}].addresses.{field}: {addr} is already taken"
                     )));
                 }
                 b.put(ADDRESSES, addr, svc.id.as_str().as_bytes().to_vec());
             }
             self.allocate_service_ips(b, alloc, &mut svc)?;
-            b.put(SERVICES, svc.id.as_str(), encode(&svc));
+            b.put(SERVICES, svc.id.as_str(), encode(&svc)?);
             app.services.push(svc.id.clone());
             out.push(svc);
         }
@@ -817,7 +917,7 @@ impl Registry {
             app.desc = d.clone();
         }
         let mut b = Batch::new();
-        b.put(APPS, app.id.as_str(), encode(&app));
+        b.put(APPS, app.id.as_str(), encode(&app)?);
         self.store.commit(b)?;
         Ok(Self::public_app(&app))
     }
@@ -918,11 +1018,15 @@ impl Registry {
     ) -> Result<ServiceCreated> {
         let _w = self.write.lock();
         let mut app = self.owned_app(owner, app_id)?;
+        let asked = specs
+            .iter()
+            .fold(quotas::Footprint::default(), |f, m| f.plus(quotas::Footprint::of(m, m.replicas.unwrap_or(0))));
+        self.check_quota(owner, quotas::Footprint::default(), asked)?;
         let mut b = Batch::new();
         let mut alloc = Alloc::default();
         alloc.reserve_requested(&specs);
         let created = self.add_services(&mut b, &mut alloc, &mut app, specs, "applications[0].microservices")?;
-        b.put(APPS, app.id.as_str(), encode(&app));
+        b.put(APPS, app.id.as_str(), encode(&app)?);
         self.store.commit(b)?;
         let Some(last) = created.last() else {
             return Err(invalid("applications[0].microservices", "must contain at least one service"));
@@ -968,18 +1072,18 @@ impl Registry {
                 b.delete(ADDRESSES, addr);
             }
         }
+        let before = quotas::Footprint::of_record(&s);
         if let Some(r) = spec.replicas {
             s.desired = Some(r);
         }
         s.spec = spec;
+        self.check_quota(owner, before, quotas::Footprint::of_record(&s))?;
         for (addr, field) in s.requested_addresses() {
             if let Some(holder) = self.index(ADDRESSES, &addr)?
                 && holder != id.as_str()
                 && !holder.starts_with(&format!("{id}/"))
             {
-                return Err(RegistryError::Conflict(format!(
-                    "addresses.{field}: {addr} is already used by service {holder}"
-                )));
+                return Err(RegistryError::Conflict(format!("addresses.{field}: {addr} is already taken")));
             }
             b.put(ADDRESSES, addr, id.as_str().as_bytes().to_vec());
         }
@@ -996,7 +1100,7 @@ impl Registry {
         let mut alloc = Alloc::default();
         alloc.reserve_requested([&s.spec]);
         self.allocate_service_ips(&mut b, &mut alloc, &mut s)?;
-        b.put(SERVICES, id.as_str(), encode(&s));
+        b.put(SERVICES, id.as_str(), encode(&s)?);
         self.store.commit(b)?;
         Ok(Self::render_service(s, &app))
     }
@@ -1008,7 +1112,7 @@ impl Registry {
         let mut b = Batch::new();
         Self::remove_service(&mut b, &s);
         app.services.retain(|x| x != id);
-        b.put(APPS, app.id.as_str(), encode(&app));
+        b.put(APPS, app.id.as_str(), encode(&app)?);
         self.store.commit(b)?;
         Ok(())
     }
@@ -1018,14 +1122,23 @@ impl Registry {
     pub fn request_instance(&self, owner: &UserId, id: &ServiceId) -> Result<Instance> {
         let _w = self.write.lock();
         let (mut s, _) = self.owned_service(owner, id)?;
+        let before = quotas::Footprint::of_record(&s);
         // Each deploy call adds one, as in the original; with a desired count, it grows by one.
         if let Some(d) = s.desired.as_mut() {
             *d += 1;
         }
+        let after = quotas::Footprint::of(&s.spec, s.desired.unwrap_or(0).max(s.instances.len() as u32 + 1));
+        self.check_quota(owner, before, after)?;
+        if s.desired.unwrap_or(0).max(s.instances.len() as u32 + 1) > oak_api::sla::MAX_REPLICAS {
+            return Err(invalid(
+                "replicas",
+                format!("service {id} has the most instances a service may have ({})", oak_api::sla::MAX_REPLICAS),
+            ));
+        }
         let mut b = Batch::new();
         let initial = self.initial_status()?;
         let instance = self.add_instance(&mut b, &mut Alloc::default(), &mut s, &initial)?;
-        b.put(SERVICES, id.as_str(), encode(&s));
+        b.put(SERVICES, id.as_str(), encode(&s)?);
         self.store.commit(b)?;
         Ok(instance)
     }
@@ -1033,14 +1146,16 @@ impl Registry {
     /// Sets a service's desired number of instances; the scheduler adds or removes instances
     /// to match (removing the newest first).
     pub fn set_replicas(&self, owner: &UserId, id: &ServiceId, replicas: u32) -> Result<Service> {
-        if replicas > 10_000 {
-            return Err(invalid("replicas", format!("must be at most 10000, got {replicas}")));
+        if replicas > oak_api::sla::MAX_REPLICAS {
+            return Err(invalid("replicas", format!("must be at most {}, got {replicas}", oak_api::sla::MAX_REPLICAS)));
         }
         let _w = self.write.lock();
         let (mut s, app) = self.owned_service(owner, id)?;
+        let before = quotas::Footprint::of_record(&s);
         s.desired = Some(replicas);
+        self.check_quota(owner, before, quotas::Footprint::of_record(&s))?;
         let mut b = Batch::new();
-        b.put(SERVICES, id.as_str(), encode(&s));
+        b.put(SERVICES, id.as_str(), encode(&s)?);
         self.store.commit(b)?;
         Ok(Self::render_service(s, &app))
     }
@@ -1101,6 +1216,8 @@ impl Registry {
         let mut initial = None;
         for mut s in self.load_all::<ServiceRecord>(SERVICES, "")? {
             let Some(want) = s.desired else { continue };
+            // A count stored before the cap existed is held to it.
+            let want = want.min(oak_api::sla::MAX_REPLICAS);
             let have = s.instances.len() as u32;
             if have == want {
                 continue;
@@ -1110,7 +1227,19 @@ impl Registry {
             }
             if let Some(init) = &initial {
                 for _ in have..want {
-                    self.add_instance(&mut b, &mut alloc, &mut s, init)?;
+                    // One service that cannot get what it asks for (the address pool is
+                    // full) keeps what it has and says why; everyone else's go on.
+                    if let Err(e) = self.add_instance(&mut b, &mut alloc, &mut s, init) {
+                        let detail = format!("{} of {want} instances exist; the rest wait: {e}", s.instances.len());
+                        if s.waiting.as_deref() != Some(detail.as_str()) {
+                            s.waiting = Some(detail);
+                            b.put(SERVICES, s.id.as_str(), encode(&s)?);
+                        }
+                        break;
+                    }
+                }
+                if have < want && s.instances.len() as u32 == have {
+                    continue;
                 }
             }
             if have > want {
@@ -1122,7 +1251,10 @@ impl Registry {
                     }
                 }
             }
-            b.put(SERVICES, s.id.as_str(), encode(&s));
+            if s.instances.len() as u32 >= want {
+                s.waiting = None;
+            }
+            b.put(SERVICES, s.id.as_str(), encode(&s)?);
         }
         let changed = !b.is_empty();
         if changed {
@@ -1148,7 +1280,7 @@ impl Registry {
         if let Some(ip) = gone.instance_ip {
             b.delete(ADDRESSES, ip);
         }
-        b.put(SERVICES, id.as_str(), encode(&s));
+        b.put(SERVICES, id.as_str(), encode(&s)?);
         self.store.commit(b)?;
         Ok(())
     }
@@ -1183,9 +1315,12 @@ impl Registry {
 }
 
 mod clusters;
+mod ids;
 mod network;
+mod quotas;
 mod tokens;
 pub use clusters::{LogsTarget, ReportOutcome};
+pub use ids::IdSource;
 pub use tokens::{JoinToken, NewJoinToken};
 
 /// Why an instance waits when no cluster is active; the same words whether the request or

@@ -2,6 +2,13 @@
 //! root and the `oak` client. rustls with the ring provider; TLS 1.2 and 1.3; no system
 //! roots: a client trusts exactly the CA it is given (the deployment's own CA, or the root's
 //! self-signed certificate).
+//!
+//! [`serve`] is the HTTP servers' accept loop (the root's API, the cluster's worker
+//! registration), plain or over TLS, with the timeouts and the connection bound that keep a
+//! crowd of clients from holding the process's file descriptors.
+
+mod handshake;
+pub mod serve;
 
 use rustls::crypto::ring::default_provider;
 use rustls_pki_types::pem::PemObject;

@@ -80,6 +80,27 @@ pub enum TokenCommand {
     Revoke { id: String },
 }
 
+#[derive(clap::Subcommand, Debug)]
+pub enum UserCommand {
+    /// Show a user's quota and usage; with a limit given, change it (Admin).
+    Quota {
+        /// User name.
+        name: String,
+        /// Most services the user may hold.
+        #[arg(long)]
+        services: Option<u64>,
+        /// Most instances (counting every replica asked for).
+        #[arg(long)]
+        instances: Option<u64>,
+        /// Most vCPUs their instances may reserve.
+        #[arg(long)]
+        vcpus: Option<f64>,
+        /// Most memory (MB) their instances may reserve.
+        #[arg(long)]
+        memory_mb: Option<u64>,
+    },
+}
+
 #[derive(clap::Args, Debug)]
 pub struct LogsArgs {
     #[command(flatten)]
@@ -636,5 +657,38 @@ pub async fn token(global: Global, cmd: TokenCommand) -> anyhow::Result<()> {
         println!("secret (shown only now): {secret}");
         println!("join with: oak cluster --root {} --token {secret} --name NAME", s.root);
     }
+    Ok(())
+}
+
+pub async fn user(global: Global, cmd: UserCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let mut s = Session::open(&global)?;
+    let UserCommand::Quota { name, services, instances, vcpus, memory_mb } = cmd;
+    let path = format!("/api/user/{name}/quota");
+    let update = oak_api::model::QuotaUpdate { services, instances, vcpus, memory_mb };
+    let q: oak_api::model::QuotaStatus = if update == oak_api::model::QuotaUpdate::default() {
+        s.call(|c| {
+            let path = path.clone();
+            async move { c.request(Method::GET, &path, None::<&serde_json::Value>).await }
+        })
+        .await?
+    } else {
+        s.call(|c| {
+            let (path, update) = (path.clone(), update.clone());
+            async move { c.request(Method::PUT, &path, Some(&update)).await }
+        })
+        .await?
+    };
+    if global.output == Output::Json {
+        return print_json(&q);
+    }
+    let mut t = table(&["QUOTA", "USED", "LIMIT"]);
+    let limit = |f: &dyn Fn(&oak_api::model::QuotaLimits) -> String| q.limits.as_ref().map_or("none".to_owned(), f);
+    t.add_row(vec!["services".to_owned(), q.used.services.to_string(), limit(&|l| l.services.to_string())]);
+    t.add_row(vec!["instances".to_owned(), q.used.instances.to_string(), limit(&|l| l.instances.to_string())]);
+    t.add_row(vec!["vcpus".to_owned(), q.used.vcpus.to_string(), limit(&|l| l.vcpus.to_string())]);
+    t.add_row(vec!["memory_mb".to_owned(), q.used.memory_mb.to_string(), limit(&|l| l.memory_mb.to_string())]);
+    println!("user {}", q.user);
+    println!("{t}");
     Ok(())
 }

@@ -65,6 +65,13 @@ enum Command {
         #[command(subcommand)]
         command: client_cmd::TokenCommand,
     },
+    /// Users: quotas (`oak user quota NAME [--instances N …]`).
+    User {
+        #[command(flatten)]
+        global: client_cmd::Global,
+        #[command(subcommand)]
+        command: client_cmd::UserCommand,
+    },
     /// Show an instance's output (stdout and stderr), fetched from its worker.
     Logs(client_cmd::LogsArgs),
 }
@@ -105,6 +112,15 @@ struct RootArgs {
     /// the original oak-cli on a trusted network). Without it, plain HTTP is for loopback only.
     #[arg(long)]
     insecure_plain_http: bool,
+    /// Most connections open at once (default: the open-file limit less 128, at most 16384).
+    #[arg(long, env = "OAK_MAX_CONNECTIONS", hide = true)]
+    max_connections: Option<usize>,
+    /// A request head must arrive within this many ms (default 10000).
+    #[arg(long, env = "OAK_HEADER_TIMEOUT_MS", hide = true)]
+    header_timeout_ms: Option<u64>,
+    /// A connection that moves no byte for this many ms is closed (default 120000).
+    #[arg(long, env = "OAK_IDLE_TIMEOUT_MS", hide = true)]
+    idle_timeout_ms: Option<u64>,
 }
 
 fn init_logging() {
@@ -157,16 +173,24 @@ async fn run_root(args: RootArgs) -> anyhow::Result<()> {
         }
         tracing::warn!(listen = %config.listen, "serving plain HTTP on a non-loopback address (--insecure-plain-http): passwords and tokens cross the network in clear");
     }
+    match oak_root::raise_file_limit() {
+        Ok(limit) => tracing::info!(open_files = limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+    let mut limits = oak_root::ConnLimits { max_connections: args.max_connections, ..Default::default() };
+    if let Some(ms) = args.header_timeout_ms {
+        limits.header_timeout = std::time::Duration::from_millis(ms.max(1));
+    }
+    if let Some(ms) = args.idle_timeout_ms {
+        limits.idle_timeout = std::time::Duration::from_millis(ms.max(1));
+    }
     let root = oak_root::Root::open(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(listen = %listener.local_addr()?, scheme, data_dir = %config.data_dir.display(), "root orchestrator ready");
-    match tls {
-        Some(tls) => root.serve_tls(listener, tls, shutdown_signal()).await?,
-        None => root.serve(listener, shutdown_signal()).await?,
-    }
+    root.serve_with(listener, tls, limits, shutdown_signal()).await?;
     tracing::info!("root orchestrator stopped");
     Ok(())
 }
@@ -213,6 +237,7 @@ fn main() -> std::process::ExitCode {
             Command::Instance { global, command } => client_cmd::instance(global, command).await,
             Command::Logs(args) => client_cmd::logs(args).await,
             Command::Token { global, command } => client_cmd::token(global, command).await,
+            Command::User { global, command } => client_cmd::user(global, command).await,
             Command::Login(args) => client_cmd::login(args).await,
             Command::App { global, command } => client_cmd::app(global, command).await,
             Command::Service { global, command } => client_cmd::service(global, command).await,

@@ -96,6 +96,12 @@ pub struct WorkerArgs {
 }
 
 pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
+    // Worker registration and the workers' MQTT connections each hold a file descriptor; the
+    // registration server's connection bound follows the limit (oak_tls::serve).
+    match oak_tls::serve::raise_file_limit() {
+        Ok(limit) => tracing::info!(open_files = limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let need = |v: Option<String>, flag: &str| v.ok_or_else(|| anyhow::anyhow!("oak cluster needs {flag}"));
     let config = oak_cluster::ClusterConfig {
         root_url: crate::settings::normalize(&need(args.root, "--root URL (or OAK_ROOT)")?),

@@ -279,10 +279,12 @@ async fn applications_lifecycle() {
     assert_eq!(code(&e), "409 conflict");
     assert!(e.to_string().contains("shop/prod"), "{e}");
     assert_eq!(c.applications().await.unwrap().len(), 2, "no half-created application");
-    // A taken address: 409 naming the field and the holder; nothing created.
+    // A taken address: 409 naming the field, never the holder (it may be another user's);
+    // nothing created.
     let e = c.create_applications(&sla("other", "prod", &[("x", Some("10.30.1.1"))])).await.unwrap_err();
     assert_eq!(code(&e), "409 conflict");
-    assert!(e.to_string().contains("addresses.rr_ip: 10.30.1.1 is already used by service"), "{e}");
+    assert!(e.to_string().contains("addresses.rr_ip: 10.30.1.1 is already taken"), "{e}");
+    assert!(!e.to_string().contains("service "), "{e}");
     assert_eq!(c.applications().await.unwrap().len(), 2);
 
     // Update.

@@ -120,3 +120,33 @@ async fn root_address_from_env_and_config_file() {
     assert!(!ok && err.contains("oak login"), "the token belongs to the other root: {err}");
     assert!(Path::new(&cfg).exists());
 }
+
+/// An Admin sees and changes a user's quota from the command line; the user then gets a 403
+/// that names the quota.
+#[tokio::test]
+async fn quotas_from_the_command_line() {
+    let root = RootProcess::start().await;
+    let cli = Cli::new();
+    let url = root.url.clone();
+    cli.ok(&["login", "--root", &url, "-u", "Admin"], &[("OAK_PASSWORD", "Admin")]);
+    let admin = root.admin().await;
+    let reg =
+        serde_json::json!({"name": "bob", "email": "", "password": "bob-pw-1", "roles": ["Application_Provider"]});
+    let _: serde_json::Value = admin.request(reqwest::Method::POST, "/api/auth/register", Some(&reg)).await.unwrap();
+    let out = cli.ok(&["user", "quota", "bob", "--root", &url], &[]);
+    assert!(out.contains("instances") && out.contains("2000"), "{out}");
+    let out = cli.ok(&["user", "quota", "bob", "--instances", "1", "--root", &url, "-o", "json"], &[]);
+    let q: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(q["limits"]["instances"], 1, "{q}");
+
+    let bob = root.login("bob", "bob-pw-1").await;
+    let mut sla = common::sla("q", "n", &[("x", None)]);
+    sla["applications"][0]["microservices"][0]["replicas"] = serde_json::json!(2);
+    let e = bob.create_applications(&sla).await.unwrap_err();
+    assert_eq!(common::code(&e), "403 quota_exceeded", "{e}");
+    assert!(e.to_string().contains("quota instances"), "{e}");
+    // Not an Admin: bob cannot raise his own.
+    let up = serde_json::json!({"instances": 1000});
+    let e = bob.request::<serde_json::Value>(reqwest::Method::PUT, "/api/user/bob/quota", Some(&up)).await.unwrap_err();
+    assert_eq!(common::code(&e), "403 forbidden", "{e}");
+}

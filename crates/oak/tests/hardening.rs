@@ -225,3 +225,153 @@ async fn registrations_with_impossible_numbers_or_duplicate_keys_are_refused_by_
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["code"], "payload_too_large");
 }
+
+fn body(v: &serde_json::Value) -> Option<Vec<u8>> {
+    Some(serde_json::to_vec(v).unwrap())
+}
+
+/// A login from `from` (any 127.0.0.0/8 address reaches a root on 127.0.0.1).
+async fn login_from(root: &RootProcess, from: [u8; 4], user: &str, password: &str) -> u16 {
+    let c = reqwest::Client::builder().local_address(std::net::IpAddr::from(from)).build().unwrap();
+    let r = c
+        .post(format!("{}/api/auth/login", root.url))
+        .json(&serde_json::json!({"username": user, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    r.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_are_bounded_and_an_attacker_elsewhere_cannot_lock_out_admin() {
+    let root = RootProcess::start().await;
+    // Names and passwords are bounded before anything is stored or hashed.
+    let r = root
+        .raw(
+            reqwest::Method::POST,
+            "/api/auth/login",
+            None,
+            body(&serde_json::json!({"username": "a".repeat(1 << 20), "password": "x"})),
+        )
+        .await;
+    assert_eq!((r.0, r.1["code"].as_str()), (413, Some("payload_too_large")), "{}", r.1);
+    let huge = "a".repeat(100_000);
+    let r = root
+        .raw(
+            reqwest::Method::POST,
+            "/api/auth/login",
+            None,
+            body(&serde_json::json!({"username": huge, "password": "x"})),
+        )
+        .await;
+    assert_eq!((r.0, r.1["violations"][0]["field"].as_str()), (422, Some("username")), "{}", r.1);
+    let r = root
+        .raw(
+            reqwest::Method::POST,
+            "/api/auth/login",
+            None,
+            body(&serde_json::json!({"username": "Admin", "password": "p".repeat(4096)})),
+        )
+        .await;
+    assert_eq!((r.0, r.1["violations"][0]["field"].as_str()), (422, Some("password")), "{}", r.1);
+
+    // Five wrong passwords from one address lock out that address only.
+    for _ in 0..5 {
+        assert_eq!(login_from(&root, [127, 0, 0, 2], "Admin", "wrong").await, 401);
+    }
+    assert_eq!(login_from(&root, [127, 0, 0, 2], "Admin", "Admin").await, 429);
+    assert_eq!(login_from(&root, [127, 0, 0, 1], "Admin", "Admin").await, 200, "the owner, elsewhere");
+    let r = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap()
+        .post(format!("{}/api/auth/login", root.url))
+        .json(&serde_json::json!({"username": "admin", "password": "Admin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429, "the name counts without regard to case");
+    assert!(r.headers().get("retry-after").is_some(), "429 without Retry-After");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_with_duplicate_keys_and_names_differing_in_case_are_refused() {
+    let root = RootProcess::start().await;
+    // The last key would win: a login as Admin with "nobody"'s name first.
+    let dup = br#"{"username":"nobody","username":"Admin","password":"Admin"}"#.to_vec();
+    let (s, b) = root.raw(reqwest::Method::POST, "/api/auth/login", None, Some(dup)).await;
+    assert_eq!(
+        (s, b["code"].as_str(), b["violations"][0]["field"].as_str()),
+        (400, Some("malformed_json"), Some("username"))
+    );
+    let t = root.admin().await.token().unwrap().to_owned();
+    let nested = br#"{"sla_version":"v2.0","customerID":"Admin","applications":[{"applicationID":"","application_name":"a","application_name":"b","application_namespace":"n","application_desc":"","microservices":[]}]}"#;
+    let (s, b) = root.raw(reqwest::Method::POST, "/api/application", Some(&t), Some(nested.to_vec())).await;
+    assert_eq!((s, b["violations"][0]["field"].as_str()), (400, Some("applications[0].application_name")), "{b}");
+
+    // An array is not an object, even when its elements line up with the fields.
+    let (s, b) = root
+        .raw(reqwest::Method::PUT, "/api/user/Admin", Some(&t), body(&serde_json::json!([null, "pw-1234567"])))
+        .await;
+    assert_eq!((s, b["violations"][0]["field"].as_str()), (422, Some("body")), "{b}");
+
+    // ADMIN is Admin.
+    let reg = |name: &str| serde_json::json!({"name": name, "email": "", "password": "pw-12345", "roles": ["Application_Provider"]});
+    let (s, b) = root.raw(reqwest::Method::POST, "/api/auth/register", Some(&t), body(&reg("ADMIN"))).await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("conflict")), "{b}");
+    let (s, _) = root.raw(reqwest::Method::POST, "/api/auth/register", Some(&t), body(&reg("Carol"))).await;
+    assert_eq!(s, 200);
+    let (s, _) = root.raw(reqwest::Method::POST, "/api/auth/register", Some(&t), body(&reg("carol"))).await;
+    assert_eq!(s, 409);
+    // Control characters in names, images, commands and environment values.
+    let (s, b) = root.raw(reqwest::Method::POST, "/api/auth/register", Some(&t), body(&reg("eve\n"))).await;
+    assert_eq!((s, b["violations"][0]["field"].as_str()), (422, Some("name")), "{b}");
+    for (field, value) in [
+        ("code", serde_json::json!("docker.io/library/busybox:latest\u{1b}[2J")),
+        ("cmd", serde_json::json!(["sh", "-c", "echo\u{0}"])),
+        ("environment", serde_json::json!(["A=b\u{7}"])),
+    ] {
+        let mut s = common::sla("ctl", "n", &[("x", None)]);
+        s["applications"][0]["microservices"][0][field] = value;
+        let (st, b) = root.raw(reqwest::Method::POST, "/api/application", Some(&t), body(&s)).await;
+        assert_eq!(st, 422, "{field}: {b}");
+        assert!(b["violations"][0]["field"].as_str().unwrap().contains(field), "{b}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_has_the_json_shape_and_names_its_field() {
+    let root = RootProcess::start().await;
+    let t = root.admin().await.token().unwrap().to_owned();
+    let mut s = common::sla("shape", "n", &[("x", None)]);
+    // More replicas than any service may have, on every path.
+    s["applications"][0]["microservices"][0]["replicas"] = serde_json::json!(1_000_000_000u64);
+    let (st, b) = root.raw(reqwest::Method::POST, "/api/application", Some(&t), body(&s)).await;
+    assert_eq!(st, 422, "{b}");
+    assert!(b["violations"][0]["field"].as_str().unwrap().ends_with("replicas"), "{b}");
+    s["applications"][0]["microservices"][0]["replicas"] = serde_json::json!(1);
+    let (st, b) = root.raw(reqwest::Method::POST, "/api/application", Some(&t), body(&s)).await;
+    assert_eq!(st, 200, "{b}");
+    let (_, svcs) = root.raw(reqwest::Method::GET, "/api/services", Some(&t), None).await;
+    let id = svcs[0]["microserviceID"].as_str().unwrap().to_owned();
+    let replicas = format!("/api/service/{id}/replicas");
+    for (v, want) in [(serde_json::json!({"replicas": 1.5}), 422), (serde_json::json!({"replicas": 20_000}), 422)] {
+        let (st, b) = root.raw(reqwest::Method::PUT, &replicas, Some(&t), body(&v)).await;
+        assert_eq!((st, b["violations"][0]["field"].as_str()), (want, Some("replicas")), "{v}: {b}");
+    }
+    // A bad query string, a path that is not UTF-8, the cluster link without an upgrade.
+    let (st, b) =
+        root.raw(reqwest::Method::GET, &format!("/api/service/{id}/instance/0/logs?max=lots"), Some(&t), None).await;
+    assert_eq!(
+        (st, b["code"].as_str(), b["violations"][0]["field"].as_str()),
+        (422, Some("invalid_field"), Some("max")),
+        "{b}"
+    );
+    let (st, b) = root.raw(reqwest::Method::GET, "/api/user/%FF%FE", Some(&t), None).await;
+    assert!(st == 400 && b["code"] == "bad_request", "{st} {b}");
+    let token = std::fs::read_to_string(root.data_dir.join("cluster-token")).unwrap();
+    let (st, b) = root.raw(reqwest::Method::GET, "/api/cluster/link", Some(token.trim()), None).await;
+    assert!(st == 400 && b["code"] == "bad_request", "{st} {b}");
+    let (st, b) = root.raw(reqwest::Method::GET, "/api/cluster/link", None, None).await;
+    assert!(st == 401 && b["code"] == "unauthenticated", "{st} {b}");
+}

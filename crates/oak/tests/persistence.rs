@@ -6,6 +6,9 @@ mod common;
 use common::{RootProcess, sla};
 use reqwest::Method;
 use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 #[tokio::test]
 async fn everything_survives_a_kill_and_restart() {
@@ -58,26 +61,57 @@ async fn everything_survives_a_kill_and_restart() {
 
 #[tokio::test]
 async fn writes_acknowledged_under_load_survive_a_kill() {
+    // Acknowledgments to have before the kill: the check after the restart must have
+    // something to check.
+    const BEFORE_KILL: usize = 20;
     let root = RootProcess::start().await;
     let c = root.admin().await;
-    // Fire creations concurrently and kill the process while they are in flight.
-    let mut tasks = Vec::new();
-    for i in 0..40 {
-        let c = c.clone();
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(i * 3)).await;
-            c.create_applications(&sla(&format!("a{i}"), "ns", &[("s", None)])).await.ok().map(|_| format!("a{i}"))
+    // Writers create applications one after another until the root dies. The kill comes once
+    // BEFORE_KILL creations were acknowledged, with every writer's next request in flight.
+    let killed = Arc::new(AtomicBool::new(false));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (c, tx, killed) = (c.clone(), tx.clone(), killed.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let name = format!("w{w}n{i}");
+                match c.create_applications(&sla(&name, "ns", &[("s", None)])).await {
+                    Ok(_) => {
+                        let _ = tx.send(name);
+                    }
+                    // Refused or cut off by the kill: this writer is done.
+                    Err(_) if killed.load(Ordering::SeqCst) => return Ok(()),
+                    Err(e) => return Err(format!("{name} failed before the kill: {e}")),
+                }
+            }
+            Ok(())
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
-    let mut root = root;
-    root.kill();
+    drop(tx);
     let mut acked = Vec::new();
-    for t in tasks {
-        if let Some(name) = t.await.unwrap() {
-            acked.push(name);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while acked.len() < BEFORE_KILL {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(name)) => acked.push(name),
+            Ok(None) => break,
+            Err(_) => panic!("only {} creations acknowledged in 60 s", acked.len()),
         }
     }
+    killed.store(true, Ordering::SeqCst);
+    let mut root = root;
+    root.kill();
+    for w in writers {
+        if let Err(e) = w.await.unwrap() {
+            panic!("{e}");
+        }
+    }
+    // Acknowledged between the count and the kill.
+    while let Some(name) = rx.recv().await {
+        acked.push(name);
+    }
+    assert!(acked.len() >= BEFORE_KILL, "only {} creations acknowledged before the kill", acked.len());
+
     let root = root.restart().await;
     let c = root.admin().await;
     let names: Vec<String> = c.applications().await.unwrap().into_iter().map(|a| a.application_name).collect();

@@ -3,19 +3,29 @@
 //! across several clusters; random worker crashes and restarts, instance crashes, and cluster
 //! partitions. After every step it checks that nothing is over-committed and that no replica
 //! runs twice where the system can see it; after a quiet period, that every desired instance
-//! runs or says why not. A failure prints its seed; CI runs a fixed set of seeds.
+//! runs or says why not.
+//!
+//! Root and clusters talk as over the real link: JSON messages, the cluster's full report once
+//! per connection and then the link's own deltas ([`Sent`]), the root's full desired set once
+//! per connection and then changes of it. A partition drops the connection; the next one
+//! starts over, as a real reconnect does.
+//!
+//! A seed fixes everything, ids included (the registry takes them from a seeded
+//! [`IdSource`]): a failure prints its seed, and `OAK_SIM_SEED=<seed>` replays it exactly.
+//! CI runs a fixed set of seeds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use oak_api::link::DesiredInstance;
+use oak_api::link::{ClusterToRoot, DesiredInstance, RootToCluster};
 use oak_api::node::{DeleteCommand, DeployCommand, InstanceEvent, InstanceUsage, NodeInfo, RegisterRequest};
 use oak_api::{ClusterId, ServiceId, Status};
-use oak_cluster::core::{Core, Out, WorkerRec};
+use oak_cluster::core::{Core, Out, Sent, WorkerRec};
 use oak_root::clock::Clock;
-use oak_root::registry::Registry;
+use oak_root::registry::{IdSource, Registry};
 use oak_store::MemStore;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 struct SimClock(Mutex<f64>);
 impl Clock for SimClock {
@@ -41,6 +51,31 @@ impl Rng {
     }
 }
 
+/// The seeds to run: `OAK_SIM_SEED` (one seed, or several separated by commas) replays the
+/// given ones instead of the defaults.
+fn seeds(defaults: &[u64]) -> Vec<u64> {
+    match std::env::var("OAK_SIM_SEED") {
+        Ok(v) if !v.trim().is_empty() => v
+            .split(',')
+            .map(|s| s.trim().parse().unwrap_or_else(|_| panic!("OAK_SIM_SEED: {s:?} is not a number")))
+            .collect(),
+        _ => defaults.to_vec(),
+    }
+}
+
+/// Says, when a run fails in any way (an invariant, or a panic deeper down), how to replay it.
+struct SeedOnFailure(u64);
+impl Drop for SeedOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "simulation failed with seed {0}; replay it with OAK_SIM_SEED={0} cargo nextest run -p oak --test simulation",
+                self.0
+            );
+        }
+    }
+}
+
 type Key = (ServiceId, u32);
 
 struct FakeWorker {
@@ -51,14 +86,39 @@ struct FakeWorker {
     held: BTreeMap<Key, Status>,
 }
 
+/// One connection of the root link, both ends.
+struct Conn {
+    /// The cluster's end: what the root holds of its report.
+    sent: Sent,
+    /// The root's end: the desired set it last sent, and the workers and interests the
+    /// cluster last reported (a delta without them means unchanged).
+    last_desired: Option<Vec<DesiredInstance>>,
+    workers: Vec<String>,
+    interests: Vec<std::net::Ipv4Addr>,
+}
+
 struct SimCluster {
+    name: String,
     id: ClusterId,
     core: Core,
     workers: Vec<FakeWorker>,
     partitioned_until: f64,
+    /// `None` while partitioned.
+    link: Option<Conn>,
 }
 
 const STEP: f64 = 0.5;
+const START: f64 = 1_000_000.0;
+
+/// What a run did, in order: every message across the tiers and every disturbance. Equal
+/// seeds must give equal traces.
+#[derive(Default)]
+struct Trace(Vec<String>);
+impl Trace {
+    fn push(&mut self, step: usize, what: impl Into<String>) {
+        self.0.push(format!("{step}: {}", what.into()));
+    }
+}
 
 fn register(core: &mut Core, w: &FakeWorker, now: f64) {
     let reg = RegisterRequest {
@@ -81,10 +141,70 @@ fn node_of(topic: &str) -> (&str, &str) {
     (p.next().unwrap_or_default(), p.next().unwrap_or_default())
 }
 
+/// A message through JSON, as the link carries it.
+fn wire<T: serde::Serialize + serde::de::DeserializeOwned>(m: &T) -> T {
+    serde_json::from_str(&serde_json::to_string(m).unwrap()).unwrap()
+}
+
+/// The root's desired set for a cluster, as the root's link sends it: the whole set first
+/// on a connection, then what changed (`oak_api::link::desired_delta`, the root's own).
+fn root_push(reg: &Registry, c: &mut SimCluster) -> Option<RootToCluster> {
+    let conn = c.link.as_mut()?;
+    let desired = reg.desired_for(&c.id).unwrap();
+    let msg = match conn.last_desired.as_ref() {
+        Some(prev) if *prev == desired => return None,
+        Some(prev) => oak_api::link::desired_delta(prev, &desired),
+        None => RootToCluster::Desired { instances: desired.clone() },
+    };
+    conn.last_desired = Some(desired);
+    Some(wire(&msg))
+}
+
+/// The cluster's end of a root message, as its link and event loop handle it.
+fn cluster_takes(c: &mut SimCluster, msg: RootToCluster, now: f64) -> Vec<Out> {
+    let Some(conn) = c.link.as_mut() else { return Vec::new() };
+    match msg {
+        RootToCluster::Desired { instances } => {
+            conn.sent.desired(&instances);
+            c.core.set_desired(instances, now)
+        }
+        RootToCluster::DesiredDelta { upsert, remove } => {
+            conn.sent.desired_delta(&upsert, &remove);
+            c.core.change_desired(upsert, remove, now)
+        }
+        other => panic!("unexpected root message {other:?}"),
+    }
+}
+
+/// The root's end of a cluster message, as its link handles it.
+fn root_takes(reg: &Registry, c: &mut SimCluster, msg: ClusterToRoot) {
+    let Some(conn) = c.link.as_mut() else { return };
+    let report = match msg {
+        ClusterToRoot::Report(r) => r,
+        // Fields the delta leaves out are as the cluster last reported them.
+        ClusterToRoot::Delta(d) => d.into_report(&conn.workers, &conn.interests),
+        other => panic!("unexpected cluster message {other:?}"),
+    };
+    conn.workers = report.workers.clone();
+    conn.interests = report.interests.clone();
+    reg.apply_report(&c.id, report).unwrap();
+}
+
+/// A (re)connection: hello, welcome, the full report; the root then sends its whole set.
+fn connect(reg: &Registry, c: &mut SimCluster, now: f64, at: Instant) {
+    let id = reg.join_cluster(&c.name, None, Some(&c.id)).unwrap();
+    assert_eq!(id, c.id, "a cluster that says who it is keeps its id");
+    let report = c.core.report(now);
+    c.link =
+        Some(Conn { sent: Sent::full(&report, at), last_desired: None, workers: Vec::new(), interests: Vec::new() });
+    root_takes(reg, c, wire(&ClusterToRoot::Report(report)));
+}
+
 /// Delivers the cluster's messages to its fake workers; returns the events they answer with.
-fn deliver(c: &mut SimCluster, outs: Vec<Out>) -> Vec<(String, InstanceEvent)> {
+fn deliver(c: &mut SimCluster, outs: Vec<Out>, trace: &mut Trace, step: usize) -> Vec<(String, InstanceEvent)> {
     let mut events = Vec::new();
     for o in outs {
+        assert!(!o.payload.is_empty(), "an empty payload on {}", o.topic);
         let (node, kind) = node_of(&o.topic);
         let Some(w) = c.workers.iter_mut().find(|w| w.id == node) else { continue };
         if !w.alive {
@@ -93,6 +213,7 @@ fn deliver(c: &mut SimCluster, outs: Vec<Out>) -> Vec<(String, InstanceEvent)> {
         match kind {
             "control/deploy" => {
                 let d: DeployCommand = serde_json::from_slice(&o.payload).unwrap();
+                trace.push(step, format!("deploy {}/{} on {}", d.service_id, d.instance_number, w.id));
                 let k = (d.service_id.clone(), d.instance_number);
                 if !matches!(w.held.get(&k), Some(Status::Running)) {
                     w.held.insert(k, Status::Running);
@@ -101,6 +222,7 @@ fn deliver(c: &mut SimCluster, outs: Vec<Out>) -> Vec<(String, InstanceEvent)> {
             }
             "control/delete" => {
                 let d: DeleteCommand = serde_json::from_slice(&o.payload).unwrap();
+                trace.push(step, format!("delete {}/{} on {}", d.service_id, d.instance_number, w.id));
                 if w.held.remove(&(d.service_id.clone(), d.instance_number)).is_some() {
                     events.push((w.id.clone(), ev(&d.service_id, d.instance_number, Status::Undeployed, "removed")));
                 }
@@ -123,32 +245,46 @@ fn ev(s: &ServiceId, n: u32, status: Status, detail: &str) -> InstanceEvent {
 }
 
 /// Runs the cluster side until no more messages flow.
-fn settle(c: &mut SimCluster, mut outs: Vec<Out>, now: f64) {
+fn settle(c: &mut SimCluster, mut outs: Vec<Out>, now: f64, trace: &mut Trace, step: usize) {
     for _ in 0..50 {
         if outs.is_empty() {
             return;
         }
-        let events = deliver(c, std::mem::take(&mut outs));
+        let events = deliver(c, std::mem::take(&mut outs), trace, step);
         for (node, e) in events {
             outs.extend(c.core.instance_event(&node, e, now));
         }
     }
 }
 
-/// `crash_ppm`: chance per worker per step (in millionths) that its host dies.
-fn run(seed: u64, clusters: usize, workers_per_cluster: usize, services: usize, replicas: u32, crash_ppm: u64) {
+/// `crash_ppm`: chance per worker per step (in millionths) that its host dies. Returns the
+/// trace of the run.
+fn run(
+    seed: u64,
+    clusters: usize,
+    workers_per_cluster: usize,
+    services: usize,
+    replicas: u32,
+    crash_ppm: u64,
+) -> Trace {
+    let _guard = SeedOnFailure(seed);
     let fail = |msg: String| -> ! { panic!("simulation seed {seed}: {msg}") };
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let clock = Arc::new(SimClock(Mutex::new(1_000_000.0)));
+    let mut trace = Trace::default();
+    let clock = Arc::new(SimClock(Mutex::new(START)));
+    // The link's timers run on the virtual clock too.
+    let base = Instant::now();
+    let at = |t: f64| base + Duration::from_secs_f64(t - START);
     let store = Arc::new(MemStore::new(oak_root::registry::TABLES));
-    let reg = Registry::new(store, clock.clone());
+    let reg = Registry::new(store, clock.clone()).with_id_source(IdSource::seeded(seed));
     reg.bootstrap(|| "x".into()).unwrap();
     let admin = reg.user_by_name("Admin").unwrap().unwrap();
     let now = || *clock.0.lock();
 
     let mut sim: Vec<SimCluster> = (0..clusters)
         .map(|c| {
-            let id = reg.join_cluster(&format!("c{c}"), None, None).unwrap();
+            let name = format!("c{c}");
+            let id = reg.join_cluster(&name, None, None).unwrap();
             let mut core = Core::default();
             let workers: Vec<FakeWorker> = (0..workers_per_cluster)
                 .map(|w| FakeWorker {
@@ -162,7 +298,7 @@ fn run(seed: u64, clusters: usize, workers_per_cluster: usize, services: usize, 
             for w in &workers {
                 register(&mut core, w, now());
             }
-            SimCluster { id, core, workers, partitioned_until: 0.0 }
+            SimCluster { name, id, core, workers, partitioned_until: 0.0, link: None }
         })
         .collect();
 
@@ -190,22 +326,32 @@ fn run(seed: u64, clusters: usize, workers_per_cluster: usize, services: usize, 
         let t = now();
         let disturb = step < disturbed_steps;
 
-        // Root ↔ clusters (unless partitioned).
-        reg.schedule_pending().unwrap();
+        // Root ↔ clusters (unless partitioned): a connection first, then what changed.
+        if reg.schedule_pending().unwrap() {
+            trace.push(step, "root scheduled");
+        }
         for c in sim.iter_mut() {
             if t < c.partitioned_until {
                 continue;
             }
-            let desired: Vec<DesiredInstance> = reg.desired_for(&c.id).unwrap();
-            let outs = c.core.set_desired(desired, t);
-            settle(c, outs, t);
+            if c.link.is_none() {
+                trace.push(step, format!("{} connects", c.name));
+                connect(&reg, c, t, at(t));
+            }
+            if let Some(msg) = root_push(&reg, c) {
+                trace.push(step, format!("to {}: {}", c.name, describe(&msg)));
+                let outs = cluster_takes(c, msg, t);
+                settle(c, outs, t, &mut trace, step);
+            }
         }
 
         // Disturbances.
         for c in sim.iter_mut() {
             if disturb && rng.chance(4_000) && t >= c.partitioned_until {
                 c.partitioned_until = t + 5.0 + rng.below(20) as f64;
+                c.link = None;
                 partitions += 1;
+                trace.push(step, format!("{} partitioned until {}", c.name, c.partitioned_until - START));
             }
             for i in 0..c.workers.len() {
                 let w = &mut c.workers[i];
@@ -213,6 +359,7 @@ fn run(seed: u64, clusters: usize, workers_per_cluster: usize, services: usize, 
                     w.alive = true;
                     w.session += 1;
                     w.held.clear();
+                    trace.push(step, format!("{} back", w.id));
                     let snapshot = FakeWorker {
                         id: w.id.clone(),
                         alive: true,
@@ -227,10 +374,11 @@ fn run(seed: u64, clusters: usize, workers_per_cluster: usize, services: usize, 
                     host_crashes += 1;
                     w.down_until = t + 2.0 + rng.below(30) as f64;
                     w.held.clear();
+                    trace.push(step, format!("{} crashed", w.id));
                     let session = w.session.to_string();
                     let id = w.id.clone();
                     let outs = c.core.worker_lost(&id, &session, t);
-                    settle(c, outs, t);
+                    settle(c, outs, t, &mut trace, step);
                     continue;
                 }
                 let w = &mut c.workers[i];
@@ -238,9 +386,10 @@ fn run(seed: u64, clusters: usize, workers_per_cluster: usize, services: usize, 
                     let k = w.held.keys().nth(rng.below(w.held.len() as u64) as usize).unwrap().clone();
                     w.held.insert(k.clone(), Status::Dead);
                     instance_crashes += 1;
+                    trace.push(step, format!("{}/{} died on {}", k.0, k.1, w.id));
                     let id = w.id.clone();
                     let outs = c.core.instance_event(&id, ev(&k.0, k.1, Status::Dead, "exited with code 1"), t);
-                    settle(c, outs, t);
+                    settle(c, outs, t, &mut trace, step);
                 }
             }
             // Reports every 2 s from live workers.
@@ -273,18 +422,29 @@ fn run(seed: u64, clusters: usize, workers_per_cluster: usize, services: usize, 
                             instances,
                             ..NodeInfo::default()
                         };
-                        (w.id.clone(), info)
+                        (w.id.clone(), wire(&info))
                     })
                     .collect();
                 for (id, info) in infos {
                     let outs = c.core.node_info(&id, info, t);
-                    settle(c, outs, t);
+                    settle(c, outs, t, &mut trace, step);
                 }
             }
             let outs = c.core.reconcile(t);
-            settle(c, outs, t);
-            if t >= c.partitioned_until {
-                reg.apply_report(&c.id, c.core.report(t)).unwrap();
+            settle(c, outs, t, &mut trace, step);
+            // What changed goes up, as a delta on the current connection.
+            if let Some(conn) = c.link.as_mut() {
+                let d = conn.sent.delta(&c.core.report(t), at(t));
+                trace.push(
+                    step,
+                    format!(
+                        "from {}: {} instances, {} active workers",
+                        c.name,
+                        d.instances.len(),
+                        d.aggregate.active_workers
+                    ),
+                );
+                root_takes(&reg, c, wire(&ClusterToRoot::Delta(d)));
             }
         }
 
@@ -339,6 +499,7 @@ fn run(seed: u64, clusters: usize, workers_per_cluster: usize, services: usize, 
                 st if st.is_negative_scheduling() && !i.status_detail.is_empty() => {}
                 st => fail(format!("instance {}/{} ended {st}: {}", svc, i.instance_number, i.status_detail)),
             }
+            trace.push(disturbed_steps + quiet_steps, format!("{svc}/{} ends {}", i.instance_number, i.status));
             let holders: Vec<&str> = sim
                 .iter()
                 .flat_map(|c| {
@@ -359,16 +520,32 @@ fn run(seed: u64, clusters: usize, workers_per_cluster: usize, services: usize, 
     }
     assert!(running > 0, "seed {seed}: nothing runs");
     eprintln!(
-        "seed {seed}: {} workers, {} instances ({running} running at the end); {partitions} cluster partitions, {host_crashes} worker crashes, {instance_crashes} instance crashes",
+        "seed {seed}: {} workers, {} instances ({running} running at the end); {partitions} cluster partitions, {host_crashes} worker crashes, {instance_crashes} instance crashes; {} trace entries",
         clusters * workers_per_cluster,
-        services * replicas as usize
+        services * replicas as usize,
+        trace.0.len()
     );
     assert!(host_crashes > 0 && instance_crashes > 0, "seed {seed}: the run was not disturbed");
+    trace
+}
+
+/// A root message, briefly, for the trace.
+fn describe(m: &RootToCluster) -> String {
+    let wanted =
+        |v: &[DesiredInstance]| v.iter().map(|d| format!("{}/{}", d.service_id, d.instance_number)).collect::<Vec<_>>();
+    match m {
+        RootToCluster::Desired { instances } => format!("desired {:?}", wanted(instances)),
+        RootToCluster::DesiredDelta { upsert, remove } => {
+            let gone: Vec<String> = remove.iter().map(|r| format!("{}/{}", r.service_id, r.instance_number)).collect();
+            format!("desired +{:?} -{gone:?}", wanted(upsert))
+        }
+        other => format!("{other:?}"),
+    }
 }
 
 #[test]
 fn simulation_fixed_seeds() {
-    for seed in [1, 42] {
+    for seed in seeds(&[1, 42]) {
         run(seed, 3, 700, 120, 4, 300);
     }
 }
@@ -376,7 +553,22 @@ fn simulation_fixed_seeds() {
 #[test]
 fn simulation_tight_capacity() {
     // Few workers, many replicas: placement failures must say why, never over-commit.
-    for seed in [3, 11] {
+    for seed in seeds(&[3, 11]) {
         run(seed, 2, 6, 40, 3, 20_000);
+    }
+}
+
+/// A seed replays exactly: the same seed twice gives the same trace (every message between
+/// the tiers, every disturbance, every final state), another seed another one.
+#[test]
+fn a_seed_replays_exactly() {
+    for seed in seeds(&[5]) {
+        let small = |seed| run(seed, 2, 20, 30, 3, 6_000).0;
+        let (a, b) = (small(seed), small(seed));
+        if let Some(i) = (0..a.len().max(b.len())).find(|i| a.get(*i) != b.get(*i)) {
+            panic!("seed {seed} diverged at trace entry {i}: {:?} vs {:?}", a.get(i), b.get(i));
+        }
+        assert!(a.iter().any(|l| l.contains(" deploy ")), "the trace shows placements");
+        assert_ne!(a, small(seed.wrapping_add(1)), "another seed, another run");
     }
 }

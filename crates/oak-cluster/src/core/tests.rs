@@ -301,3 +301,42 @@ fn silent_workers_are_forgotten() {
     assert_eq!(c.forget_silent(152.0), ["b"]);
     assert!(c.workers.is_empty());
 }
+
+/// A registration that never reports holds a subnet at the root for nothing: it is forgotten
+/// after ten minutes, not a day (a holder of the worker token could register until the root's
+/// subnets run out).
+#[test]
+fn registrations_that_never_report_are_forgotten_soon() {
+    let mut c = Core::default();
+    c.timing.forget_after = 86_400.0;
+    c.add_worker(WorkerRec::new("ghost".into(), Default::default()), 0.0);
+    worker(&mut c, "real", 4000, 0.0);
+    assert!(c.forget_silent(599.0).is_empty());
+    assert_eq!(c.forget_silent(601.0), ["ghost"]);
+    assert!(c.workers.contains_key("real"), "a worker that reported keeps its day");
+}
+
+/// serde_json refuses a map whose keys are not strings: such a message is an error (logged,
+/// not published), never an empty payload.
+#[test]
+fn a_message_that_cannot_be_encoded_is_not_published() {
+    let bad: BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
+    let Err(e) = out("nodes/w/control/deploy".into(), &bad) else { panic!("a map with tuple keys was encoded") };
+    assert_eq!(e.topic, "nodes/w/control/deploy");
+    assert!(logged(Err(e)).is_none());
+    let ok = out("t".into(), &DeleteCommand { service_id: ServiceId::from("s"), instance_number: 1 });
+    assert!(logged(ok).is_some_and(|o| !o.payload.is_empty()));
+}
+
+/// An assignment that cannot be encoded gets no store record (never empty bytes); the others
+/// are written, and one that went is deleted.
+#[test]
+fn assignments_that_cannot_be_encoded_are_not_stored() {
+    let k = |n: u32| (ServiceId::from("svc"), n);
+    // A map with tuple keys encodes only when it is empty.
+    let (good, bad): (BTreeMap<(u8, u8), u8>, _) = (BTreeMap::new(), [((1, 2), 3)].into());
+    let assignments: BTreeMap<Key, BTreeMap<(u8, u8), u8>> = [(k(0), good), (k(1), bad)].into();
+    let (records, errors) = encode_assignments(&assignments, [k(0), k(1), k(2)]);
+    assert_eq!(records, [("svc/0".to_owned(), Some(b"{}".to_vec())), ("svc/2".to_owned(), None)]);
+    assert_eq!(errors.iter().map(|(key, _)| key.as_str()).collect::<Vec<_>>(), ["svc/1"]);
+}

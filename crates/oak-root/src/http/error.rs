@@ -13,11 +13,13 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub violations: Vec<Violation>,
+    /// For 429 and 503: when to come back (the `Retry-After` header, in seconds).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), violations: Vec::new() }
+        Self { code, message: message.into(), violations: Vec::new(), retry_after: None }
     }
     pub fn unauthenticated(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unauthenticated, message)
@@ -28,12 +30,16 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::BadRequest, message)
     }
+    /// 429 with `Retry-After`.
+    pub fn too_many(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self { retry_after: Some(retry_after_secs), ..Self::new(ErrorCode::TooManyRequests, message) }
+    }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, message)
     }
     pub fn invalid(violations: Vec<Violation>) -> Self {
         let message = violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-        Self { code: ErrorCode::InvalidField, message, violations }
+        Self { code: ErrorCode::InvalidField, message, violations, retry_after: None }
     }
 }
 
@@ -45,6 +51,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::Invalid(v) => ApiError::invalid(v),
             RegistryError::BadRequest(m) => ApiError::bad_request(m),
             RegistryError::Forbidden(m) => ApiError::forbidden(m),
+            RegistryError::QuotaExceeded(m) => ApiError::new(ErrorCode::QuotaExceeded, m),
             RegistryError::Unauthenticated(m) => ApiError::unauthenticated(m),
             RegistryError::Store(s) => {
                 tracing::error!(error = %s, "store failure");
@@ -60,7 +67,7 @@ impl From<RegistryError> for ApiError {
 
 impl From<ErrorBody> for ApiError {
     fn from(e: ErrorBody) -> Self {
-        Self { code: e.code, message: e.message, violations: e.violations }
+        Self { code: e.code, message: e.message, violations: e.violations, retry_after: None }
     }
 }
 
@@ -74,7 +81,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = ErrorBody { code: self.code, message: self.message, violations: self.violations };
-        (status, Json(body)).into_response()
+        let mut r = (status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs.max(1)));
+        }
+        r
     }
 }
 

@@ -36,6 +36,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let value = json_value(req, state).await?;
+        // Every body of this kind is one object: serde would read an array as the fields in
+        // order (`[null, "pw"]` as a password change), which no client means.
+        if !value.is_object() {
+            return Err(ApiError::invalid(vec![oak_api::sla::Violation {
+                field: "body".into(),
+                message: "must be a JSON object".into(),
+            }]));
+        }
         oak_api::json::from_value_named(value).map(JsonBody).map_err(ApiError::from)
     }
 }
@@ -139,5 +147,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
             let message = e.into_inner().to_string();
             ApiError::invalid(vec![oak_api::sla::Violation { field, message }])
         })
+    }
+}
+
+/// The address a request came from (as the connection saw it), or `0.0.0.0` when the server
+/// runs without connection info (unit tests of the router).
+pub struct Peer(pub std::net::IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        Ok(Peer(ip))
     }
 }

@@ -7,11 +7,11 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use oak_api::link::{ClusterReport, ClusterToRoot, DesiredInstance, RootToCluster};
-use oak_api::node::{InstanceRef, LogsReply, LogsRequest};
+use oak_api::link::{ClusterToRoot, DesiredInstance, RootToCluster};
+use oak_api::node::{LogsReply, LogsRequest};
 use oak_api::{ClusterId, ErrorCode};
 use parking_lot::Mutex;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -168,14 +168,31 @@ async fn session(state: AppState, socket: WebSocket, token_id: Option<String>) -
         .ok_or("closed before hello")?
         .map_err(|e| e.to_string())?;
     let Message::Text(first) = first else { return Err("the first message must be a text hello".into()) };
-    let Ok(ClusterToRoot::Hello { name, location, cluster_id }) = serde_json::from_str::<ClusterToRoot>(&first) else {
+    let Ok(ClusterToRoot::Hello { name, location, cluster_id, cluster_secret }) =
+        serde_json::from_str::<ClusterToRoot>(&first)
+    else {
         return Err("the first message must be hello".into());
     };
-    let id = state
-        .blocking(move |r| Ok(r.join_cluster(&name, location.as_deref(), cluster_id.as_ref())?))
+    let joined = state
+        .blocking(move |r| {
+            Ok(r.join_cluster_with_secret(&name, location.as_deref(), cluster_id.as_ref(), cluster_secret.as_deref())?)
+        })
+        .await;
+    let (id, cluster_secret) = match joined {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::warn!(reason = %e.message, "refused a cluster link");
+            let frame = axum::extract::ws::CloseFrame {
+                code: 1008,
+                reason: e.message.chars().take(120).collect::<String>().into(),
+            };
+            let _ = sink.send(Message::Close(Some(frame))).await;
+            return Err(e.message);
+        }
+    };
+    sink.send(text(&RootToCluster::Welcome { cluster_id: id.clone(), cluster_secret })?)
         .await
-        .map_err(|e| e.message)?;
-    sink.send(text(&RootToCluster::Welcome { cluster_id: id.clone() })?).await.map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?;
     tracing::info!(cluster = %id, "cluster connected");
 
     let (tx, mut rx) = mpsc::channel::<RootToCluster>(64);
@@ -205,12 +222,7 @@ async fn session(state: AppState, socket: WebSocket, token_id: Option<String>) -
                 let report = match serde_json::from_str::<ClusterToRoot>(&t) {
                     Ok(ClusterToRoot::Report(report)) => Some(report),
                     // Fields the delta leaves out are as the cluster last reported them.
-                    Ok(ClusterToRoot::Delta(d)) => Some(ClusterReport {
-                        aggregate: d.aggregate,
-                        instances: d.instances,
-                        workers: d.workers.unwrap_or_else(|| net.workers.clone()),
-                        interests: d.interests.unwrap_or_else(|| net.interests.clone()),
-                    }),
+                    Ok(ClusterToRoot::Delta(d)) => Some(d.into_report(&net.workers, &net.interests)),
                     Ok(ClusterToRoot::Logs(reply)) => {
                         if let Some(tx) = pending.lock().remove(&reply.request_id) {
                             let _ = tx.send(reply);
@@ -319,7 +331,7 @@ async fn push(
     let desired = state.blocking(move |r| Ok(r.desired_for(&cid)?)).await.map_err(|e| e.message)?;
     let msg = match last.as_ref() {
         Some(prev) if *prev == desired => return Ok(()),
-        Some(prev) => desired_delta(prev, &desired),
+        Some(prev) => oak_api::link::desired_delta(prev, &desired),
         None => RootToCluster::Desired { instances: desired.clone() },
     };
     sink.send(text(&msg)?).await.map_err(|e| e.to_string())?;
@@ -327,24 +339,10 @@ async fn push(
     Ok(())
 }
 
-/// What changed from `prev` to `now`, as a message: a cluster of 60,000 instances would
-/// otherwise get some 25 MB for each instance deployed.
-fn desired_delta(prev: &[DesiredInstance], now: &[DesiredInstance]) -> RootToCluster {
-    let key = |d: &DesiredInstance| (d.service_id.clone(), d.instance_number);
-    let before: HashMap<_, &DesiredInstance> = prev.iter().map(|d| (key(d), d)).collect();
-    let after: HashSet<_> = now.iter().map(key).collect();
-    let upsert = now.iter().filter(|d| before.get(&key(d)).is_none_or(|p| *p != *d)).cloned().collect();
-    let remove = prev
-        .iter()
-        .filter(|d| !after.contains(&key(d)))
-        .map(|d| InstanceRef { service_id: d.service_id.clone(), instance_number: d.instance_number })
-        .collect();
-    RootToCluster::DesiredDelta { upsert, remove }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oak_api::node::InstanceRef;
 
     fn want(service: &str, n: u32, memory: u64) -> DesiredInstance {
         let spec = serde_json::json!({"microservice_name": "s", "microservice_namespace": "n",
@@ -363,7 +361,9 @@ mod tests {
     fn desired_deltas_carry_what_changed() {
         let prev = vec![want("a", 0, 100), want("a", 1, 100), want("b", 0, 100)];
         let now = vec![want("a", 0, 100), want("a", 1, 200), want("c", 0, 100)];
-        let RootToCluster::DesiredDelta { upsert, remove } = desired_delta(&prev, &now) else { panic!("not a delta") };
+        let RootToCluster::DesiredDelta { upsert, remove } = oak_api::link::desired_delta(&prev, &now) else {
+            panic!("not a delta")
+        };
         assert_eq!(upsert, [want("a", 1, 200), want("c", 0, 100)]);
         assert_eq!(remove, [InstanceRef { service_id: oak_api::ServiceId::from("b"), instance_number: 0 }]);
         let mut applied: std::collections::BTreeMap<_, _> =

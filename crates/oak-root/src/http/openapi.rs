@@ -11,6 +11,7 @@ use utoipa_swagger_ui::SwaggerUi;
     info(title = "Oakestra root API (oak)", description = "The user API of the root orchestrator, compatible with the original Oakestra paths and shapes."),
     paths(
         users::login, users::refresh, users::register, users::permissions, users::get_user, users::update_user,
+        users::get_quota, users::set_quota,
         users::delete_user, users::change_password, users::reset_password, users::list_users, users::list_org_users,
         users::list_orgs, users::create_org, users::update_org, users::delete_org,
         users::create_token, users::list_tokens, users::revoke_token,

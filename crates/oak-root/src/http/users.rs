@@ -1,6 +1,6 @@
 //! Authentication, users and organizations.
 
-use super::extract::{Caller, JsonBody, Path, authenticate, bearer};
+use super::extract::{Caller, JsonBody, Path, Peer, authenticate, bearer};
 use super::{ApiError, AppState, route};
 use crate::auth::{self, TokenKind};
 use axum::extract::{FromRequestParts, State};
@@ -19,6 +19,7 @@ pub(super) fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, "/api/auth/register", post(register));
     let r = route(r, "/api/permission/{username}", get(permissions));
     let r = route(r, "/api/user/{username}", get(get_user).put(update_user).delete(delete_user).post(change_password));
+    let r = route(r, "/api/user/{username}/quota", get(get_quota).put(set_quota));
     let r = route(r, "/api/user", post(reset_password).put(reset_password));
     let r = route(r, "/api/users", get(list_users));
     let r = route(r, "/api/users/{organization_id}", get(list_org_users));
@@ -37,35 +38,53 @@ fn now_secs(state: &AppState) -> u64 {
     responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody), (status = 404, description = "unknown organization", body = ErrorBody)))]
 pub(super) async fn login(
     State(state): State<AppState>,
+    Peer(from): Peer,
     JsonBody(req): JsonBody<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
+    // Bounded before anything is looked up, counted or hashed.
+    if req.username.is_empty() || req.username.len() > MAX_USER_NAME {
+        return Err(invalid("username", format!("must be 1-{MAX_USER_NAME} characters")));
+    }
+    check_password("password", &req.password)?;
     let org_name =
         req.organization_name.clone().filter(|o| !o.is_empty()).unwrap_or_else(|| ROOT_ORGANIZATION.to_owned());
-    let s = state.clone();
-    state
+    if org_name.len() > MAX_USER_NAME {
+        return Err(invalid("organization_name", format!("must be at most {MAX_USER_NAME} characters")));
+    }
+    let t = state.clock.now_unix();
+    if let Err(left) = state.login_limiter.check(&req.username, from, t) {
+        return Err(ApiError::too_many(
+            format!("too many failed logins for {} from {from}; try again in {left:.0} s", req.username),
+            left.ceil() as u64,
+        ));
+    }
+    let name = req.username.clone();
+    let (org, user) = state
         .blocking(move |registry| {
             let org = registry
                 .org_by_name(&org_name)?
                 .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("organization {org_name} not found")))?;
-            let t = s.clock.now_unix();
-            if let Err(left) = s.login_limiter.check(&req.username, t) {
-                return Err(ApiError::new(
-                    ErrorCode::TooManyRequests,
-                    format!("too many failed logins for {}; try again in {left:.0} s", req.username),
-                ));
-            }
-            let user = registry.user_by_name(&req.username)?;
-            let hash = user.as_ref().map_or(auth::dummy_hash(), |u| u.password_hash.as_str());
-            let ok = s.hasher.verify_blocking(&req.password, hash);
-            let user = match user {
-                Some(u) if ok => u,
-                _ => {
-                    s.login_limiter.failed(&req.username, t);
-                    tracing::info!(user = %req.username, "failed login");
-                    return Err(ApiError::unauthenticated("invalid username or password"));
-                }
-            };
-            s.login_limiter.succeeded(&req.username);
+            Ok((org, registry.user_by_name(&name)?))
+        })
+        .await?;
+    let hash = user.as_ref().map_or(auth::dummy_hash(), |u| u.password_hash.as_str()).to_owned();
+    let ok = state
+        .hasher
+        .verify(req.password.clone(), hash, auth::Priority::Login)
+        .await
+        .map_err(|b| ApiError::too_many(b.to_string(), b.retry_after_secs))?;
+    let user = match user {
+        Some(u) if ok => u,
+        _ => {
+            state.login_limiter.failed(&req.username, from, t);
+            tracing::info!(user = %req.username, from = %from, "failed login");
+            return Err(ApiError::unauthenticated("invalid username or password"));
+        }
+    };
+    state.login_limiter.succeeded(&req.username, from);
+    let s = state.clone();
+    state
+        .blocking(move |registry| {
             let roles = registry.roles(&user.id, &org)?;
             let now = now_secs(&s);
             let subject = auth::Subject { user: user.id, name: user.name, roles, org, generation: user.generation };
@@ -73,6 +92,13 @@ pub(super) async fn login(
             Ok(Json(LoginResponse { token: issue(TokenKind::Access)?, refresh_token: issue(TokenKind::Refresh)? }))
         })
         .await
+}
+
+/// The longest user (and organization) name a login may carry.
+const MAX_USER_NAME: usize = 64;
+
+fn invalid(field: &str, message: String) -> ApiError {
+    ApiError::invalid(vec![oak_api::sla::Violation { field: field.to_owned(), message }])
 }
 
 /// A refresh token, from `Authorization: Bearer` (as the original) or `{"refresh_token"}`.
@@ -138,8 +164,13 @@ pub(super) async fn register(
     state.blocking(move |r| Ok(Json(r.create_user(&caller.org, &req.name, &req.email, roles, h)?))).await
 }
 
+/// User names are one name whatever their case.
+fn same_name(a: &str, b: &str) -> bool {
+    crate::registry::normalize_user_name(a) == crate::registry::normalize_user_name(b)
+}
+
 fn self_or_admin(caller: &Caller, username: &str) -> Result<(), ApiError> {
-    if caller.user.name == username || caller.is_admin() {
+    if same_name(&caller.user.name, username) || caller.is_admin() {
         Ok(())
     } else {
         Err(ApiError::forbidden(format!("user {} may not act on user {username}", caller.user.name)))
@@ -169,6 +200,32 @@ pub(super) async fn get_user(
 ) -> Result<Json<User>, ApiError> {
     self_or_admin(&caller, &username)?;
     Ok(Json(state.registry.get_user(&username, &caller.org)?))
+}
+
+/// A user's quota: limits (`null` for none) and what they use (yourself, or anyone for an Admin).
+#[utoipa::path(get, path = "/api/user/{username}/quota", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = oak_api::model::QuotaStatus), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_quota(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(username): Path<String>,
+) -> Result<Json<oak_api::model::QuotaStatus>, ApiError> {
+    self_or_admin(&caller, &username)?;
+    state.blocking(move |r| Ok(Json(r.quota(&username)?))).await
+}
+
+/// Change a user's quota (Admin only); limits not named stay as they are.
+#[utoipa::path(put, path = "/api/user/{username}/quota", tag = "users", security(("bearer" = [])),
+    request_body = oak_api::model::QuotaUpdate,
+    responses((status = 200, body = oak_api::model::QuotaStatus), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn set_quota(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(username): Path<String>,
+    JsonBody(up): JsonBody<oak_api::model::QuotaUpdate>,
+) -> Result<Json<oak_api::model::QuotaStatus>, ApiError> {
+    caller.require_admin()?;
+    state.blocking(move |r| Ok(Json(r.set_quota(&username, &up)?))).await
 }
 
 /// Update a user's email, password or roles (Admin only).
@@ -213,18 +270,33 @@ pub(super) async fn delete_user(
     responses((status = 200, body = Message), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn change_password(
     State(state): State<AppState>,
+    Peer(from): Peer,
     caller: Caller,
     Path(username): Path<String>,
     JsonBody(req): JsonBody<PasswordChange>,
 ) -> Result<Json<Message>, ApiError> {
-    if caller.user.name != username {
+    if !same_name(&caller.user.name, &username) {
         return Err(ApiError::forbidden(format!("user {} may only change their own password", caller.user.name)));
     }
+    check_password("oldPassword", &req.oldPassword)?;
     check_password("newPassword", &req.newPassword)?;
+    // A stolen token must not make this a password oracle: failures count as failed logins.
+    let t = state.clock.now_unix();
+    if let Err(left) = state.login_limiter.check(&caller.user.name, from, t) {
+        return Err(ApiError::too_many(
+            format!("too many wrong passwords; try again in {left:.0} s"),
+            left.ceil() as u64,
+        ));
+    }
     let stored = caller.user.password_hash.clone();
     let old = req.oldPassword.clone();
-    let matches = state.hasher.verify(old, stored).await;
+    let matches = state
+        .hasher
+        .verify(old, stored, auth::Priority::Authenticated)
+        .await
+        .map_err(|b| ApiError::too_many(b.to_string(), b.retry_after_secs))?;
     if !matches {
+        state.login_limiter.failed(&caller.user.name, from, t);
         return Err(ApiError::bad_request("oldPassword does not match the current password"));
     }
     let h = hash(&state, req.newPassword).await?;

@@ -35,7 +35,7 @@ fn placed(s: Status) -> bool {
 /// RUNNING only when all run. Without instances, the stored (original-style) status.
 pub(super) fn service_status(s: &ServiceRecord) -> (Option<Status>, Option<String>) {
     if s.instances.is_empty() {
-        return (s.status, s.status_detail.clone());
+        return (s.status, s.waiting.clone().or_else(|| s.status_detail.clone()));
     }
     let rank = |st: Status| -> u8 {
         match st {
@@ -52,7 +52,12 @@ pub(super) fn service_status(s: &ServiceRecord) -> (Option<Status>, Option<Strin
         }
     };
     let worst = s.instances.iter().min_by_key(|i| (rank(i.status), i.instance_number));
-    (worst.map(|i| i.status), worst.map(|i| i.status_detail.clone()))
+    // Instances that could not even be created say why first.
+    let detail = match &s.waiting {
+        Some(w) => Some(w.clone()),
+        None => worst.map(|i| i.status_detail.clone()),
+    };
+    (worst.map(|i| i.status), detail)
 }
 
 fn request_of(spec: &MicroserviceSpec, exclude: &[ClusterId]) -> Request {
@@ -74,9 +79,35 @@ impl Registry {
         self.load_all(CLUSTERS, "")
     }
 
-    /// A cluster says hello: the id it claims if the root knows it, else the id of a cluster
-    /// of the same name, else a new id.
+    /// Joins a cluster for an in-process caller that is that cluster (tests, benchmarks): as
+    /// [`join_cluster_with_secret`](Self::join_cluster_with_secret), without the proof.
     pub fn join_cluster(&self, name: &str, location: Option<&str>, claimed: Option<&ClusterId>) -> Result<ClusterId> {
+        self.join(name, location, claimed, None, false).map(|(id, _)| id)
+    }
+
+    /// A cluster's link says hello: the cluster it claims to be (by id, else by name) if it
+    /// shows that cluster's secret, or a new cluster. Returns its id and, when one is issued
+    /// now (a new cluster, or one from before secrets), the secret it must keep and show next
+    /// time. Every cluster holds the same cluster token, so the token alone never gives one
+    /// cluster another's instances.
+    pub fn join_cluster_with_secret(
+        &self,
+        name: &str,
+        location: Option<&str>,
+        claimed: Option<&ClusterId>,
+        secret: Option<&str>,
+    ) -> Result<(ClusterId, Option<String>)> {
+        self.join(name, location, claimed, secret, true)
+    }
+
+    fn join(
+        &self,
+        name: &str,
+        location: Option<&str>,
+        claimed: Option<&ClusterId>,
+        secret: Option<&str>,
+        verify: bool,
+    ) -> Result<(ClusterId, Option<String>)> {
         let ok =
             (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if !ok {
@@ -88,26 +119,50 @@ impl Registry {
             .and_then(|id| all.iter().find(|c| c.id == *id))
             .or_else(|| all.iter().find(|c| c.name == name))
             .cloned();
+        let proves = |c: &ClusterRecord| match (&c.secret_hash, secret) {
+            (None, _) => true,
+            (Some(h), Some(s)) => oak_store::secret::constant_time_eq(h.as_bytes(), secret_hash(s).as_bytes()),
+            (Some(_), None) => false,
+        };
         let now = self.clock.now_unix();
+        let mut issued = None;
         let rec = match existing {
+            Some(c) if verify && !proves(&c) => {
+                return Err(RegistryError::Forbidden(format!(
+                    "cluster {} ({}) has joined before and this link does not show its secret; a cluster that \
+                     lost its data dir joins under another --name",
+                    c.name, c.id
+                )));
+            }
             Some(mut c) => {
                 c.name = name.to_owned();
                 c.location = location.unwrap_or_default().to_owned();
                 c.last_seen = now;
+                if verify && c.secret_hash.is_none() {
+                    let s = oak_store::secret::random_hex(32);
+                    c.secret_hash = Some(secret_hash(&s));
+                    issued = Some(s);
+                }
                 c
             }
-            None => ClusterRecord {
-                id: ClusterId::generate(),
-                name: name.to_owned(),
-                location: location.unwrap_or_default().to_owned(),
-                last_seen: now,
-                aggregate: Default::default(),
-            },
+            None => {
+                let s = oak_store::secret::random_hex(32);
+                let rec = ClusterRecord {
+                    id: ClusterId(self.new_id()),
+                    name: name.to_owned(),
+                    location: location.unwrap_or_default().to_owned(),
+                    last_seen: now,
+                    aggregate: Default::default(),
+                    secret_hash: verify.then(|| secret_hash(&s)),
+                };
+                issued = verify.then_some(s);
+                rec
+            }
         };
         let mut b = Batch::new();
-        b.put(CLUSTERS, rec.id.as_str(), encode(&rec));
+        b.put(CLUSTERS, rec.id.as_str(), encode(&rec)?);
         self.store.commit(b)?;
-        Ok(rec.id)
+        Ok((rec.id, issued))
     }
 
     /// A cluster's full report: whether the scheduler should run, and whether overlay tables
@@ -121,7 +176,7 @@ impl Registry {
         rec.last_seen = now;
         rec.aggregate = report.aggregate;
         let mut b = Batch::new();
-        b.put(CLUSTERS, cluster.as_str(), encode(&rec));
+        b.put(CLUSTERS, cluster.as_str(), encode(&rec)?);
         let mut rescheduled = false;
         let mut net_changed = false;
         let mut by_service: BTreeMap<ServiceId, Vec<oak_api::link::InstanceState>> = BTreeMap::new();
@@ -183,7 +238,7 @@ impl Registry {
                 }
             }
             if changed {
-                b.put(SERVICES, sid.as_str(), encode(&s));
+                b.put(SERVICES, sid.as_str(), encode(&s)?);
             }
         }
         self.store.commit(b)?;
@@ -325,7 +380,7 @@ impl Registry {
                 }
             }
             if changed {
-                b.put(SERVICES, s.id.as_str(), encode(&s));
+                b.put(SERVICES, s.id.as_str(), encode(&s)?);
                 any = true;
             }
         }
@@ -382,4 +437,10 @@ impl Registry {
             ))),
         }
     }
+}
+
+/// How a cluster secret is kept: its sha256, hex.
+fn secret_hash(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }

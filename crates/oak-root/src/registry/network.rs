@@ -59,7 +59,7 @@ impl Registry {
                 if &rec.cluster != cluster {
                     // The worker joined another cluster: its subnet moves with it.
                     let moved = SubnetRec { node: node.clone(), cluster: cluster.clone() };
-                    b.put(ADDRESSES, format!("{SUBNET_PREFIX}{ip}"), encode(&moved));
+                    b.put(ADDRESSES, format!("{SUBNET_PREFIX}{ip}"), encode(&moved)?);
                 }
                 out.insert(node.clone(), *ip);
                 continue;
@@ -84,7 +84,7 @@ impl Registry {
             b.put(
                 ADDRESSES,
                 format!("{SUBNET_PREFIX}{ip}"),
-                encode(&SubnetRec { node: node.clone(), cluster: cluster.clone() }),
+                encode(&SubnetRec { node: node.clone(), cluster: cluster.clone() })?,
             );
             out.insert(node.clone(), ip);
         }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::clock::Clock;
+use oak_api::model::QuotaUpdate;
 use oak_store::MemStore;
 use parking_lot::Mutex as PlMutex;
 use serde_json::json;
@@ -127,9 +128,10 @@ fn instance_status_says_why_no_cluster_takes_it() {
         location: String::new(),
         last_seen: 969.0,
         aggregate: Default::default(),
+        secret_hash: None,
     };
     let mut b = Batch::new();
-    b.put(CLUSTERS, "c1", encode(&c));
+    b.put(CLUSTERS, "c1", encode(&c).unwrap_or_else(|e| panic!("{e}")));
     store.commit(b).unwrap_or_else(|e| panic!("{e}"));
     let i = r.request_instance(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
     assert!(i.status_detail.contains("none of the 1 known clusters reported"), "{}", i.status_detail);
@@ -319,4 +321,97 @@ fn tables_name_running_attached_instances_of_the_asked_addresses() {
         assert_eq!(t[0].instances[0].ns_ip, Ipv4Addr::new(10, 18, 0, 66));
         assert_eq!((t[0].instances[0].host_ip.as_str(), t[0].instances[0].host_port), ("192.168.50.2", 50103));
     }
+}
+
+fn with_replicas(name: &str, replicas: u32) -> Sla {
+    oak_api::sla::parse_sla(&json!({"sla_version": "v2.0", "customerID": "x", "applications": [
+        {"application_name": name, "application_namespace": "ns", "microservices": [
+        {"microservice_name": "s", "microservice_namespace": "n", "virtualization": "container", "code": "x",
+         "memory": 100, "vcpus": 0.5, "replicas": replicas}]}]}))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One service asking for more than the address plan holds takes what there is and says why;
+/// the replica pass goes on for everyone else (it used to fail as a whole, every time).
+#[test]
+fn an_impossible_service_never_blocks_the_others() {
+    let store = Arc::new(FlakyStore { inner: MemStore::new(TABLES), fail: PlMutex::new(false) });
+    let clock = Arc::new(FakeClock(PlMutex::new(1000.0)));
+    let r = Registry::new(store, clock).with_address_pool(Ipv4Addr::new(10, 30, 9, 1), Ipv4Addr::new(10, 30, 9, 12));
+    r.bootstrap(|| "hash".into()).unwrap_or_else(|e| panic!("{e}"));
+    let admin = r.user_by_name("Admin").ok().flatten().unwrap_or_else(|| panic!("no admin"));
+    // Two Service IPs each; `small` first in the table order, `huge` wants 10,000.
+    let small = r.create_applications(&admin, with_replicas("a", 2)).unwrap_or_else(|e| panic!("{e}"));
+    let huge = r.create_applications(&admin, with_replicas("b", 10_000)).unwrap_or_else(|e| panic!("{e}"));
+    let svc = |app: &ApplicationId| r.get_app(&admin.id, app).map(|a| a.microservices[0].clone());
+    let (small, huge) =
+        (svc(&small[0]).unwrap_or_else(|e| panic!("{e}")), svc(&huge[0]).unwrap_or_else(|e| panic!("{e}")));
+    assert!(r.reconcile_replicas().is_ok(), "the pass fails as a whole");
+    let count = |s: &ServiceId| r.get_service(&admin.id, s).map(|s| s.instance_list.len()).unwrap_or(0);
+    assert_eq!(count(&small) + count(&huge), 8, "every free address is used");
+    // Whichever came second in the pass waits, and says why.
+    let detail = |s: &ServiceId| r.get_service(&admin.id, s).ok().and_then(|s| s.status_detail).unwrap_or_default();
+    let (d_small, d_huge) = (detail(&small), detail(&huge));
+    let waits = |d: &str, want: u32| d.contains(&format!("of {want} instances exist")) && d.contains("no free address");
+    assert!(waits(&d_small, 2) || waits(&d_huge, 10_000), "{d_small} / {d_huge}");
+    // Scaling `small` down still happens, and the freed address goes to the waiting one.
+    r.set_replicas(&admin.id, &small, 0).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.reconcile_replicas().is_ok());
+    assert_eq!(count(&small), 0);
+    assert!(r.reconcile_replicas().is_ok());
+    assert_eq!(count(&huge), 8);
+}
+
+#[test]
+fn quotas_bound_what_a_user_asks_for_and_an_admin_changes_them() {
+    let (_, _, r, admin) = setup();
+    let org = r.org_by_name(model::ROOT_ORGANIZATION).ok().flatten().unwrap_or_else(|| panic!("no org"));
+    r.create_user(&org, "bob", "", vec!["Application_Provider".into()], "h".into()).unwrap_or_else(|e| panic!("{e}"));
+    let bob = r.user_by_name("bob").ok().flatten().unwrap_or_else(|| panic!("no bob"));
+    // The defaults apply to bob, none to the bootstrap Admin.
+    assert_eq!(r.quota("bob").map(|q| q.limits).ok().flatten(), Some(quotas::DEFAULT_QUOTA));
+    assert_eq!(r.quota("Admin").map(|q| q.limits).ok().flatten(), None);
+    let up = QuotaUpdate { instances: Some(3), ..Default::default() };
+    r.set_quota("bob", &up).unwrap_or_else(|e| panic!("{e}"));
+    let ids = r.create_applications(&bob, with_replicas("a", 2)).unwrap_or_else(|e| panic!("{e}"));
+    let e = r.create_applications(&bob, with_replicas("b", 2)).err().unwrap_or_else(|| panic!("over quota"));
+    assert!(matches!(e, RegistryError::QuotaExceeded(_)) && e.to_string().contains("quota instances"), "{e}");
+    assert_eq!(r.list_apps(&bob.id).map(|a| a.len()).unwrap_or(0), 1, "nothing half-created");
+    let svc = r.get_app(&bob.id, &ids[0]).map(|a| a.microservices[0].clone()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.set_replicas(&bob.id, &svc, 3).is_ok());
+    assert!(matches!(r.set_replicas(&bob.id, &svc, 4), Err(RegistryError::QuotaExceeded(_))));
+    assert!(matches!(r.request_instance(&bob.id, &svc), Err(RegistryError::QuotaExceeded(_))));
+    // Memory and CPU count per instance.
+    r.set_quota("bob", &QuotaUpdate { instances: Some(100), memory_mb: Some(500), ..Default::default() })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e = r.set_replicas(&bob.id, &svc, 6).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("quota memory_mb"), "{e}");
+    assert_eq!(r.quota("bob").map(|q| q.used.memory_mb).unwrap_or(0), 300);
+    // Admin's requests are not bounded by bob's quota.
+    assert!(r.create_applications(&admin, with_replicas("big", 50)).is_ok());
+}
+
+/// Every cluster holds the same cluster token: a link claiming a known cluster (by id or by
+/// name) must show the secret issued to it, or it would receive that cluster's instances.
+#[test]
+fn a_cluster_link_must_prove_the_cluster_it_claims() {
+    let (_, _, r, _) = setup();
+    let (id, secret) = r.join_cluster_with_secret("edge", None, None, None).unwrap_or_else(|e| panic!("{e}"));
+    let secret = secret.unwrap_or_else(|| panic!("no secret issued"));
+    for (claim, shown) in [(Some(&id), None), (Some(&id), Some("guess")), (None, None), (None, Some("guess"))] {
+        let e = r.join_cluster_with_secret("edge", None, claim, shown).err();
+        assert!(matches!(e, Some(RegistryError::Forbidden(_))), "{claim:?} {shown:?}: {e:?}");
+    }
+    let again = r.join_cluster_with_secret("edge", None, Some(&id), Some(&secret)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again, (id.clone(), None), "the same cluster, no new secret");
+    // Another name is another cluster.
+    let (other, s2) = r.join_cluster_with_secret("edge2", None, None, None).unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(other, id);
+    assert!(s2.is_some());
+    // A cluster that joined before secrets existed gets one at its next hello.
+    let legacy = r.join_cluster("old", None, None).unwrap_or_else(|e| panic!("{e}"));
+    let (same, issued) = r.join_cluster_with_secret("old", None, Some(&legacy), None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(same, legacy);
+    assert!(issued.is_some());
+    assert!(r.join_cluster_with_secret("old", None, Some(&legacy), None).is_err(), "now it must prove it");
 }

@@ -39,14 +39,14 @@ impl Registry {
         }
         let secret = format!("oakj_{}", oak_store::secret::random_hex(24));
         let info = JoinToken {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: self.new_id(),
             name: name.to_owned(),
             created_at: self.clock.now_rfc3339(),
             revoked: false,
         };
         let _w = self.write.lock();
         let mut b = Batch::new();
-        b.put(JOIN_TOKENS, info.id.clone(), encode(&TokenRecord { info: info.clone(), sha256: digest(&secret) }));
+        b.put(JOIN_TOKENS, info.id.clone(), encode(&TokenRecord { info: info.clone(), sha256: digest(&secret) })?);
         self.store.commit(b)?;
         Ok(NewJoinToken { token: info, secret })
     }
@@ -63,7 +63,7 @@ impl Registry {
         let mut r = self.load::<TokenRecord>(JOIN_TOKENS, id)?.ok_or_else(|| not_found("join token", id))?;
         r.info.revoked = true;
         let mut b = Batch::new();
-        b.put(JOIN_TOKENS, id, encode(&r));
+        b.put(JOIN_TOKENS, id, encode(&r)?);
         self.store.commit(b)?;
         Ok(r.info)
     }
