@@ -24,6 +24,33 @@ pub const CONSTRAINT_TYPES: [&str; 5] = ["direct", "latency", "geo", "addons", "
 /// Most instances one service may ask for, on every path (SLA, PUT, scaling).
 pub const MAX_REPLICAS: u32 = 10_000;
 
+// Bounds on the text of a descriptor. A service's spec goes to its cluster and its workers in
+// every desired set, so no field may carry a payload near the body limit; none of these is
+// near what a real descriptor needs. Lengths are in bytes (UTF-8).
+
+/// `code`: an image reference (registries cap them near 255) or kernel URLs.
+pub const MAX_CODE_BYTES: usize = 1024;
+/// Entries of `cmd`, and bytes in one.
+pub const MAX_CMD_ENTRIES: usize = 256;
+pub const MAX_CMD_ENTRY_BYTES: usize = 4096;
+/// Entries of `environment`, bytes in one, and bytes in all of them.
+pub const MAX_ENV_ENTRIES: usize = 512;
+pub const MAX_ENV_ENTRY_BYTES: usize = 32 * 1024;
+pub const MAX_ENV_TOTAL_BYTES: usize = 256 * 1024;
+/// `application_desc`.
+pub const MAX_DESC_BYTES: usize = 4096;
+/// Entries of `arch`, and bytes in one of them or in `platform`.
+pub const MAX_ARCH_ENTRIES: usize = 16;
+pub const MAX_ARCH_BYTES: usize = 64;
+/// Any other single value: ids, versions, constraint types, areas, addresses.
+pub const MAX_TEXT_BYTES: usize = 1024;
+/// Values that hold a list or a path: `port`, the `direct` targets, volume fields.
+pub const MAX_LIST_BYTES: usize = 4096;
+/// Entries of any other array in a service or descriptor (`args`, `constraints`, ...).
+pub const MAX_LIST_ENTRIES: usize = 256;
+/// Unknown fields of one object (kept and returned verbatim), serialized as JSON.
+pub const MAX_EXTRA_BYTES: usize = 16 * 1024;
+
 /// One problem in a descriptor: which field, and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Violation {
@@ -412,6 +439,55 @@ struct Validator {
     addresses: Vec<(String, String)>,
 }
 
+/// Characters refused in `code`, `cmd` and `environment`: control characters, and the
+/// Unicode format characters that make text display other than it is (bidi embeddings,
+/// overrides, isolates and marks; line and paragraph separators; the byte-order mark).
+pub fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+}
+
+/// Fields the validator knows, per object: all others are `extra`, bounded in all.
+const SLA_FIELDS: &[&str] = &["sla_version", "customerID", "args", "applications"];
+const APPLICATION_FIELDS: &[&str] =
+    &["application_name", "application_namespace", "application_desc", "applicationID", "userId", "microservices"];
+const SERVICE_FIELDS: &[&str] = &[
+    "microservice_name",
+    "microservice_namespace",
+    "virtualization",
+    "code",
+    "cmd",
+    "environment",
+    "memory",
+    "vcpus",
+    "vgpus",
+    "vtpus",
+    "bandwidth_in",
+    "bandwidth_out",
+    "storage",
+    "port",
+    "one_shot",
+    "on_cluster_loss",
+    "replicas",
+    "privileged",
+    "addresses",
+    "constraints",
+    "connectivity",
+    "arch",
+    "platform",
+    "volumes",
+];
+
 fn join(path: &str, field: &str) -> String {
     if path.is_empty() { field.to_owned() } else { format!("{path}.{field}") }
 }
@@ -454,13 +530,47 @@ impl Validator {
         }
     }
 
-    fn opt_string<'a>(&mut self, obj: &'a Map<String, Value>, path: &str, key: &str) -> Option<&'a str> {
-        obj.get(key).and_then(|v| self.string(v, &join(path, key)))
+    /// A string of at most `max` bytes (`None`, with a violation, otherwise).
+    fn text<'a>(&mut self, v: &'a Value, field: &str, max: usize) -> Option<&'a str> {
+        let s = self.string(v, field)?;
+        if s.len() > max {
+            self.push(field, format!("must be at most {max} bytes, got {}", s.len()));
+            return None;
+        }
+        Some(s)
+    }
+
+    fn opt_string<'a>(&mut self, obj: &'a Map<String, Value>, path: &str, key: &str, max: usize) -> Option<&'a str> {
+        obj.get(key).and_then(|v| self.text(v, &join(path, key), max))
+    }
+
+    /// The fields of `obj` not in `known` (nor added by the server) must be small in all.
+    fn extra(&mut self, obj: &Map<String, Value>, path: &str, known: &[&str]) {
+        let size: usize = obj
+            .iter()
+            .filter(|(k, _)| !known.contains(&k.as_str()) && !SERVER_FIELDS.contains(&k.as_str()))
+            .map(|(k, v)| k.len() + serde_json::to_string(v).map_or(0, |s| s.len()))
+            .sum();
+        if size > MAX_EXTRA_BYTES {
+            let field =
+                if path.is_empty() { "(unknown fields)".to_owned() } else { format!("{path}.(unknown fields)") };
+            self.push(field, format!("must be at most {MAX_EXTRA_BYTES} bytes in all, got {size}"));
+        }
+    }
+
+    /// An array of at most `max` entries (`None`, with a violation, otherwise).
+    fn list<'a>(&mut self, v: &'a Value, field: &str, max: usize) -> Option<&'a Vec<Value>> {
+        let a = self.array(v, field)?;
+        if a.len() > max {
+            self.push(field, format!("must have at most {max} entries, got {}", a.len()));
+            return None;
+        }
+        Some(a)
     }
 
     fn name(&mut self, obj: &Map<String, Value>, path: &str, key: &str) -> Option<String> {
         let field = join(path, key);
-        let s = self.required(obj, path, key).and_then(|v| self.string(v, &field))?;
+        let s = self.required(obj, path, key).and_then(|v| self.text(v, &field, MAX_TEXT_BYTES))?;
         if is_valid_name(s) {
             Some(s.to_owned())
         } else {
@@ -495,13 +605,21 @@ impl Validator {
         }
     }
 
-    fn string_array(&mut self, obj: &Map<String, Value>, path: &str, key: &str) -> Option<Vec<String>> {
+    /// At most `entries` strings of at most `bytes` each: the valid ones, with their index.
+    fn string_array<'a>(
+        &mut self,
+        obj: &'a Map<String, Value>,
+        path: &str,
+        key: &str,
+        entries: usize,
+        bytes: usize,
+    ) -> Option<Vec<(usize, &'a str)>> {
         let field = join(path, key);
-        let arr = self.array(obj.get(key)?, &field)?;
+        let arr = self.list(obj.get(key)?, &field, entries)?;
         let mut out = Vec::with_capacity(arr.len());
         for (i, item) in arr.iter().enumerate() {
-            if let Some(s) = self.string(item, &format!("{field}[{i}]")) {
-                out.push(s.to_owned());
+            if let Some(s) = self.text(item, &format!("{field}[{i}]"), bytes) {
+                out.push((i, s));
             }
         }
         Some(out)
@@ -542,15 +660,16 @@ impl Validator {
     fn sla(&mut self, doc: &Value) {
         let Some(obj) = self.object(doc, "") else { return };
         if let Some(v) = self.required(obj, "", "sla_version")
-            && let Some(s) = self.string(v, "sla_version")
+            && let Some(s) = self.text(v, "sla_version", MAX_TEXT_BYTES)
             && s != SLA_VERSION
         {
             self.push("sla_version", format!("unsupported version {s:?}; only \"{SLA_VERSION}\" is accepted"));
         }
         if let Some(v) = self.required(obj, "", "customerID") {
-            self.string(v, "customerID");
+            self.text(v, "customerID", MAX_TEXT_BYTES);
         }
-        self.string_array(obj, "", "args");
+        self.string_array(obj, "", "args", MAX_LIST_ENTRIES, MAX_CMD_ENTRY_BYTES);
+        self.extra(obj, "", SLA_FIELDS);
         let Some(apps) = self.required(obj, "", "applications") else { return };
         let Some(apps) = self.array(apps, "applications") else { return };
         if apps.is_empty() {
@@ -575,8 +694,9 @@ impl Validator {
         let obj = self.object(app, path)?;
         let name = self.name(obj, path, "application_name");
         let ns = self.name(obj, path, "application_namespace");
-        self.opt_string(obj, path, "application_desc");
-        self.opt_string(obj, path, "applicationID");
+        self.opt_string(obj, path, "application_desc", MAX_DESC_BYTES);
+        self.opt_string(obj, path, "applicationID", MAX_TEXT_BYTES);
+        self.extra(obj, path, APPLICATION_FIELDS);
         if let Some(ms) = self.required(obj, path, "microservices") {
             let field = join(path, "microservices");
             if let Some(ms) = self.array(ms, &field) {
@@ -599,16 +719,17 @@ impl Validator {
 
     fn microservice(&mut self, m: &Value, path: &str) -> Option<(String, String)> {
         let obj = self.object(m, path)?;
-        if let Some(id) = self.opt_string(obj, path, "microserviceID")
+        if let Some(id) = self.opt_string(obj, path, "microserviceID", MAX_TEXT_BYTES)
             && !id.is_empty()
         {
             self.push(join(path, "microserviceID"), "must be empty: the server assigns service ids");
         }
+        self.extra(obj, path, SERVICE_FIELDS);
         let name = self.name(obj, path, "microservice_name");
         let ns = self.name(obj, path, "microservice_namespace");
         if let Some(v) = self.required(obj, path, "virtualization") {
             let field = join(path, "virtualization");
-            if let Some(s) = self.string(v, &field) {
+            if let Some(s) = self.text(v, &field, MAX_TEXT_BYTES) {
                 let ok =
                     (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
                 if !ok {
@@ -621,27 +742,41 @@ impl Validator {
         }
         if let Some(v) = self.required(obj, path, "code") {
             let field = join(path, "code");
-            if let Some(s) = self.string(v, &field) {
+            if let Some(s) = self.text(v, &field, MAX_CODE_BYTES) {
                 if s.trim().is_empty() {
                     self.push(field, "must name an image or code location");
-                } else if s.chars().any(char::is_control) {
-                    self.push(field, "must not contain control characters");
+                } else if s.chars().any(unsafe_char) {
+                    self.push(field, "must not contain control or bidi formatting characters");
+                } else if s.starts_with('-') {
+                    // The worker passes it to `ctr images pull`, where it would read as an option.
+                    self.push(field, format!("must not start with '-', got {s:?}"));
                 }
             }
         }
-        if let Some(cmd) = self.string_array(obj, path, "cmd") {
-            for (i, c) in cmd.iter().enumerate() {
-                if c.chars().any(char::is_control) {
-                    self.push(format!("{}[{i}]", join(path, "cmd")), "must not contain control characters");
+        if let Some(cmd) = self.string_array(obj, path, "cmd", MAX_CMD_ENTRIES, MAX_CMD_ENTRY_BYTES) {
+            for (i, c) in cmd {
+                if c.chars().any(unsafe_char) {
+                    self.push(
+                        format!("{}[{i}]", join(path, "cmd")),
+                        "must not contain control or bidi formatting characters",
+                    );
                 }
             }
         }
-        if let Some(env) = self.string_array(obj, path, "environment") {
-            for (i, e) in env.iter().enumerate() {
+        if let Some(env) = self.string_array(obj, path, "environment", MAX_ENV_ENTRIES, MAX_ENV_ENTRY_BYTES) {
+            let total: usize = env.iter().map(|(_, e)| e.len()).sum();
+            if total > MAX_ENV_TOTAL_BYTES {
+                self.push(
+                    join(path, "environment"),
+                    format!("must be at most {MAX_ENV_TOTAL_BYTES} bytes in all, got {total}"),
+                );
+            }
+            for (i, e) in env {
                 match e.split_once('=') {
-                    _ if e.chars().any(char::is_control) => {
-                        self.push(format!("{}[{i}]", join(path, "environment")), "must not contain control characters")
-                    }
+                    _ if e.chars().any(unsafe_char) => self.push(
+                        format!("{}[{i}]", join(path, "environment")),
+                        "must not contain control or bidi formatting characters",
+                    ),
                     Some((k, _)) if !k.is_empty() => {}
                     _ => self
                         .push(format!("{}[{i}]", join(path, "environment")), format!("must be KEY=VALUE, got {e:?}")),
@@ -661,26 +796,26 @@ impl Validator {
         {
             self.push(join(path, "vcpus"), "must not be negative");
         }
-        if let Some(p) = self.opt_string(obj, path, "port")
+        if let Some(p) = self.opt_string(obj, path, "port", MAX_LIST_BYTES)
             && let Err(e) = parse_ports(p)
         {
             self.push(join(path, "port"), e);
         }
         self.boolean(obj, path, "one_shot");
-        if let Some(p) = self.opt_string(obj, path, "on_cluster_loss")
+        if let Some(p) = self.opt_string(obj, path, "on_cluster_loss", MAX_TEXT_BYTES)
             && !matches!(p, "move" | "wait")
         {
             self.push(join(path, "on_cluster_loss"), format!("must be \"move\" or \"wait\", got {p:?}"));
         }
         self.boolean(obj, path, "privileged");
-        self.opt_string(obj, path, "platform");
-        self.string_array(obj, path, "arch");
+        self.opt_string(obj, path, "platform", MAX_ARCH_BYTES);
+        self.string_array(obj, path, "arch", MAX_ARCH_ENTRIES, MAX_ARCH_BYTES);
         if let Some(a) = obj.get("addresses") {
             self.addresses(a, &join(path, "addresses"));
         }
         if let Some(c) = obj.get("constraints") {
             let field = join(path, "constraints");
-            if let Some(cs) = self.array(c, &field) {
+            if let Some(cs) = self.list(c, &field, MAX_LIST_ENTRIES) {
                 for (i, c) in cs.iter().enumerate() {
                     self.constraint(c, &format!("{field}[{i}]"));
                 }
@@ -688,7 +823,7 @@ impl Validator {
         }
         if let Some(c) = obj.get("connectivity") {
             let field = join(path, "connectivity");
-            if let Some(cs) = self.array(c, &field) {
+            if let Some(cs) = self.list(c, &field, MAX_LIST_ENTRIES) {
                 for (i, c) in cs.iter().enumerate() {
                     self.connectivity(c, &format!("{field}[{i}]"));
                 }
@@ -696,16 +831,16 @@ impl Validator {
         }
         if let Some(vols) = obj.get("volumes") {
             let field = join(path, "volumes");
-            if let Some(vols) = self.array(vols, &field) {
+            if let Some(vols) = self.list(vols, &field, MAX_LIST_ENTRIES) {
                 for (i, vol) in vols.iter().enumerate() {
                     let vpath = format!("{field}[{i}]");
                     if let Some(o) = self.object(vol, &vpath) {
                         for key in ["volume_id", "csi_driver"] {
                             if let Some(v) = self.required(o, &vpath, key) {
-                                self.string(v, &join(&vpath, key));
+                                self.text(v, &join(&vpath, key), MAX_LIST_BYTES);
                             }
                         }
-                        self.opt_string(o, &vpath, "mount_path");
+                        self.opt_string(o, &vpath, "mount_path", MAX_LIST_BYTES);
                     }
                 }
             }
@@ -717,7 +852,7 @@ impl Validator {
         let Some(obj) = self.object(a, path) else { return };
         for key in ["rr_ip", "closest_ip"] {
             let field = join(path, key);
-            let Some(s) = self.opt_string(obj, path, key) else { continue };
+            let Some(s) = self.opt_string(obj, path, key, MAX_TEXT_BYTES) else { continue };
             match s.parse::<Ipv4Addr>() {
                 Ok(ip) if in_service_subnet_v4(ip) => self.address(ip.to_string(), field),
                 Ok(ip) => self.push(field, format!("{ip} is outside the service subnet 10.30.0.0/16")),
@@ -726,7 +861,7 @@ impl Validator {
         }
         for key in ["rr_ip_v6", "closest_ip_v6"] {
             let field = join(path, key);
-            let Some(s) = self.opt_string(obj, path, key) else { continue };
+            let Some(s) = self.opt_string(obj, path, key, MAX_TEXT_BYTES) else { continue };
             match s.parse::<Ipv6Addr>() {
                 Ok(ip) if in_service_subnet_v6(ip) => self.address(ip.to_string(), field),
                 Ok(ip) => self.push(field, format!("{ip} is outside the service subnet fdff::/16")),
@@ -747,14 +882,14 @@ impl Validator {
     fn constraint(&mut self, c: &Value, path: &str) {
         let Some(obj) = self.object(c, path) else { return };
         let Some(t) = self.required(obj, path, "type") else { return };
-        let Some(t) = self.string(t, &join(path, "type")) else { return };
+        let Some(t) = self.text(t, &join(path, "type"), MAX_TEXT_BYTES) else { return };
         match t {
             "direct" => {
-                self.opt_string(obj, path, "cluster");
-                self.opt_string(obj, path, "node");
+                self.opt_string(obj, path, "cluster", MAX_LIST_BYTES);
+                self.opt_string(obj, path, "node", MAX_LIST_BYTES);
             }
             "latency" => {
-                self.opt_string(obj, path, "area");
+                self.opt_string(obj, path, "area", MAX_TEXT_BYTES);
                 self.number(obj, path, "threshold", false);
                 self.number(obj, path, "rigidness", false);
                 self.number(obj, path, "convergence_time", false);
@@ -762,7 +897,7 @@ impl Validator {
             "geo" => {
                 if let Some(v) = self.required(obj, path, "location") {
                     let field = join(path, "location");
-                    if let Some(s) = self.string(v, &field)
+                    if let Some(s) = self.text(v, &field, MAX_TEXT_BYTES)
                         && parse_location(s).is_none()
                     {
                         self.push(field, format!("must be \"lat,long\" in degrees, got {s:?}"));
@@ -775,10 +910,10 @@ impl Validator {
                 }
             }
             "addons" => {
-                self.string_array(obj, path, "needs");
+                self.string_array(obj, path, "needs", MAX_LIST_ENTRIES, MAX_TEXT_BYTES);
             }
             "clusters" => {
-                self.string_array(obj, path, "allowed");
+                self.string_array(obj, path, "allowed", MAX_LIST_ENTRIES, MAX_TEXT_BYTES);
             }
             other => self.push(
                 join(path, "type"),
@@ -790,16 +925,16 @@ impl Validator {
     fn connectivity(&mut self, c: &Value, path: &str) {
         let Some(obj) = self.object(c, path) else { return };
         if let Some(v) = self.required(obj, path, "target_microservice_id") {
-            self.string(v, &join(path, "target_microservice_id"));
+            self.text(v, &join(path, "target_microservice_id"), MAX_TEXT_BYTES);
         }
         let Some(cs) = self.required(obj, path, "con_constraints") else { return };
         let field = join(path, "con_constraints");
-        let Some(cs) = self.array(cs, &field) else { return };
+        let Some(cs) = self.list(cs, &field, MAX_LIST_ENTRIES) else { return };
         for (i, c) in cs.iter().enumerate() {
             let cpath = format!("{field}[{i}]");
             let Some(o) = self.object(c, &cpath) else { continue };
             if let Some(t) = self.required(o, &cpath, "type") {
-                self.string(t, &join(&cpath, "type"));
+                self.text(t, &join(&cpath, "type"), MAX_TEXT_BYTES);
             }
             for key in ["threshold", "rigidness", "convergence_time"] {
                 self.number(o, &cpath, key, true);

@@ -94,6 +94,16 @@ pub struct WorkerRec {
     /// again on every connection, so it is not stored here).
     #[serde(skip)]
     pub subnet: Option<Ipv4Addr>,
+    /// It has reported over MQTT at least once (kept across restarts of the cluster and of the
+    /// worker). Only such workers are listed to the root, which gives each a subnet: a
+    /// registration alone proves nothing. A record from before this field counts as reported.
+    #[serde(default = "reported_before")]
+    pub reported: bool,
+}
+
+/// A stored worker record without `reported` was written before it existed: it keeps its subnet.
+fn reported_before() -> bool {
+    true
 }
 
 impl WorkerRec {
@@ -107,6 +117,7 @@ impl WorkerRec {
             last_seen: f64::MIN,
             info: None,
             subnet: None,
+            reported: false,
         }
     }
 
@@ -274,6 +285,12 @@ impl Core {
     /// cluster whose machines come and go (reinstalled, replaced) would keep every worker it
     /// ever had, and the root a subnet for each.
     pub fn forget_silent(&mut self, now: f64) -> Vec<String> {
+        self.forget_silent_records(now).into_iter().map(|w| w.id).collect()
+    }
+
+    /// [`forget_silent`](Self::forget_silent), returning the forgotten records (the cluster
+    /// keeps a tombstone of each, so the worker can come back as the same node).
+    pub fn forget_silent_records(&mut self, now: f64) -> Vec<WorkerRec> {
         const NEVER_REPORTED_FORGET: f64 = 600.0;
         let gone: Vec<String> = self
             .workers
@@ -292,13 +309,14 @@ impl Core {
             })
             .cloned()
             .collect();
+        let mut recs = Vec::with_capacity(gone.len());
         for id in &gone {
-            self.workers.remove(id);
+            recs.extend(self.workers.remove(id));
             self.heard.remove(id);
             self.sent_tables.remove(id);
             self.report_due = true;
         }
-        gone
+        recs
     }
 
     /// True once since something the root sees changed; the caller then sends a report.
@@ -606,6 +624,11 @@ impl Core {
         }
         let Some(w) = self.workers.get_mut(node) else { return outs };
         w.last_seen = now;
+        if !w.reported {
+            // From now on it is listed to the root, which answers with its subnet.
+            w.reported = true;
+            self.report_due = true;
+        }
         self.heard.insert(node.to_owned(), now);
         let ns_ips: Vec<(Key, Option<Ipv4Addr>)> =
             info.instances.iter().map(|i| ((i.service_id.clone(), i.instance_number), i.ns_ip)).collect();
@@ -884,7 +907,9 @@ impl Core {
                 }
             })
             .collect();
-        let workers = self.workers.keys().cloned().collect();
+        // Only workers that reported: the root gives each listed worker a subnet, and a
+        // registration alone (anyone with the worker token) must not take them.
+        let workers = self.workers.values().filter(|w| w.reported).map(|w| w.id.clone()).collect();
         let interests: BTreeSet<Ipv4Addr> = self
             .workers
             .values()

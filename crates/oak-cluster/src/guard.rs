@@ -8,6 +8,7 @@
 //! The worker's identity is the user name it logs in with, which the broker then checks
 //! against that worker's credentials.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -165,8 +166,16 @@ pub fn check(node: &str, first: u8, body: &[u8]) -> Verdict {
 /// Beyond [`MAX_CONNECTIONS`], or [`MAX_PENDING_LOGINS`] not yet logged in, a new connection
 /// is closed at once.
 pub async fn serve(listener: TcpListener, upstream: SocketAddr) {
-    let all = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let pending = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_LOGINS));
+    // Each relayed connection holds three descriptors here (the worker's, ours to the broker
+    // and the broker's end): stay well below the file limit.
+    let files = oak_tls::serve::raise_file_limit().unwrap_or(1024);
+    let max = MAX_CONNECTIONS.min((files.saturating_sub(512) / 3).max(64) as usize);
+    if max < MAX_CONNECTIONS {
+        tracing::info!(open_files = files, max_connections = max, "MQTT connections bounded by the file limit");
+    }
+    let all = std::sync::Arc::new(tokio::sync::Semaphore::new(max));
+    let pending = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_LOGINS.min(max)));
+    let per_source: std::sync::Arc<parking_lot::Mutex<HashMap<std::net::IpAddr, usize>>> = Default::default();
     let mut refused = 0u64;
     loop {
         let (client, peer) = match listener.accept().await {
@@ -177,7 +186,15 @@ pub async fn serve(listener: TcpListener, upstream: SocketAddr) {
                 continue;
             }
         };
-        let (Ok(conn), Ok(login)) = (all.clone().try_acquire_owned(), pending.clone().try_acquire_owned()) else {
+        let source = PendingLogin::source(peer.ip());
+        let from_source = {
+            let mut m = per_source.lock();
+            let n = m.entry(source).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let slot = PendingLogin { source, table: per_source.clone() };
+        let (Ok(conn), Ok(permit)) = (all.clone().try_acquire_owned(), pending.clone().try_acquire_owned()) else {
             refused += 1;
             if refused.is_power_of_two() {
                 tracing::warn!(peer = %peer, refused, "MQTT connection limit reached; closing new connections");
@@ -185,6 +202,16 @@ pub async fn serve(listener: TcpListener, upstream: SocketAddr) {
             drop(client);
             continue;
         };
+        // One address cannot hold the logins of everyone else.
+        if from_source > MAX_PENDING_PER_SOURCE {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(peer = %peer, refused, "too many MQTT logins pending from one address; closing");
+            }
+            drop(client);
+            continue;
+        }
+        let login = (permit, slot);
         tokio::spawn(async move {
             if let Err(e) = relay(client, upstream, login).await {
                 tracing::info!(peer = %peer, reason = %e, "MQTT connection closed by the guard");
@@ -194,14 +221,43 @@ pub async fn serve(listener: TcpListener, upstream: SocketAddr) {
     }
 }
 
+/// Most connections one address (an IPv6 /64) may have waiting to log in.
+pub const MAX_PENDING_PER_SOURCE: usize = 64;
+
+/// A connection from `source` that has not logged in yet: counted until dropped.
+struct PendingLogin {
+    source: std::net::IpAddr,
+    table: std::sync::Arc<parking_lot::Mutex<HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl PendingLogin {
+    fn source(ip: std::net::IpAddr) -> std::net::IpAddr {
+        match ip {
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => v4.into(),
+                None => std::net::IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            },
+            v4 => v4,
+        }
+    }
+}
+
+impl Drop for PendingLogin {
+    fn drop(&mut self) {
+        let mut m = self.table.lock();
+        if let Some(n) = m.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.source);
+            }
+        }
+    }
+}
+
 /// CONNACK, return code 4: bad user name or password (MQTT 3.1.1 §3.2.2.3).
 pub const REFUSED_LOGIN: [u8; 4] = [0x20, 0x02, 0x00, 0x04];
 
-async fn relay(
-    client: TcpStream,
-    upstream: SocketAddr,
-    login: tokio::sync::OwnedSemaphorePermit,
-) -> Result<(), String> {
+async fn relay(client: TcpStream, upstream: SocketAddr, login: impl Send + 'static) -> Result<(), String> {
     let _ = client.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + LOGIN_TIMEOUT;
     let broker = tokio::time::timeout_at(deadline, TcpStream::connect(upstream))

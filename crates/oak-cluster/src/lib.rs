@@ -34,11 +34,36 @@ use tokio::sync::{mpsc, oneshot, watch};
 const META: &str = "meta";
 const WORKERS: &str = "workers";
 const ASSIGNMENTS: &str = "assignments";
+/// Tombstones of forgotten workers: node id -> sha256 of its node secret. A worker comes back
+/// as the same node only by showing that secret; any other id the cluster does not know gets
+/// a new one (ids are global at the root: a cluster gives back only ids it issued).
+const FORGOTTEN: &str = "forgotten";
 /// The largest registration body (a registration is a few hundred bytes).
 const REGISTER_MAX_BODY: usize = 16 * 1024;
 /// Most inputs handled together before one write, publish and report.
 const BATCH: usize = 255;
-const TABLES: &[&str] = &[META, WORKERS, ASSIGNMENTS];
+const TABLES: &[&str] = &[META, WORKERS, ASSIGNMENTS, FORGOTTEN];
+/// Most log requests waiting for their workers' answers; more are refused with an error reply.
+const MAX_PENDING_LOGS: usize = 1024;
+
+/// Log requests sent to workers and not answered yet: request id -> (the worker asked, who
+/// waits for the answer).
+type PendingLogs = HashMap<String, (String, oneshot::Sender<LogsReply>)>;
+
+/// The waiter for `request_id` when `node` is the worker the request went to (it is taken
+/// out); a reply from any other worker is refused and the request keeps waiting for its own.
+/// The root's request ids are sequential: without this, any worker could answer another's.
+fn claim_log_reply(
+    pending: &mut PendingLogs,
+    node: &str,
+    request_id: &str,
+) -> Result<oneshot::Sender<LogsReply>, &'static str> {
+    match pending.get(request_id) {
+        None => Err("no log request waits under this id"),
+        Some((asked, _)) if asked != node => Err("the log request went to another worker"),
+        Some(_) => pending.remove(request_id).map(|(_, tx)| tx).ok_or("no log request waits under this id"),
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
@@ -102,7 +127,8 @@ pub(crate) enum Cmd {
     Info(String, NodeInfo),
     Event(String, InstanceEvent),
     Logs(LogsRequest, oneshot::Sender<LogsReply>),
-    LogsReply(LogsReply),
+    /// A worker's answer to a log request: (the node whose topic it came on, the answer).
+    LogsReply(String, LogsReply),
     /// The root's welcome: this cluster's id, and its secret when the root issued one now.
     ClusterId(String, Option<String>),
     /// A worker's last will: (node, session).
@@ -289,7 +315,7 @@ impl Cluster {
                                     Cmd::Event(node, e)
                                 })
                                 .ok(),
-                            Some("logs") => serde_json::from_slice(&p.payload).map(Cmd::LogsReply).ok(),
+                            Some("logs") => serde_json::from_slice(&p.payload).map(|r| Cmd::LogsReply(node, r)).ok(),
                             Some("lost") => Some(Cmd::Lost(node, String::from_utf8_lossy(&p.payload).into_owned())),
                             _ => None,
                         };
@@ -382,7 +408,7 @@ impl Cluster {
             }
         });
 
-        let mut pending_logs: HashMap<String, oneshot::Sender<LogsReply>> = HashMap::new();
+        let mut pending_logs = PendingLogs::new();
         let mut last_report = std::time::Instant::now();
         tokio::pin!(shutdown);
         loop {
@@ -452,15 +478,28 @@ impl Cluster {
                     }
                     (id.clone(), None)
                 }
-                // An id this cluster no longer knows (forgotten after a long silence): the
-                // worker keeps it, with a secret of its own choosing or a new one.
-                None => match &req.node_secret {
-                    Some(_) => (id.clone(), None),
-                    None => (id.clone(), Some(oak_store::secret::random_hex(32))),
-                },
+                // An id this cluster does not know: given back only to a worker this cluster
+                // forgot, which proves it with the secret of its tombstone. Anything else (an
+                // id of another cluster's worker, made up) is a new node with a new id: ids
+                // are global at the root, which keys subnets by them.
+                None => {
+                    let tomb = self.store.get(FORGOTTEN, id).map_err(|e| RegError::Internal(e.to_string()))?;
+                    let proved = match (&req.node_secret, &tomb) {
+                        (Some(s), Some(h)) => oak_store::secret::constant_time_eq(broker::hash(s).as_bytes(), h),
+                        _ => false,
+                    };
+                    if proved {
+                        (id.clone(), None)
+                    } else {
+                        tracing::warn!(node = %id, ip = %req.ip, "a registration named an id this cluster did not issue (or cannot prove); it gets a new one");
+                        (uuid::Uuid::new_v4().to_string(), Some(oak_store::secret::random_hex(32)))
+                    }
+                }
             },
             None => (uuid::Uuid::new_v4().to_string(), Some(oak_store::secret::random_hex(32))),
         };
+        // A tombstone proved: it goes with this registration.
+        let revived = !self.core.workers.contains_key(&id) && node_secret.is_none();
         let secret_hash = match (&node_secret, &req.node_secret) {
             (Some(s), _) | (None, Some(s)) => broker::hash(s),
             (None, None) => return Err(RegError::Internal("no node secret".into())),
@@ -471,16 +510,21 @@ impl Cluster {
         };
         let mut reg = req;
         reg.node_secret = None;
+        reg.node_id = Some(id.clone());
         // Active only from its first report over MQTT: then it is subscribed and can take work.
         let rec = WorkerRec {
             mqtt_password_hash: broker::hash(&password),
             node_secret_hash: Some(secret_hash),
             subnet: self.core.workers.get(&id).and_then(|w| w.subnet),
+            reported: self.core.workers.get(&id).is_some_and(|w| w.reported),
             ..WorkerRec::new(id.clone(), reg)
         };
         let bytes = serde_json::to_vec(&rec).map_err(|e| RegError::Internal(e.to_string()))?;
         let mut b = Batch::new();
         b.put(WORKERS, id.clone(), bytes);
+        if revived {
+            b.delete(FORGOTTEN, id.clone());
+        }
         self.store.commit(b).map_err(|e| RegError::Internal(e.to_string()))?;
         self.core.forget_sent(&id);
         creds.set(&id, rec.mqtt_password_hash.clone());
@@ -503,13 +547,7 @@ impl Cluster {
     }
 
     /// One input of the event loop; returns the messages to publish.
-    fn handle(
-        &mut self,
-        cmd: Cmd,
-        t: f64,
-        creds: &broker::Credentials,
-        pending_logs: &mut HashMap<String, oneshot::Sender<LogsReply>>,
-    ) -> Vec<Out> {
+    fn handle(&mut self, cmd: Cmd, t: f64, creds: &broker::Credentials, pending_logs: &mut PendingLogs) -> Vec<Out> {
         match cmd {
             Cmd::Register(req, reply) => {
                 let r = self.register_worker(req, creds);
@@ -518,15 +556,50 @@ impl Cluster {
             }
             Cmd::Desired(d) => self.core.set_desired(d, t),
             Cmd::DesiredDelta(upsert, remove) => self.core.change_desired(upsert, remove, t),
-            Cmd::Info(node, info) => self.core.node_info(&node, info, t),
+            Cmd::Info(node, info) => {
+                let first = self.core.workers.get(&node).is_some_and(|w| !w.reported);
+                let outs = self.core.node_info(&node, info, t);
+                // Its first report: stored, so that a restarted cluster lists it to the root
+                // (and keeps its subnet) before it reports again.
+                if first && let Some(w) = self.core.workers.get(&node).filter(|w| w.reported) {
+                    match serde_json::to_vec(w) {
+                        Ok(bytes) => {
+                            let mut b = Batch::new();
+                            b.put(WORKERS, node.clone(), bytes);
+                            if let Err(e) = self.store.commit(b) {
+                                tracing::error!(node = %node, error = %e, "cannot store a worker's first report");
+                            }
+                        }
+                        Err(e) => tracing::error!(node = %node, error = %e, "cannot encode a worker record"),
+                    }
+                }
+                outs
+            }
             Cmd::Event(node, ev) => self.core.instance_event(&node, ev, t),
             Cmd::Logs(req, reply) => {
                 let k: Key = (req.service_id.clone(), req.instance_number);
+                if pending_logs.len() >= MAX_PENDING_LOGS {
+                    pending_logs.retain(|_, (_, tx)| !tx.is_closed());
+                }
+                if pending_logs.len() >= MAX_PENDING_LOGS {
+                    tracing::warn!(request = %req.request_id, "refused a log request: {MAX_PENDING_LOGS} already wait");
+                    let _ = reply.send(LogsReply {
+                        request_id: req.request_id,
+                        offset: 0,
+                        next_offset: 0,
+                        text: String::new(),
+                        error: Some(format!(
+                            "the cluster already waits for {MAX_PENDING_LOGS} log answers; try again later"
+                        )),
+                    });
+                    return Vec::new();
+                }
                 match self.core.assignments().get(&k).and_then(|a| a.worker.clone()) {
                     Some(w) => match serde_json::to_vec(&req) {
                         Ok(payload) => {
-                            pending_logs.insert(req.request_id.clone(), reply);
-                            vec![Out { topic: oak_api::node::topic_logs_request(&w), payload }]
+                            let topic = oak_api::node::topic_logs_request(&w);
+                            pending_logs.insert(req.request_id.clone(), (w, reply));
+                            vec![Out { topic, payload }]
                         }
                         // Refused, not sent empty: the root hears why at once.
                         Err(e) => {
@@ -556,9 +629,12 @@ impl Cluster {
                     }
                 }
             }
-            Cmd::LogsReply(r) => {
-                if let Some(tx) = pending_logs.remove(&r.request_id) {
-                    let _ = tx.send(r);
+            Cmd::LogsReply(node, r) => {
+                match claim_log_reply(pending_logs, &node, &r.request_id) {
+                    Ok(tx) => {
+                        let _ = tx.send(r);
+                    }
+                    Err(why) => tracing::warn!(node = %node, request = %r.request_id, "dropped a log reply: {why}"),
                 }
                 Vec::new()
             }
@@ -587,12 +663,18 @@ impl Cluster {
             Cmd::Tables(tables) => self.core.set_tables(tables),
             Cmd::Tick => {
                 // Requests the root stopped waiting for.
-                pending_logs.retain(|_, tx| !tx.is_closed());
-                let gone = self.core.forget_silent(t);
+                pending_logs.retain(|_, (_, tx)| !tx.is_closed());
+                let gone = self.core.forget_silent_records(t);
                 if !gone.is_empty() {
                     let mut b = Batch::new();
-                    for id in &gone {
+                    for w in &gone {
+                        let id = &w.id;
                         b.delete(WORKERS, id.clone());
+                        // A worker that reported may come back as the same node, by its
+                        // secret; a registration that never reported joins as a new one.
+                        if let (true, Some(h)) = (w.reported, &w.node_secret_hash) {
+                            b.put(FORGOTTEN, id.clone(), h.clone().into_bytes());
+                        }
                         creds.remove(id);
                         tracing::info!(node = %id, "worker forgotten: not heard from in {} s", self.core.timing.forget_after);
                     }
@@ -634,17 +716,7 @@ impl Cluster {
 }
 
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn mqtt_urls() {
-        let u = super::parse_mqtt_url("mqtt://u:p@broker.example:1883").unwrap_or_else(|| panic!("parse"));
-        assert_eq!((u.host.as_str(), u.port, u.user.as_str(), u.password.as_str()), ("broker.example", 1883, "u", "p"));
-        let u = super::parse_mqtt_url("tcp://10.0.0.1:10003").unwrap_or_else(|| panic!("parse"));
-        assert_eq!((u.host.as_str(), u.port, u.user.as_str()), ("10.0.0.1", 10003, ""));
-        assert!(super::parse_mqtt_url("http://x:1").is_none());
-        assert!(super::parse_mqtt_url("mqtt://x").is_none());
-    }
-}
+mod tests;
 
 #[derive(Clone)]
 struct HttpState {

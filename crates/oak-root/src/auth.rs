@@ -17,6 +17,8 @@ pub enum AuthError {
     Secret(String),
     #[error("cannot hash password: {0}")]
     Hash(String),
+    #[error(transparent)]
+    Busy(#[from] Busy),
     #[error("invalid token: {0}")]
     InvalidToken(String),
     #[error("a {0} token cannot be used here")]
@@ -223,7 +225,7 @@ struct Queues {
 /// Runs every password hash and check on one dedicated thread, with one [`HashMemory`]. That
 /// bounds the CPU an attack on login can take to one core, and the memory to one buffer. The
 /// queue in front of it is bounded: logins beyond [`Hasher::MAX_LOGINS_WAITING`] are refused at
-/// once (429), and authenticated work has its own queue, served first.
+/// once (429), and authenticated work has its own queue; the two take turns.
 #[derive(Clone)]
 pub struct Hasher {
     queues: std::sync::Arc<(parking_lot::Mutex<Queues>, parking_lot::Condvar)>,
@@ -241,12 +243,21 @@ impl Hasher {
             .name("password-hasher".into())
             .spawn(move || {
                 let mut memory = HashMemory::default();
+                let mut login_turn = false;
                 loop {
                     let job = {
                         let (lock, cv) = &*q;
                         let mut g = lock.lock();
                         loop {
-                            if let Some(j) = g.authenticated.pop_front().or_else(|| g.login.pop_front()) {
+                            // Turns, when both wait: authenticated work never waits behind a
+                            // login flood, nor logins behind a tenant's password changes.
+                            let next = if login_turn {
+                                g.login.pop_front().or_else(|| g.authenticated.pop_front())
+                            } else {
+                                g.authenticated.pop_front().or_else(|| g.login.pop_front())
+                            };
+                            if let Some(j) = next {
+                                login_turn = !login_turn;
                                 break j;
                             }
                             // The last handle gone: nothing more can come.
@@ -309,8 +320,7 @@ impl Hasher {
         let reply = Box::new(move |r| {
             let _ = tx.send(r);
         });
-        self.submit(HashJob::Hash(password, reply), Priority::Authenticated)
-            .map_err(|e| AuthError::Hash(e.to_string()))?;
+        self.submit(HashJob::Hash(password, reply), Priority::Authenticated)?;
         rx.await.map_err(|_| AuthError::Hash("the hasher stopped".into()))?
     }
 
@@ -368,11 +378,20 @@ impl<K: std::hash::Hash + Eq + Clone> BoundedTable<K> {
     }
 
     fn fail(&mut self, k: K, now: f64, max: u32, window: f64, block: f64) {
-        if !self.map.contains_key(&k)
-            && self.map.len() >= LoginLimiter::MAX_ENTRIES
-            && let Some((_, old)) = self.order.pop_first()
-        {
-            self.map.remove(&old);
+        if !self.map.contains_key(&k) && self.map.len() >= LoginLimiter::MAX_ENTRIES {
+            // The least recently failed goes first, but not a block in force while an
+            // unblocked entry is near the front: a flood of new names must not lift the
+            // block on the one under attack.
+            let victim = self
+                .order
+                .iter()
+                .take(64)
+                .find(|(_, key)| self.blocked(key, now).is_none())
+                .or_else(|| self.order.iter().next())
+                .map(|(stamp, _)| *stamp);
+            if let Some(old) = victim.and_then(|stamp| self.order.remove(&stamp)) {
+                self.map.remove(&old);
+            }
         }
         self.clock += 1;
         let e = self.map.entry(k.clone()).or_insert((0, now, 0.0, 0));
@@ -394,6 +413,13 @@ impl<K: std::hash::Hash + Eq + Clone> BoundedTable<K> {
             self.order.remove(&e.3);
         }
     }
+
+    /// Takes back one failure recorded for an attempt that succeeded.
+    fn undo(&mut self, k: &K) {
+        if let Some(e) = self.map.get_mut(k) {
+            e.0 = e.0.saturating_sub(1);
+        }
+    }
 }
 
 impl Default for LoginLimiter {
@@ -410,27 +436,59 @@ impl LoginLimiter {
     pub const ADDRESS_BLOCK_SECS: f64 = 60.0;
     pub const MAX_ENTRIES: usize = 16_384;
 
+    /// One IPv6 host holds a whole /64: it counts as one address (and an IPv4-mapped address
+    /// as its IPv4 one).
+    fn source(from: std::net::IpAddr) -> std::net::IpAddr {
+        match from {
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => std::net::IpAddr::V4(v4),
+                None => std::net::IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            },
+            v4 => v4,
+        }
+    }
+
     fn key(user: &str, from: std::net::IpAddr) -> (String, std::net::IpAddr) {
-        (crate::registry::normalize_user_name(user), from)
+        (crate::registry::normalize_user_name(user), Self::source(from))
     }
 
     /// `Err(seconds left)` while `user` is blocked from `from`.
     pub fn check(&self, user: &str, from: std::net::IpAddr, now: f64) -> Result<(), f64> {
         let t = self.inner.lock();
-        match (t.pairs.blocked(&Self::key(user, from), now), t.addresses.blocked(&from, now)) {
+        match (t.pairs.blocked(&Self::key(user, from), now), t.addresses.blocked(&Self::source(from), now)) {
             (None, None) => Ok(()),
             (a, b) => Err(a.unwrap_or(0.0).max(b.unwrap_or(0.0))),
         }
     }
 
+    /// A password check is about to run: refused while blocked, else counted as a failure
+    /// at once (under one lock), so that concurrent guesses cannot all pass the check before
+    /// any is counted. [`succeeded`](Self::succeeded) takes it back.
+    pub fn attempt(&self, user: &str, from: std::net::IpAddr, now: f64) -> Result<(), f64> {
+        let (pair, addr) = (Self::key(user, from), Self::source(from));
+        let mut t = self.inner.lock();
+        let (a, b) = (t.pairs.blocked(&pair, now), t.addresses.blocked(&addr, now));
+        if a.is_some() || b.is_some() {
+            return Err(a.unwrap_or(0.0).max(b.unwrap_or(0.0)));
+        }
+        t.pairs.fail(pair, now, Self::MAX_FAILURES, Self::WINDOW_SECS, Self::BLOCK_SECS);
+        t.addresses.fail(addr, now, Self::MAX_ADDRESS_FAILURES, Self::WINDOW_SECS, Self::ADDRESS_BLOCK_SECS);
+        Ok(())
+    }
+
     pub fn failed(&self, user: &str, from: std::net::IpAddr, now: f64) {
         let mut t = self.inner.lock();
         t.pairs.fail(Self::key(user, from), now, Self::MAX_FAILURES, Self::WINDOW_SECS, Self::BLOCK_SECS);
+        let from = Self::source(from);
         t.addresses.fail(from, now, Self::MAX_ADDRESS_FAILURES, Self::WINDOW_SECS, Self::ADDRESS_BLOCK_SECS);
     }
 
+    /// The attempt was right: the name is in good standing from there, and the address loses
+    /// the failure [`attempt`](Self::attempt) counted.
     pub fn succeeded(&self, user: &str, from: std::net::IpAddr) {
-        self.inner.lock().pairs.forget(&Self::key(user, from));
+        let mut t = self.inner.lock();
+        t.pairs.forget(&Self::key(user, from));
+        t.addresses.undo(&Self::source(from));
     }
 
     /// Entries held (both tables), for tests.
@@ -516,11 +574,11 @@ mod tests {
             }));
         }
         tokio::task::yield_now().await;
-        // Authenticated work is not refused while logins queue, and overtakes them: at most
-        // the check under way (and one racing it) finishes before it.
+        // Authenticated work is not refused while logins queue, and overtakes them: the queues
+        // take turns, so at most the check under way and one login's turn come before it.
         assert_eq!(h.verify("pw".into(), phc.clone(), Priority::Authenticated).await.ok(), Some(true));
         let before = done.load(Ordering::SeqCst);
-        assert!(before <= 2, "{before} logins were checked first");
+        assert!(before <= 3, "{before} logins were checked first");
         let mut busy = 0;
         for w in waiting {
             if w.await.ok().is_some_and(|r| r.is_err()) {

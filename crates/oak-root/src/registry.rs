@@ -399,12 +399,27 @@ impl Registry {
         let mut b = Batch::new();
         // Stores from before names were unique without regard to case are indexed by the
         // name as given: index them by the normalized name (the first of a clash keeps it).
+        // The bootstrap Admin keeps its name whatever else clashes with it.
         let mut seen = std::collections::BTreeSet::new();
-        for (key, id) in self.store.scan_prefix(USER_NAMES, "")? {
+        let mut freed = std::collections::BTreeSet::new();
+        let mut entries = self.store.scan_prefix(USER_NAMES, "")?;
+        entries.sort_by_key(|(k, _)| k != model::ADMIN_ROLE);
+        if entries.iter().any(|(k, _)| k == model::ADMIN_ROLE)
+            && let Some(pos) = entries.iter().position(|(k, _)| k == "admin")
+        {
+            // A user who registered as "admin" before names were compared without case loses
+            // the name to the bootstrap Admin (and can be renamed by an Admin).
+            let (_, id) = entries.remove(pos);
+            tracing::warn!(user_id = %String::from_utf8_lossy(&id), "user \"admin\" clashes with Admin: it can no longer log in by name");
+            b.delete(USER_NAMES, "admin");
+            freed.insert("admin".to_owned());
+        }
+        for (key, id) in entries {
             let norm = normalize_user_name(&key);
             if norm != key {
                 b.delete(USER_NAMES, key.clone());
-                if self.store.get(USER_NAMES, &norm)?.is_none() && seen.insert(norm.clone()) {
+                if (freed.contains(&norm) || self.store.get(USER_NAMES, &norm)?.is_none()) && seen.insert(norm.clone())
+                {
                     b.put(USER_NAMES, norm, id);
                 } else {
                     tracing::warn!(user = %key, "a user whose name differs only in case from another's can no longer log in by name");

@@ -234,11 +234,13 @@ impl ContainerdRuntime {
     }
 }
 
-/// `ctr --address <socket> -n <namespace> images pull <image>`: the pull goes to the
-/// containerd this runtime talks to, not to `ctr`'s default socket.
+/// `ctr --address <socket> -n <namespace> images pull -- <image>`: the pull goes to the
+/// containerd this runtime talks to, not to `ctr`'s default socket. The `--` ends the options
+/// (ctr's flag parser honours it), so an image named like one (`--skip-verify`, `--http-dump`)
+/// is taken as the reference, not as an option.
 fn pull_command(socket: &str, namespace: &str, image: &str) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new("ctr");
-    cmd.args(["--address", socket, "-n", namespace, "images", "pull", image]);
+    cmd.args(["--address", socket, "-n", namespace, "images", "pull", "--", image]);
     cmd
 }
 
@@ -369,7 +371,43 @@ mod tests {
         let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(
             args,
-            ["--address", "/run/other/containerd.sock", "-n", "oak-x", "images", "pull", "docker.io/library/nginx:1"]
+            [
+                "--address",
+                "/run/other/containerd.sock",
+                "-n",
+                "oak-x",
+                "images",
+                "pull",
+                "--",
+                "docker.io/library/nginx:1"
+            ]
         );
+    }
+
+    #[test]
+    fn an_image_named_like_an_option_stays_the_image() {
+        let cmd = super::pull_command("/run/containerd/containerd.sock", "oak", "--skip-verify");
+        let args: Vec<_> = cmd.as_std().get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        // Every option comes before the `--` that ends them; the image is the one argument after.
+        let end = args.iter().position(|a| a == "--").expect("no --");
+        assert_eq!(args[end + 1..], ["--skip-verify"]);
+    }
+
+    /// What `ctr` itself makes of it: a reference that cannot be resolved, not a flag (which
+    /// would leave no reference: "please provide an image reference to pull").
+    #[tokio::test]
+    async fn ctr_reads_an_option_named_image_as_the_reference() {
+        const SOCKET: &str = "/run/containerd/containerd.sock";
+        if !std::path::Path::new(SOCKET).exists() || !nix::unistd::Uid::effective().is_root() {
+            assert!(std::env::var("CI").map(|v| v != "true").unwrap_or(true), "CI needs root and containerd");
+            eprintln!("skipping: needs root and containerd at {SOCKET}");
+            return;
+        }
+        let ns = format!("oak-test-pull-{}", std::process::id());
+        let out = super::pull_command(SOCKET, &ns, "--http-dump").output().await.expect("cannot run ctr");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains("\"--http-dump\""), "{err}");
+        let _ = std::process::Command::new("ctr").args(["--address", SOCKET, "namespaces", "remove", &ns]).output();
     }
 }

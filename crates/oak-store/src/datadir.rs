@@ -72,7 +72,9 @@ pub fn prepare(dir: &Path) -> Result<PathBuf, DataDirError> {
         for entry in std::fs::read_dir(dir).map_err(io(dir))? {
             let entry = entry.map_err(io(dir))?;
             let path = entry.path();
-            let meta = std::fs::symlink_metadata(&path).map_err(io(&path))?;
+            // A link is judged by what it points to: a secret linked to a readable file is
+            // readable. (A dangling link holds nothing.)
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
             if meta.is_file() || meta.is_dir() {
                 check_entry(&path, &meta)?;
             }
@@ -163,6 +165,19 @@ mod tests {
         assert!(e.contains("root.redb") && e.contains("0644") && e.contains("chmod 600"), "{e}");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap_or_else(|e| panic!("{e}"));
         assert!(prepare(&d).is_ok());
+    }
+
+    #[test]
+    fn a_link_to_a_readable_file_is_refused() {
+        let t = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let d = t.path().join("data");
+        prepare(&d).unwrap_or_else(|e| panic!("{e}"));
+        let outside = t.path().join("token");
+        std::fs::write(&outside, b"s").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o644)).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(&outside, d.join("worker-token")).unwrap_or_else(|e| panic!("{e}"));
+        let e = prepare(&d).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("worker-token") && e.contains("0644"), "{e}");
     }
 
     #[test]

@@ -457,6 +457,20 @@ struct Tracked<T> {
 }
 
 impl<T> Tracked<T> {
+    /// After a write: progress counts as activity; waiting registers for a kill.
+    fn wrote(&mut self, r: Poll<io::Result<usize>>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Pending => self.pending(&self.conn.write_waker, cx),
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.touch();
+                }
+                Poll::Ready(Ok(n))
+            }
+            r => r,
+        }
+    }
+
     fn touch(&self) {
         self.conn.last_active_ms.store(self.table.now_ms(), Ordering::Relaxed);
     }
@@ -504,16 +518,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         if this.conn.killed() {
             return Poll::Ready(Err(closed()));
         }
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Pending => this.pending(&this.conn.write_waker, cx),
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.touch();
-                }
-                Poll::Ready(Ok(n))
-            }
-            r => r,
-        }
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(r, cx)
     }
 
     fn poll_write_vectored(
@@ -525,16 +531,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         if this.conn.killed() {
             return Poll::Ready(Err(closed()));
         }
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending => this.pending(&this.conn.write_waker, cx),
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.touch();
-                }
-                Poll::Ready(Ok(n))
-            }
-            r => r,
-        }
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(r, cx)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -77,8 +77,9 @@ fn host_of(url: &str) -> Result<(String, u16), WorkerError> {
 
 impl<R: Runtime> Worker<R> {
     /// Registers with the cluster, retrying until it answers (or refuses: then it fails).
-    /// With the overlay on, it first takes the host lock ([`crate::lock`]): a second worker
-    /// in the same network fails here, before it touches anything.
+    /// It first takes the lock of its data dir and, with the overlay on, the host lock
+    /// ([`crate::lock`]): a second worker on the same data dir or in the same network fails
+    /// here, before it touches anything.
     pub async fn register(mut config: WorkerConfig, runtime: Arc<R>) -> Result<Self, WorkerError> {
         let dd = |e: std::io::Error| WorkerError::DataDir {
             path: config.data_dir.display().to_string(),
@@ -86,11 +87,10 @@ impl<R: Runtime> Worker<R> {
         };
         // containerd opens the log files itself: paths must be absolute.
         config.data_dir = std::path::absolute(&config.data_dir).map_err(dd)?;
-        let host_lock = match config.overlay {
-            Some(_) => lock::take(&config.data_dir)?,
-            // Without the overlay a worker leaves the host's network alone.
-            None => None,
-        };
+        // First of all, the data dir's lock (a second worker on it would remove this one's
+        // containers as its own leftovers), and with the overlay the host network's. Without
+        // the overlay a worker leaves the host's network alone.
+        let host_lock = Some(lock::take(&config.data_dir, config.overlay.is_some())?);
         let dd = |e: std::io::Error| WorkerError::DataDir {
             path: config.data_dir.display().to_string(),
             reason: e.to_string(),

@@ -7,13 +7,13 @@
 
 mod common;
 
+use common::conns::{closed_by_server, strip_ansi, until_closed};
 use common::{OAK, Proc, RootProcess, free_port};
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The cluster's open-file limit in [`crowded_cluster`]: its registration bound is then a
@@ -81,27 +81,6 @@ async fn start_cluster(tmp: &Path, ulimit: Option<u32>, env: &[(&str, &str)]) ->
     }
 }
 
-/// The log without its colours.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // CSI: ESC [ parameters final-byte
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// A registration with `token` on a new connection; its status, `None` without an answer
-/// within 5 s.
 async fn register(port: u16, token: &str) -> Option<u16> {
     let http = common::http();
     let body = serde_json::json!({
@@ -113,19 +92,6 @@ async fn register(port: u16, token: &str) -> Option<u16> {
         Ok(Ok(r)) => Some(r.status().as_u16()),
         _ => None,
     }
-}
-
-/// How many of `conns` the server has closed (end of stream or reset).
-fn closed_by_server(conns: &[TcpStream]) -> usize {
-    let mut buf = [0u8; 64];
-    conns
-        .iter()
-        .filter(|c| match c.try_read(&mut buf) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-        })
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,19 +142,6 @@ async fn silent_connections_beyond_the_bound_do_not_lock_out_a_registration() {
     assert!(started.elapsed() < Duration::from_secs(5), "the cluster took {:?} to stop", started.elapsed());
 }
 
-/// Reads until the server closes the connection; how long that took.
-async fn until_closed(conn: &mut TcpStream, within: Duration) -> Duration {
-    let started = Instant::now();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match tokio::time::timeout_at((started + within).into(), conn.read(&mut buf)).await {
-            Ok(Ok(0) | Err(_)) => return started.elapsed(),
-            Ok(Ok(_)) => {}
-            Err(_) => panic!("the connection is still open after {within:?}"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickled_heads_and_silent_connections_are_cut_after_the_header_timeout() {
     let tmp = common::tempdir();
@@ -198,29 +151,8 @@ async fn trickled_heads_and_silent_connections_are_cut_after_the_header_timeout(
     let port = cluster.port;
 
     let trickle = tokio::spawn(async move {
-        let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        conn.write_all(b"POST /api/node/register HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-        let (mut rd, mut wr) = conn.into_split();
-        let writer = tokio::spawn(async move {
-            // A header byte every second, never its end.
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if wr.write_all(b"X").await.is_err() {
-                    return;
-                }
-            }
-        });
-        let started = Instant::now();
-        let mut buf = [0u8; 1024];
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf)).await {
-                Ok(Ok(0) | Err(_)) => break,
-                Ok(Ok(_)) => {}
-                Err(_) => panic!("a trickled head is still read after 10 s"),
-            }
-        }
-        writer.abort();
-        started.elapsed()
+        let addr = format!("127.0.0.1:{port}");
+        common::conns::trickled_head_closed_after(&addr, b"POST /api/node/register HTTP/1.1\r\nHost: x\r\n").await
     });
     let silent = tokio::spawn(async move {
         let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::conns::{closed_by_server, strip_ansi, until_closed};
 use common::{OAK, Proc, RootProcess, free_port};
 use oak_client::RootClient;
 use std::io::Read;
@@ -59,25 +60,6 @@ fn crowded_root(dir: &Path, port: u16, tls: Option<&Path>) -> (Proc, Arc<parking
     (Proc(Some(child)), log)
 }
 
-/// The log without its colours.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // CSI: ESC [ parameters final-byte
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 async fn login_within(client: &RootClient, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
@@ -88,19 +70,6 @@ async fn login_within(client: &RootClient, within: Duration) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// How many of `conns` the server has closed (end of stream or reset).
-fn closed_by_server(conns: &[TcpStream]) -> usize {
-    let mut buf = [0u8; 64];
-    conns
-        .iter()
-        .filter(|c| match c.try_read(&mut buf) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-        })
-        .count()
 }
 
 /// Opens [`CROWD`] connections that send nothing; asserts that a login on a new connection
@@ -214,19 +183,6 @@ async fn silent_connections_do_not_lock_out_a_login_over_tls() {
     crowd_does_not_lock_out(root, port, || RootClient::with_ca(&url, &ca).unwrap(), &log).await;
 }
 
-/// Reads until the server closes the connection; how long that took.
-async fn until_closed(conn: &mut TcpStream, within: Duration) -> Duration {
-    let started = Instant::now();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match tokio::time::timeout_at((started + within).into(), conn.read(&mut buf)).await {
-            Ok(Ok(0) | Err(_)) => return started.elapsed(),
-            Ok(Ok(_)) => {}
-            Err(_) => panic!("the connection is still open after {within:?}"),
-        }
-    }
-}
-
 /// Reads one response head (and whatever follows it in the same reads) and returns it.
 async fn read_head(conn: &mut TcpStream) -> String {
     let mut got = Vec::new();
@@ -248,29 +204,7 @@ async fn trickled_heads_and_silent_connections_are_cut_after_the_header_timeout(
     let trickle = {
         let addr = addr.clone();
         tokio::spawn(async move {
-            let mut conn = TcpStream::connect(&addr).await.unwrap();
-            conn.write_all(b"GET /docs/openapi.json HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-            let (mut rd, mut wr) = conn.into_split();
-            let writer = tokio::spawn(async move {
-                // A header byte every second, never its end.
-                loop {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    if wr.write_all(b"X").await.is_err() {
-                        return;
-                    }
-                }
-            });
-            let started = Instant::now();
-            let mut buf = [0u8; 1024];
-            loop {
-                match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf)).await {
-                    Ok(Ok(0) | Err(_)) => break,
-                    Ok(Ok(_)) => {}
-                    Err(_) => panic!("a trickled head is still read after 10 s"),
-                }
-            }
-            writer.abort();
-            started.elapsed()
+            common::conns::trickled_head_closed_after(&addr, b"GET /docs/openapi.json HTTP/1.1\r\nHost: x\r\n").await
         })
     };
     let silent = {

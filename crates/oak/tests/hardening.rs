@@ -187,6 +187,19 @@ async fn the_worker_token_does_not_make_a_worker_the_cluster_or_another_worker()
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["id"], id.as_str());
     assert!(again.get("node_secret").is_none(), "{again}");
+
+    // An id this cluster never issued (another cluster's worker's, which tenants can see) is
+    // not given back, with or without a secret of the caller's choosing: a new id and secret.
+    let foreign = "0b2c6f0e-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
+    for claim in
+        [serde_json::json!({"node_id": foreign}), serde_json::json!({"node_id": foreign, "node_secret": "mine"})]
+    {
+        let (status, body) = register(&url, &token, registration(claim)).await;
+        assert_eq!(status, 200, "{body}");
+        let new = body["id"].as_str().unwrap();
+        assert!(new != foreign && new != id && oak_api::node::valid_node_id(new), "{body}");
+        assert!(body["node_secret"].as_str().is_some_and(|s| s != "mine"), "{body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

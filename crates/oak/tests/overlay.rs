@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// An HTTP server answering its host name on port 80, and on port 81 a line server that
 /// answers every line with its host name (for a long-lived connection).
 const SERVER: &str = "mkdir -p /www && echo from-$HOSTNAME > /www/index.html \
-    && printf '#!/bin/sh\nwhile read l; do echo from-$HOSTNAME; done\n' > /lines && chmod +x /lines \
+    && printf '#!/bin/sh\\nwhile read l; do echo from-$HOSTNAME; done\\n' > /lines && chmod +x /lines \
     && (nc -ll -p 81 -e /lines &) && exec httpd -f -vv -p 80 -h /www";
 
 fn service(name: &str, cmd: &str, extra: Value) -> Value {

@@ -314,3 +314,169 @@ proptest! {
         let _ = parse_ports(&s);
     }
 }
+
+/// The violations of a one-service SLA with `fields`.
+fn violations(fields: Value) -> Vec<String> {
+    match parse_sla(&one_service(fields.clone())) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.violations.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn an_image_that_reads_as_an_option_is_refused() {
+    let p = "applications[0].microservices[0]";
+    for code in ["--skip-verify", "--http-dump", "-k"] {
+        assert_eq!(violations(json!({ "code": code })), [format!("{p}.code: must not start with '-', got {code:?}")]);
+    }
+    assert_eq!(violations(json!({"code": "docker.io/library/nginx:1-alpine"})), Vec::<String>::new());
+    // The same rule on the path of a service update.
+    let svc = json!({"microservice_name": "s", "microservice_namespace": "n",
+                     "virtualization": "container", "code": "--http-dump"});
+    let e = parse_microservice(&svc, "svc").unwrap_err();
+    assert_eq!(e.violations[0].field, "svc.code");
+}
+
+#[test]
+fn text_fields_are_bounded() {
+    let p = "applications[0].microservices[0]";
+    let s = |n: usize| "x".repeat(n);
+    let env = |n: usize| format!("K={}", "v".repeat(n - 2));
+    let too_long = |field: &str, max: usize, got: usize| format!("{field}: must be at most {max} bytes, got {got}");
+    let too_many = |field: &str, max: usize, got: usize| format!("{field}: must have at most {max} entries, got {got}");
+    let cases: Vec<(Value, Vec<String>)> = vec![
+        // At the bounds: accepted.
+        (
+            json!({"code": s(MAX_CODE_BYTES), "cmd": vec![s(MAX_CMD_ENTRY_BYTES); MAX_CMD_ENTRIES],
+                   "environment": vec![env(MAX_ENV_ENTRY_BYTES); 8],
+                   "arch": vec![s(MAX_ARCH_BYTES); MAX_ARCH_ENTRIES], "platform": s(MAX_ARCH_BYTES)}),
+            vec![],
+        ),
+        (json!({"environment": vec!["A=1"; MAX_ENV_ENTRIES]}), vec![]),
+        // Beyond them: one violation each, naming the field.
+        (json!({"code": s(MAX_CODE_BYTES + 1)}), vec![too_long(&format!("{p}.code"), MAX_CODE_BYTES, 1025)]),
+        (
+            json!({"cmd": vec!["a"; MAX_CMD_ENTRIES + 1]}),
+            vec![too_many(&format!("{p}.cmd"), MAX_CMD_ENTRIES, MAX_CMD_ENTRIES + 1)],
+        ),
+        (
+            json!({"cmd": ["sh", s(MAX_CMD_ENTRY_BYTES + 1)]}),
+            vec![too_long(&format!("{p}.cmd[1]"), MAX_CMD_ENTRY_BYTES, MAX_CMD_ENTRY_BYTES + 1)],
+        ),
+        (
+            json!({"environment": vec!["A=1"; MAX_ENV_ENTRIES + 1]}),
+            vec![too_many(&format!("{p}.environment"), MAX_ENV_ENTRIES, MAX_ENV_ENTRIES + 1)],
+        ),
+        (
+            json!({"environment": ["A=1", env(MAX_ENV_ENTRY_BYTES + 1)]}),
+            vec![too_long(&format!("{p}.environment[1]"), MAX_ENV_ENTRY_BYTES, MAX_ENV_ENTRY_BYTES + 1)],
+        ),
+        (
+            json!({"environment": vec![env(MAX_ENV_ENTRY_BYTES); 9]}),
+            vec![format!(
+                "{p}.environment: must be at most {MAX_ENV_TOTAL_BYTES} bytes in all, got {}",
+                9 * MAX_ENV_ENTRY_BYTES
+            )],
+        ),
+        (
+            json!({"arch": vec!["amd64"; MAX_ARCH_ENTRIES + 1]}),
+            vec![too_many(&format!("{p}.arch"), MAX_ARCH_ENTRIES, MAX_ARCH_ENTRIES + 1)],
+        ),
+        (json!({"arch": ["amd64", s(65)]}), vec![too_long(&format!("{p}.arch[1]"), MAX_ARCH_BYTES, 65)]),
+        (json!({"platform": s(65)}), vec![too_long(&format!("{p}.platform"), MAX_ARCH_BYTES, 65)]),
+        (json!({"port": s(MAX_LIST_BYTES + 1)}), vec![too_long(&format!("{p}.port"), MAX_LIST_BYTES, 4097)]),
+        (
+            json!({"virtualization": s(MAX_TEXT_BYTES + 1)}),
+            vec![too_long(&format!("{p}.virtualization"), MAX_TEXT_BYTES, 1025)],
+        ),
+        (
+            json!({"constraints": [{"type": "direct", "node": s(MAX_LIST_BYTES + 1)}]}),
+            vec![too_long(&format!("{p}.constraints[0].node"), MAX_LIST_BYTES, 4097)],
+        ),
+        (
+            json!({"constraints": vec![json!({"type": "direct"}); MAX_LIST_ENTRIES + 1]}),
+            vec![too_many(&format!("{p}.constraints"), MAX_LIST_ENTRIES, MAX_LIST_ENTRIES + 1)],
+        ),
+        (
+            json!({"volumes": [{"volume_id": "v", "csi_driver": "d", "mount_path": s(MAX_LIST_BYTES + 1)}]}),
+            vec![too_long(&format!("{p}.volumes[0].mount_path"), MAX_LIST_BYTES, 4097)],
+        ),
+        // Unknown fields are kept, but not without bound.
+        (json!({"note": s(100)}), vec![]),
+        (
+            json!({"note": s(MAX_EXTRA_BYTES)}),
+            vec![format!(
+                "{p}.(unknown fields): must be at most {MAX_EXTRA_BYTES} bytes in all, got {}",
+                4 + MAX_EXTRA_BYTES + 2
+            )],
+        ),
+    ];
+    for (fields, expected) in cases {
+        let got = violations(fields.clone());
+        let shown = fields.to_string();
+        assert_eq!(got, expected, "{}", &shown[..shown.len().min(200)]);
+    }
+    // Outside the services.
+    let doc = |app: Value, top: Value| {
+        let mut d = json!({"sla_version": "v2.0", "customerID": "Admin", "applications": [app]});
+        if let (Some(d), Some(t)) = (d.as_object_mut(), top.as_object()) {
+            d.extend(t.clone());
+        }
+        d
+    };
+    let app = |desc: String| json!({"application_name": "a", "application_namespace": "b", "application_desc": desc, "microservices": []});
+    assert!(parse_sla(&doc(app(s(MAX_DESC_BYTES)), json!({}))).is_ok());
+    let cases = [
+        (
+            doc(app(s(MAX_DESC_BYTES + 1)), json!({})),
+            too_long("applications[0].application_desc", MAX_DESC_BYTES, 4097),
+        ),
+        (doc(app(s(1)), json!({"customerID": s(MAX_TEXT_BYTES + 1)})), too_long("customerID", MAX_TEXT_BYTES, 1025)),
+        (
+            doc(app(s(1)), json!({"args": vec!["a"; MAX_LIST_ENTRIES + 1]})),
+            too_many("args", MAX_LIST_ENTRIES, MAX_LIST_ENTRIES + 1),
+        ),
+        (
+            doc(app(s(1)), json!({"future": s(MAX_EXTRA_BYTES)})),
+            format!(
+                "(unknown fields): must be at most {MAX_EXTRA_BYTES} bytes in all, got {}",
+                6 + MAX_EXTRA_BYTES + 2
+            ),
+        ),
+    ];
+    for (d, msg) in cases {
+        let e = parse_sla(&d).err().unwrap_or_else(|| panic!("accepted, expected {msg}"));
+        let got: Vec<String> = e.violations.iter().map(ToString::to_string).collect();
+        assert_eq!(got, [msg]);
+    }
+}
+
+#[test]
+fn bidi_and_line_separators_are_refused() {
+    let p = "applications[0].microservices[0]";
+    let msg = "must not contain control or bidi formatting characters";
+    for c in ['\u{202E}', '\u{202A}', '\u{2066}', '\u{2069}', '\u{200E}', '\u{200F}', '\u{2028}', '\u{2029}', '\u{7}'] {
+        assert!(unsafe_char(c), "{c:?}");
+        let bad = format!("a{c}b");
+        assert_eq!(violations(json!({ "code": bad })), [format!("{p}.code: {msg}")], "{c:?}");
+        assert_eq!(violations(json!({"cmd": ["sh", "-c", bad]})), [format!("{p}.cmd[2]: {msg}")], "{c:?}");
+        assert_eq!(
+            violations(json!({"environment": ["A=1", format!("B={bad}")]})),
+            [format!("{p}.environment[1]: {msg}")],
+            "{c:?}"
+        );
+    }
+    // The index is the entry's own, past one that is not a string.
+    assert_eq!(
+        violations(json!({"cmd": ["sh", 1, "a\u{202E}"]})),
+        [format!("{p}.cmd[1]: must be a string, got a number"), format!("{p}.cmd[2]: {msg}")]
+    );
+    // Other non-ASCII text is fine.
+    for ok in ['é', 'ß', '日', '\u{1F600}', '\u{200D}'] {
+        assert!(!unsafe_char(ok), "{ok:?}");
+    }
+    assert_eq!(
+        violations(json!({"cmd": ["echo", "héllo 日本"], "environment": ["GREETING=grüß dich"]})),
+        Vec::<String>::new()
+    );
+}

@@ -289,6 +289,8 @@ fn silent_workers_are_forgotten() {
         let rec = c.workers[id].clone();
         c.add_worker(rec, 0.0);
     }
+    // (Reported once: only such workers are listed to the root.)
+    c.node_info("b", info(), 0.0);
     c.set_desired(vec![desired(0, json!({"constraints": [{"type": "direct", "node": "name-b"}]}))], 0.0);
     c.node_info("a", info(), 50.0);
     assert!(c.forget_silent(120.0).is_empty(), "a was heard at 50; b holds an instance");
@@ -339,4 +341,31 @@ fn assignments_that_cannot_be_encoded_are_not_stored() {
     let (records, errors) = encode_assignments(&assignments, [k(0), k(1), k(2)]);
     assert_eq!(records, [("svc/0".to_owned(), Some(b"{}".to_vec())), ("svc/2".to_owned(), None)]);
     assert_eq!(errors.iter().map(|(key, _)| key.as_str()).collect::<Vec<_>>(), ["svc/1"]);
+}
+
+/// A registration alone is not listed to the root (which gives every listed worker a subnet
+/// from one pool): a worker is listed from its first report on, and stays listed across a
+/// registration again and a restart of the cluster (the flag is stored).
+#[test]
+fn only_workers_that_reported_are_listed_to_the_root() {
+    let mut c = Core::default();
+    worker(&mut c, "a", 4000, 0.0);
+    c.add_worker(WorkerRec::new("ghost".into(), Default::default()), 0.0);
+    assert!(c.report(0.0).workers.is_empty(), "registered, never reported");
+    c.take_report_due();
+    c.node_info("a", info(), 0.5);
+    assert!(c.take_report_due(), "its first report goes up at once");
+    assert_eq!(c.report(0.5).workers, ["a"]);
+    // Stored and read back (a restart of the cluster): still listed before it reports again.
+    let stored = serde_json::to_vec(&c.workers["a"]).unwrap_or_default();
+    let back: WorkerRec = serde_json::from_slice(&stored).unwrap_or_else(|e| panic!("{e}"));
+    assert!(back.reported && back.info.is_none());
+    let mut restarted = Core::default();
+    restarted.add_worker(back, 1.0);
+    assert_eq!(restarted.report(1.0).workers, ["a"]);
+    // A record stored before the flag existed keeps its subnet.
+    let mut legacy = serde_json::to_value(&c.workers["a"]).unwrap_or_default();
+    legacy.as_object_mut().map(|o| o.remove("reported"));
+    let legacy: WorkerRec = serde_json::from_value(legacy).unwrap_or_else(|e| panic!("{e}"));
+    assert!(legacy.reported);
 }

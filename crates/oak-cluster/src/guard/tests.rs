@@ -196,3 +196,24 @@ async fn a_stranger_cannot_announce_a_big_connect_nor_wait_without_logging_in() 
         assert!(t >= LOGIN_TIMEOUT - std::time::Duration::from_millis(500) && t < LOGIN_TIMEOUT * 2, "{t:?}");
     }
 }
+
+#[tokio::test]
+async fn one_address_cannot_hold_every_pending_login() {
+    let addr = silent_guard().await;
+    let mut held = Vec::new();
+    for _ in 0..MAX_PENDING_PER_SOURCE {
+        held.push(TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    // Let the guard count them before the next one comes.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let extra = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(closed_after(extra).await < std::time::Duration::from_secs(1), "the 65th pending login was kept");
+    // Another address is not affected (127.0.0.2 reaches a guard on 127.0.0.1).
+    let other = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
+    other.bind("127.0.0.2:0".parse().unwrap_or_else(|e| panic!("{e}"))).unwrap_or_else(|e| panic!("{e}"));
+    let mut other = other.connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(std::time::Duration::from_millis(500), other.read(&mut b)).await;
+    assert!(r.is_err(), "a connection from elsewhere was closed at once: {r:?}");
+    drop(held);
+}

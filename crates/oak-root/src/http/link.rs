@@ -300,18 +300,51 @@ async fn push_net(
         return Ok(());
     }
     let (cid, workers, interests) = (id.clone(), net.workers.clone(), net.interests.clone());
-    let (subnets, tables) =
-        match state.blocking(move |r| Ok((r.subnets_for(&cid, &workers)?, r.tables_for(&interests)?))).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!(cluster = %id, error = %e.message, "cannot compute the overlay state of a cluster");
-                return Ok(());
+    // The subnets and the tables are computed and sent apart: one failing does not hold back
+    // the other.
+    let (subnets, tables) = match state
+        .blocking(move |r| {
+            Ok((
+                r.subnets_for(&cid, &workers).map_err(ApiError::from),
+                r.tables_for(&interests).map_err(ApiError::from),
+            ))
+        })
+        .await
+    {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(cluster = %id, error = %e.message, "cannot compute the overlay state of a cluster");
+            return Ok(());
+        }
+    };
+    match subnets {
+        Ok(subnets) if net.subnets.as_ref() != Some(&subnets) => {
+            // Logged when what the cluster gets changes, not at every push.
+            let without = net.workers.iter().filter(|w| !subnets.contains_key(*w)).count();
+            if without > 0 {
+                tracing::warn!(
+                    cluster = %id,
+                    workers = without,
+                    "workers of this cluster get no overlay subnet: the pool is empty or the cluster holds the \
+                     most one cluster may ({})",
+                    crate::registry::Registry::MAX_SUBNETS_PER_CLUSTER
+                );
             }
-        };
-    if net.subnets.as_ref() != Some(&subnets) {
-        sink.send(text(&RootToCluster::Subnets { subnets: subnets.clone() })?).await.map_err(|e| e.to_string())?;
-        net.subnets = Some(subnets);
+            sink.send(text(&RootToCluster::Subnets { subnets: subnets.clone() })?).await.map_err(|e| e.to_string())?;
+            net.subnets = Some(subnets);
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(cluster = %id, error = %e.message, "cannot compute the subnets of a cluster's workers")
+        }
     }
+    let tables = match tables {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(cluster = %id, error = %e.message, "cannot compute the overlay tables of a cluster");
+            return Ok(());
+        }
+    };
     if net.tables.as_ref() != Some(&tables) {
         tracing::debug!(cluster = %id, services = tables.len(), "overlay tables to the cluster");
         sink.send(text(&RootToCluster::Tables { tables: tables.clone() })?).await.map_err(|e| e.to_string())?;

@@ -53,10 +53,7 @@ pub(super) async fn login(
     }
     let t = state.clock.now_unix();
     if let Err(left) = state.login_limiter.check(&req.username, from, t) {
-        return Err(ApiError::too_many(
-            format!("too many failed logins for {} from {from}; try again in {left:.0} s", req.username),
-            left.ceil() as u64,
-        ));
+        return Err(too_many_logins(&req.username, from, left));
     }
     let name = req.username.clone();
     let (org, user) = state
@@ -68,15 +65,18 @@ pub(super) async fn login(
         })
         .await?;
     let hash = user.as_ref().map_or(auth::dummy_hash(), |u| u.password_hash.as_str()).to_owned();
-    let ok = state
-        .hasher
-        .verify(req.password.clone(), hash, auth::Priority::Login)
-        .await
-        .map_err(|b| ApiError::too_many(b.to_string(), b.retry_after_secs))?;
+    // Counted as a failure before the check runs: concurrent guesses cannot all slip through.
+    state.login_limiter.attempt(&req.username, from, t).map_err(|left| too_many_logins(&req.username, from, left))?;
+    let ok = match state.hasher.verify(req.password.clone(), hash, auth::Priority::Login).await {
+        Ok(ok) => ok,
+        Err(busy) => {
+            state.login_limiter.succeeded(&req.username, from);
+            return Err(ApiError::too_many(busy.to_string(), busy.retry_after_secs));
+        }
+    };
     let user = match user {
         Some(u) if ok => u,
         _ => {
-            state.login_limiter.failed(&req.username, from, t);
             tracing::info!(user = %req.username, from = %from, "failed login");
             return Err(ApiError::unauthenticated("invalid username or password"));
         }
@@ -92,6 +92,13 @@ pub(super) async fn login(
             Ok(Json(LoginResponse { token: issue(TokenKind::Access)?, refresh_token: issue(TokenKind::Refresh)? }))
         })
         .await
+}
+
+fn too_many_logins(user: &str, from: std::net::IpAddr, left: f64) -> ApiError {
+    ApiError::too_many(
+        format!("too many failed logins for {user} from {from}; try again in {left:.0} s"),
+        left.ceil() as u64,
+    )
 }
 
 /// The longest user (and organization) name a login may carry.
@@ -146,7 +153,10 @@ fn check_password(field: &str, password: &str) -> Result<(), ApiError> {
 }
 
 async fn hash(state: &AppState, password: String) -> Result<String, ApiError> {
-    state.hasher.hash(password).await.map_err(|e| ApiError::internal(e.to_string()))
+    state.hasher.hash(password).await.map_err(|e| match e {
+        auth::AuthError::Busy(b) => ApiError::too_many(b.to_string(), b.retry_after_secs),
+        e => ApiError::internal(e.to_string()),
+    })
 }
 
 /// Register a user in the caller's organization (Admin only).
@@ -282,23 +292,22 @@ pub(super) async fn change_password(
     check_password("newPassword", &req.newPassword)?;
     // A stolen token must not make this a password oracle: failures count as failed logins.
     let t = state.clock.now_unix();
-    if let Err(left) = state.login_limiter.check(&caller.user.name, from, t) {
-        return Err(ApiError::too_many(
-            format!("too many wrong passwords; try again in {left:.0} s"),
-            left.ceil() as u64,
-        ));
-    }
+    state.login_limiter.attempt(&caller.user.name, from, t).map_err(|left| {
+        ApiError::too_many(format!("too many wrong passwords; try again in {left:.0} s"), left.ceil() as u64)
+    })?;
     let stored = caller.user.password_hash.clone();
     let old = req.oldPassword.clone();
-    let matches = state
-        .hasher
-        .verify(old, stored, auth::Priority::Authenticated)
-        .await
-        .map_err(|b| ApiError::too_many(b.to_string(), b.retry_after_secs))?;
+    let matches = match state.hasher.verify(old, stored, auth::Priority::Authenticated).await {
+        Ok(m) => m,
+        Err(busy) => {
+            state.login_limiter.succeeded(&caller.user.name, from);
+            return Err(ApiError::too_many(busy.to_string(), busy.retry_after_secs));
+        }
+    };
     if !matches {
-        state.login_limiter.failed(&caller.user.name, from, t);
         return Err(ApiError::bad_request("oldPassword does not match the current password"));
     }
+    state.login_limiter.succeeded(&caller.user.name, from);
     let h = hash(&state, req.newPassword).await?;
     let id = caller.user.id.clone();
     state.blocking(move |r| Ok(r.set_password(&id, h)?)).await?;

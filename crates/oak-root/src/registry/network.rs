@@ -26,9 +26,28 @@ const SUBNET_PREFIX: &str = "subnet/";
 const STEP: u32 = 64;
 
 impl Registry {
+    /// The most worker subnets one cluster may hold (of the 12,288 in the pool): one cluster
+    /// listing workers without end cannot take every other cluster's subnets.
+    pub const MAX_SUBNETS_PER_CLUSTER: usize = 4096;
+
     /// The subnet of every worker in `workers` (all the workers `cluster` knows), allocating
-    /// for new ones and freeing those of workers the cluster no longer has.
+    /// for new ones and freeing those of workers the cluster no longer has. A worker for which
+    /// no subnet is left (the pool is empty, or the cluster holds
+    /// [`MAX_SUBNETS_PER_CLUSTER`](Self::MAX_SUBNETS_PER_CLUSTER)) is left out of the answer;
+    /// the others get theirs.
     pub fn subnets_for(&self, cluster: &ClusterId, workers: &[String]) -> Result<BTreeMap<String, Ipv4Addr>> {
+        self.subnets_within(cluster, workers, (WORKER_NETS_FIRST, WORKER_NETS_LAST), Self::MAX_SUBNETS_PER_CLUSTER)
+    }
+
+    /// [`subnets_for`](Self::subnets_for) with the pool `first..=last` (/26 steps) and the
+    /// per-cluster cap given (tests use small ones).
+    pub(super) fn subnets_within(
+        &self,
+        cluster: &ClusterId,
+        workers: &[String],
+        (first, last): (Ipv4Addr, Ipv4Addr),
+        cap: usize,
+    ) -> Result<BTreeMap<String, Ipv4Addr>> {
         let _w = self.write.lock();
         let mut held: BTreeMap<String, (Ipv4Addr, SubnetRec)> = BTreeMap::new();
         let mut taken: BTreeSet<u32> = BTreeSet::new();
@@ -38,6 +57,7 @@ impl Registry {
             taken.insert(u32::from(ip));
             held.insert(rec.node.clone(), (ip, rec));
         }
+        // Each worker once, whatever the list repeats.
         let wanted: BTreeSet<&String> = workers.iter().collect();
         let mut b = Batch::new();
         let mut out = BTreeMap::new();
@@ -47,39 +67,55 @@ impl Registry {
                 b.delete(ADDRESSES, format!("{SUBNET_PREFIX}{ip}"));
             }
         }
-        let (lo, hi) = (u32::from(WORKER_NETS_FIRST), u32::from(WORKER_NETS_LAST));
+        // What the cluster keeps counts against its cap before anything new is given.
+        let mut mine = held.iter().filter(|(n, (_, rec))| &rec.cluster == cluster && wanted.contains(n)).count();
+        let (lo, hi) = (u32::from(first), u32::from(last));
         let mut cursor = self
             .store
             .get(META, "next_subnet")?
             .and_then(|v| String::from_utf8_lossy(&v).parse::<u32>().ok())
             .filter(|c| (lo..=hi).contains(c) && (c - lo) % STEP == 0)
             .unwrap_or(lo);
-        for node in workers {
+        let (mut over_cap, mut exhausted) = (0usize, false);
+        for node in wanted {
             if let Some((ip, rec)) = held.get(node) {
-                if &rec.cluster != cluster {
-                    // The worker joined another cluster: its subnet moves with it.
-                    let moved = SubnetRec { node: node.clone(), cluster: cluster.clone() };
-                    b.put(ADDRESSES, format!("{SUBNET_PREFIX}{ip}"), encode(&moved)?);
+                if &rec.cluster == cluster {
+                    out.insert(node.clone(), *ip);
+                    continue;
                 }
+                if mine >= cap {
+                    over_cap += 1;
+                    continue;
+                }
+                // The worker joined another cluster: its subnet moves with it.
+                let moved = SubnetRec { node: node.clone(), cluster: cluster.clone() };
+                b.put(ADDRESSES, format!("{SUBNET_PREFIX}{ip}"), encode(&moved)?);
+                mine += 1;
                 out.insert(node.clone(), *ip);
                 continue;
             }
+            if mine >= cap {
+                over_cap += 1;
+                continue;
+            }
+            // Once the pool is found empty, the rest are not searched for again.
             let mut found = None;
-            for _ in 0..=(hi - lo) / STEP {
-                let c = cursor;
-                cursor = if cursor >= hi { lo } else { cursor + STEP };
-                if !taken.contains(&c) {
-                    found = Some(c);
-                    break;
+            if !exhausted {
+                for _ in 0..=(hi - lo) / STEP {
+                    let c = cursor;
+                    cursor = if cursor >= hi { lo } else { cursor + STEP };
+                    if !taken.contains(&c) {
+                        found = Some(c);
+                        break;
+                    }
                 }
             }
             let Some(c) = found else {
-                return Err(RegistryError::Conflict(format!(
-                    "no free worker subnet left in {WORKER_NETS_FIRST}-{WORKER_NETS_LAST}: all {} /26 subnets are held by workers",
-                    (hi - lo) / STEP + 1
-                )));
+                exhausted = true;
+                continue;
             };
             taken.insert(c);
+            mine += 1;
             let ip = Ipv4Addr::from(c);
             b.put(
                 ADDRESSES,
@@ -87,6 +123,14 @@ impl Registry {
                 encode(&SubnetRec { node: node.clone(), cluster: cluster.clone() })?,
             );
             out.insert(node.clone(), ip);
+        }
+        if over_cap > 0 || exhausted {
+            tracing::debug!(
+                cluster = %cluster,
+                over_cap,
+                pool_empty = exhausted,
+                "some workers of the cluster get no overlay subnet"
+            );
         }
         if !b.is_empty() {
             b.put(META, "next_subnet", cursor.to_string().into_bytes());

@@ -415,3 +415,55 @@ fn a_cluster_link_must_prove_the_cluster_it_claims() {
     assert!(issued.is_some());
     assert!(r.join_cluster_with_secret("old", None, Some(&legacy), None).is_err(), "now it must prove it");
 }
+
+/// A store from before names were compared without case, with a tenant "admin" next to the
+/// bootstrap "Admin": after the upgrade "Admin" (any case) is the bootstrap Admin, never the
+/// tenant, and nothing else is lost.
+#[test]
+fn the_bootstrap_admin_keeps_its_name_when_an_old_store_has_admin_too() {
+    let (store, clock, r, admin) = setup();
+    let org = r.org_by_name(model::ROOT_ORGANIZATION).ok().flatten().unwrap_or_else(|| panic!("no org"));
+    r.create_user(&org, "carol", "", vec![], "h".into()).unwrap_or_else(|e| panic!("{e}"));
+    let carol = r.user_by_name("carol").ok().flatten().unwrap_or_else(|| panic!("no carol"));
+    // As an old store held them: "Admin", a tenant "admin", and "Carol" under its own case.
+    let mut b = Batch::new();
+    b.delete(USER_NAMES, "admin");
+    b.delete(USER_NAMES, "carol");
+    b.put(USER_NAMES, "Admin", admin.id.as_str().as_bytes().to_vec());
+    b.put(USER_NAMES, "admin", carol.id.as_str().as_bytes().to_vec());
+    b.put(USER_NAMES, "Carol", carol.id.as_str().as_bytes().to_vec());
+    store.commit(b).unwrap_or_else(|e| panic!("{e}"));
+    let r = Registry::new(store, clock);
+    assert!(!r.bootstrap(|| "other".into()).unwrap_or_else(|e| panic!("{e}")), "a second Admin was created");
+    for name in ["Admin", "admin", "ADMIN"] {
+        assert_eq!(r.user_by_name(name).ok().flatten().map(|u| u.id), Some(admin.id.clone()), "{name}");
+    }
+    assert_eq!(r.user_by_name("CAROL").ok().flatten().map(|u| u.id), Some(carol.id));
+}
+
+/// The subnet pool running out does not stop the others: a worker for which no subnet is left
+/// gets none, the rest keep or get theirs. And one cluster holds at most its cap, so it cannot
+/// take the subnets of every other cluster.
+#[test]
+fn worker_subnets_are_given_while_they_last_and_capped_per_cluster() {
+    let (_store, _clock, r, _admin) = setup();
+    let a = r.join_cluster("a", None, None).unwrap_or_else(|e| panic!("{e}"));
+    let b = r.join_cluster("b", None, None).unwrap_or_else(|e| panic!("{e}"));
+    let ws = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // A pool of four /26 subnets, at most three to one cluster.
+    let pool = (Ipv4Addr::new(10, 18, 0, 0), Ipv4Addr::new(10, 18, 0, 192));
+    let got = r.subnets_within(&a, &ws(&["a1", "a2", "a3", "a4", "a5"]), pool, 3).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["a1", "a2", "a3"], "capped at three");
+    // Cluster b gets the one left; its second worker gets none, and the call still answers.
+    let got_b = r.subnets_within(&b, &ws(&["b1", "b2"]), pool, 3).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got_b.keys().collect::<Vec<_>>(), ["b1"]);
+    assert_eq!(got_b["b1"], Ipv4Addr::new(10, 18, 0, 192));
+    // What a cluster holds stays its own, asked again.
+    assert_eq!(r.subnets_within(&a, &ws(&["a1", "a2", "a3", "a4", "a5"]), pool, 3).unwrap_or_default(), got);
+    // Cluster a forgets a1: b2 takes its subnet.
+    r.subnets_within(&a, &ws(&["a2", "a3"]), pool, 3).unwrap_or_else(|e| panic!("{e}"));
+    let got_b = r.subnets_within(&b, &ws(&["b1", "b2"]), pool, 3).unwrap_or_default();
+    assert_eq!(got_b.get("b2"), got.get("a1"));
+    // The real cap leaves most of the real pool (12,288 /26 subnets) to other clusters.
+    const { assert!(Registry::MAX_SUBNETS_PER_CLUSTER <= 12_288 / 3) };
+}
