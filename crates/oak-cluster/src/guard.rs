@@ -33,6 +33,8 @@ const SUBSCRIBE: u8 = 8;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
     Forward,
+    /// Send this packet to the broker instead (a CONNECT with the relay password).
+    Replace(Vec<u8>),
     /// A SUBSCRIBE outside the worker's topics: answer with this SUBACK, do not forward.
     Refuse(Vec<u8>),
     /// Close the connection; the reason is logged.
@@ -68,9 +70,39 @@ fn allowed(topic: &str, node: &str) -> bool {
         && !node.is_empty()
 }
 
-/// The node a CONNECT packet logs in as, after checking its will topic. `body` is the
-/// packet without its fixed header.
-pub fn connect(body: &[u8]) -> Result<String, String> {
+/// What the guard needs of a CONNECT.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Connect {
+    pub client_id: String,
+    pub user: String,
+    pub password: String,
+    /// Where the user name field starts in the body: what follows it is the password.
+    pub user_at: usize,
+}
+
+/// The same CONNECT with `password` in place of the worker's own: what the guard sends the
+/// broker (the password is the last field of a 3.1.1 CONNECT).
+pub fn with_password(body: &[u8], c: &Connect, password: &str) -> Vec<u8> {
+    let user_end = c.user_at + 2 + c.user.len();
+    let mut new_body = body[..user_end].to_vec();
+    new_body.extend_from_slice(&(password.len() as u16).to_be_bytes());
+    new_body.extend_from_slice(password.as_bytes());
+    let mut packet = vec![CONNECT << 4];
+    let mut len = new_body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        packet.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend(new_body);
+    packet
+}
+
+/// Parses a CONNECT `body` (without its fixed header) and checks its will topic.
+pub fn parse_connect(body: &[u8]) -> Result<Connect, String> {
     let mut at = 0;
     let proto = string(body, &mut at).ok_or("a malformed CONNECT")?;
     let level = *body.get(at).ok_or("a malformed CONNECT")?;
@@ -79,7 +111,7 @@ pub fn connect(body: &[u8]) -> Result<String, String> {
     }
     let flags = *body.get(at + 1).ok_or("a malformed CONNECT")?;
     at += 4;
-    let _client_id = string(body, &mut at).ok_or("a malformed CONNECT client id")?;
+    let client_id = string(body, &mut at).ok_or("a malformed CONNECT client id")?;
     let will = if flags & 0x04 != 0 {
         let topic = string(body, &mut at).ok_or("a malformed CONNECT will")?;
         let _msg = string(body, &mut at);
@@ -87,10 +119,15 @@ pub fn connect(body: &[u8]) -> Result<String, String> {
     } else {
         None
     };
-    if flags & 0x80 == 0 {
-        return Err("a CONNECT without a user name".into());
+    if flags & 0x80 == 0 || flags & 0x40 == 0 {
+        return Err("a CONNECT without a user name and password".into());
     }
+    let user_at = at;
     let user = string(body, &mut at).ok_or("a malformed CONNECT user name")?;
+    let password = string(body, &mut at).ok_or("a malformed CONNECT password")?;
+    if at != body.len() {
+        return Err("a CONNECT with bytes after its password".into());
+    }
     // Only a worker's id (a UUID the cluster issued) logs in from outside: never the
     // cluster's own client, whatever password is offered.
     if !oak_api::node::valid_node_id(&user) {
@@ -101,7 +138,7 @@ pub fn connect(body: &[u8]) -> Result<String, String> {
     {
         return Err(format!("worker {user} may not leave a will on {w}"));
     }
-    Ok(user)
+    Ok(Connect { client_id, user, password, user_at })
 }
 
 /// Decides about a packet (`first` its first byte, `body` the rest after the fixed header)
@@ -165,7 +202,7 @@ pub fn check(node: &str, first: u8, body: &[u8]) -> Verdict {
 /// Accepts worker connections on `listener` and relays them to the broker at `upstream`.
 /// Beyond [`MAX_CONNECTIONS`], or [`MAX_PENDING_LOGINS`] not yet logged in, a new connection
 /// is closed at once.
-pub async fn serve(listener: TcpListener, upstream: SocketAddr) {
+pub async fn serve(listener: TcpListener, upstream: SocketAddr, creds: crate::broker::Credentials) {
     // Each relayed connection holds three descriptors here (the worker's, ours to the broker
     // and the broker's end): stay well below the file limit.
     let files = oak_tls::serve::raise_file_limit().unwrap_or(1024);
@@ -212,8 +249,9 @@ pub async fn serve(listener: TcpListener, upstream: SocketAddr) {
             continue;
         }
         let login = (permit, slot);
+        let creds = creds.clone();
         tokio::spawn(async move {
-            if let Err(e) = relay(client, upstream, login).await {
+            if let Err(e) = relay(client, upstream, login, creds).await {
                 tracing::info!(peer = %peer, reason = %e, "MQTT connection closed by the guard");
             }
             drop(conn);
@@ -257,7 +295,12 @@ impl Drop for PendingLogin {
 /// CONNACK, return code 4: bad user name or password (MQTT 3.1.1 §3.2.2.3).
 pub const REFUSED_LOGIN: [u8; 4] = [0x20, 0x02, 0x00, 0x04];
 
-async fn relay(client: TcpStream, upstream: SocketAddr, login: impl Send + 'static) -> Result<(), String> {
+async fn relay(
+    client: TcpStream,
+    upstream: SocketAddr,
+    login: impl Send + 'static,
+    creds: crate::broker::Credentials,
+) -> Result<(), String> {
     let _ = client.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + LOGIN_TIMEOUT;
     let broker = tokio::time::timeout_at(deadline, TcpStream::connect(upstream))
@@ -343,10 +386,17 @@ async fn relay(client: TcpStream, upstream: SocketAddr, login: impl Send + 'stat
         let end = head + len;
         let (first, body) = (buf[0], &buf[head..end]);
         let verdict = match &node {
-            None if first >> 4 == CONNECT => match connect(body) {
-                Ok(user) => {
-                    node = Some(user);
-                    Verdict::Forward
+            None if first >> 4 == CONNECT => match parse_connect(body) {
+                // The worker's own password is checked here; the broker sees a relay
+                // password only the guard can make.
+                Ok(c) if creds.check(&c.client_id, &c.user, &c.password) => {
+                    let packet = with_password(body, &c, &creds.relay_password(&c.user));
+                    node = Some(c.user);
+                    Verdict::Replace(packet)
+                }
+                Ok(c) => {
+                    let _ = client_w.lock().await.write_all(&REFUSED_LOGIN).await;
+                    Verdict::Close(format!("worker {} gave a wrong password", c.user))
                 }
                 Err(e) => Verdict::Close(e),
             },
@@ -356,6 +406,11 @@ async fn relay(client: TcpStream, upstream: SocketAddr, login: impl Send + 'stat
         match verdict {
             Verdict::Forward => {
                 if let Err(e) = to_broker.write_all(&buf[..end]).await {
+                    break Err(e.to_string());
+                }
+            }
+            Verdict::Replace(packet) => {
+                if let Err(e) = to_broker.write_all(&packet).await {
                     break Err(e.to_string());
                 }
             }

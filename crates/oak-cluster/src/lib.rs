@@ -246,7 +246,7 @@ impl Cluster {
         // which keeps each of them under its own topics.
         let mut internal_broker = None;
         if external.is_none() {
-            creds.set(&internal_user, broker::hash(&internal_pw));
+            creds.set_direct(&internal_user, broker::hash(&internal_pw));
             let guard_listener = tokio::net::TcpListener::bind(self.config.mqtt_listen).await.map_err(|e| {
                 ClusterError::Broker(format!("cannot listen for MQTT on {}: {e}", self.config.mqtt_listen))
             })?;
@@ -254,7 +254,7 @@ impl Cluster {
                 .and_then(|l| l.local_addr())
                 .map_err(|e| ClusterError::Broker(format!("cannot find a loopback port for the broker: {e}")))?;
             broker::start(internal, creds.clone()).map_err(ClusterError::Broker)?;
-            tokio::spawn(guard::serve(guard_listener, internal));
+            tokio::spawn(guard::serve(guard_listener, internal, creds.clone()));
             internal_broker = Some(internal);
         }
         self.external_mqtt = external.clone();

@@ -22,6 +22,10 @@ fn connect_body(user: &str, will: Option<&str>) -> Vec<u8> {
     b
 }
 
+fn user_of(body: &[u8]) -> Result<String, String> {
+    parse_connect(body).map(|c| c.user)
+}
+
 fn subscribe(filters: &[&str]) -> Vec<u8> {
     let mut b = vec![0, 7];
     for f in filters {
@@ -34,14 +38,14 @@ fn subscribe(filters: &[&str]) -> Vec<u8> {
 #[test]
 fn a_worker_stays_under_its_own_topics() {
     assert_eq!(
-        connect(&connect_body(
+        user_of(&connect_body(
             "11111111-1111-4111-8111-111111111111",
             Some("nodes/11111111-1111-4111-8111-111111111111/lost")
         )),
         Ok("11111111-1111-4111-8111-111111111111".into())
     );
     assert!(
-        connect(&connect_body(
+        user_of(&connect_body(
             "11111111-1111-4111-8111-111111111111",
             Some("nodes/22222222-2222-4222-8222-222222222222/lost")
         ))
@@ -49,7 +53,7 @@ fn a_worker_stays_under_its_own_topics() {
         "a will on another's topic"
     );
     assert!(
-        connect(&connect_body(
+        user_of(&connect_body(
             "11111111-1111-4111-8111-111111111111",
             Some("nodes/11111111-1111-4111-8111-111111111111x/lost")
         ))
@@ -133,7 +137,7 @@ proptest! {
     #[test]
     fn garbage_is_refused_without_panic(b in proptest::collection::vec(any::<u8>(), 0..300), first in any::<u8>()) {
         let _ = frame(&b, MAX_PACKET);
-        let _ = connect(&b);
+        let _ = user_of(&b);
         let _ = check("11111111-1111-4111-8111-111111111111", first, &b);
     }
 }
@@ -143,12 +147,16 @@ fn only_a_worker_id_logs_in_never_the_clusters_own_client() {
     for user in
         ["oak-cluster", "", "11111111-1111-4111-8111-11111111111", "../x", "11111111-1111-4111-8111-11111111111G"]
     {
-        assert!(connect(&connect_body(user, None)).is_err(), "{user:?} accepted");
+        assert!(user_of(&connect_body(user, None)).is_err(), "{user:?} accepted");
     }
 }
 
 /// A guard in front of a "broker" that accepts and never answers.
 async fn silent_guard() -> std::net::SocketAddr {
+    silent_guard_with(crate::broker::Credentials::default()).await
+}
+
+async fn silent_guard_with(creds: crate::broker::Credentials) -> std::net::SocketAddr {
     let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
     let up = upstream.local_addr().unwrap_or_else(|e| panic!("{e}"));
     tokio::spawn(async move {
@@ -159,7 +167,7 @@ async fn silent_guard() -> std::net::SocketAddr {
     });
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
     let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    tokio::spawn(serve(l, up));
+    tokio::spawn(serve(l, up, creds));
     addr
 }
 
@@ -178,7 +186,9 @@ async fn closed_after(mut c: TcpStream) -> std::time::Duration {
 
 #[tokio::test]
 async fn a_stranger_cannot_announce_a_big_connect_nor_wait_without_logging_in() {
-    let addr = silent_guard().await;
+    let creds = crate::broker::Credentials::default();
+    creds.set("11111111-1111-4111-8111-111111111111", crate::broker::hash("password"));
+    let addr = silent_guard_with(creds).await;
     // A CONNECT announcing 4 MiB: refused from its header, before any byte of it is kept.
     let mut c = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
     c.write_all(&[0x10, 0xff, 0xff, 0xff, 0x01]).await.unwrap_or_else(|e| panic!("{e}"));
@@ -216,4 +226,34 @@ async fn one_address_cannot_hold_every_pending_login() {
     let r = tokio::time::timeout(std::time::Duration::from_millis(500), other.read(&mut b)).await;
     assert!(r.is_err(), "a connection from elsewhere was closed at once: {r:?}");
     drop(held);
+}
+
+/// The broker never sees a worker's own password: the guard checks it and logs in with the
+/// relay password; a wrong one is refused by the guard itself, at once.
+#[tokio::test]
+async fn the_guard_checks_the_password_and_relays_its_own() {
+    let n1 = "11111111-1111-4111-8111-111111111111";
+    let body = connect_body(n1, Some(&format!("nodes/{n1}/lost")));
+    let c = parse_connect(&body).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((c.client_id.as_str(), c.password.as_str()), (format!("{n1}-ne").as_str(), "password"));
+    let creds = crate::broker::Credentials::default();
+    let packet = with_password(&body, &c, &creds.relay_password(n1));
+    let (head, len) = frame(&packet, MAX_CONNECT).ok().flatten().unwrap_or_else(|| panic!("unframed"));
+    let relayed = parse_connect(&packet[head..head + len]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((relayed.user.as_str(), relayed.client_id.as_str()), (n1, c.client_id.as_str()));
+    assert_eq!(relayed.password, creds.relay_password(n1));
+    assert_eq!(&packet[head..head + c.user_at], &body[..c.user_at], "everything before the user name is kept");
+
+    // A wrong password: the guard answers "bad user name or password" and closes.
+    creds.set(n1, crate::broker::hash("the real one"));
+    let addr = silent_guard_with(creds).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
+    // (Framed by the same encoder, with the worker's wrong password.)
+    conn.write_all(&with_password(&body, &c, "password")).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut ack = [0u8; 4];
+    tokio::time::timeout(std::time::Duration::from_secs(2), conn.read_exact(&mut ack))
+        .await
+        .unwrap_or_else(|_| panic!("no answer"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ack, REFUSED_LOGIN);
 }
