@@ -59,7 +59,7 @@ pub struct Worker<R: Runtime> {
     session: String,
     /// The address this host uses towards its cluster.
     reg_ip: String,
-    /// Held while this worker may touch the host's network (with the overlay on).
+    /// Held while this worker runs: its data dir, and (with the overlay on) the host's network.
     _host_lock: Option<HostLock>,
 }
 
