@@ -180,7 +180,13 @@ impl Registry {
         let mut rescheduled = false;
         let mut net_changed = false;
         let mut by_service: BTreeMap<ServiceId, Vec<oak_api::link::InstanceState>> = BTreeMap::new();
-        for i in report.instances {
+        for mut i in report.instances {
+            // What a cluster says about an instance is shown to its owner: bounded, and no
+            // usage figure below zero or beyond reason.
+            oak_api::node::truncate_detail(&mut i.status_detail);
+            let sane = |v: Option<f64>, max: f64| v.filter(|v| v.is_finite() && (0.0..=max).contains(v));
+            i.cpu_percent = sane(i.cpu_percent, oak_api::node::MAX_CPU_PERCENT);
+            i.memory_mb = sane(i.memory_mb, oak_api::node::MAX_MEMORY_MB as f64);
             by_service.entry(i.service_id.clone()).or_default().push(i);
         }
         for (sid, states) in by_service {

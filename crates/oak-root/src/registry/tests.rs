@@ -467,3 +467,28 @@ fn worker_subnets_are_given_while_they_last_and_capped_per_cluster() {
     // The real cap leaves most of the real pool (12,288 /26 subnets) to other clusters.
     const { assert!(Registry::MAX_SUBNETS_PER_CLUSTER <= 12_288 / 3) };
 }
+
+/// What a cluster reports about an instance is shown to its owner: a huge detail is cut and
+/// impossible usage figures are dropped, and the rest of the report still applies.
+#[test]
+fn a_clusters_instance_report_is_bounded() {
+    let (_store, _clock, r, admin) = setup();
+    let ids = r.create_applications(&admin, sla(&["a"])).unwrap_or_default();
+    let svc = r.get_app(&admin.id, &ids[0]).map(|a| a.microservices[0].clone()).unwrap_or_else(|e| panic!("{e}"));
+    let c = r.join_cluster("c", None, None).unwrap_or_else(|e| panic!("{e}"));
+    r.apply_report(&c, report_with_slot(8000)).unwrap_or_else(|e| panic!("{e}"));
+    r.request_instance(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.schedule_pending().unwrap_or(false));
+    let mut report = report_with_slot(8000);
+    report.instances.push(oak_api::link::InstanceState {
+        status_detail: "x".repeat(1 << 20),
+        cpu_percent: Some(-5.0),
+        memory_mb: Some(f64::INFINITY),
+        ..state(&svc, Status::Running)
+    });
+    r.apply_report(&c, report).unwrap_or_else(|e| panic!("{e}"));
+    let i = r.get_service(&admin.id, &svc).map(|s| s.instance_list[0].clone()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(i.status, Status::Running);
+    assert!(i.status_detail.len() <= oak_api::node::MAX_STATUS_DETAIL, "{}", i.status_detail.len());
+    assert_eq!((i.cpu_percent, i.memory_mb), (None, None));
+}
