@@ -363,6 +363,13 @@ pub struct LogsReply {
     pub error: Option<String>,
 }
 
+impl LogsReply {
+    /// An answer that carries only why there is no log.
+    pub fn failed(request_id: String, error: String) -> Self {
+        Self { request_id, offset: 0, next_offset: 0, text: String::new(), error: Some(error) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

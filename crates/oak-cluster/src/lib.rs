@@ -583,15 +583,10 @@ impl Cluster {
                 }
                 if pending_logs.len() >= MAX_PENDING_LOGS {
                     tracing::warn!(request = %req.request_id, "refused a log request: {MAX_PENDING_LOGS} already wait");
-                    let _ = reply.send(LogsReply {
-                        request_id: req.request_id,
-                        offset: 0,
-                        next_offset: 0,
-                        text: String::new(),
-                        error: Some(format!(
-                            "the cluster already waits for {MAX_PENDING_LOGS} log answers; try again later"
-                        )),
-                    });
+                    let _ = reply.send(LogsReply::failed(
+                        req.request_id,
+                        format!("the cluster already waits for {MAX_PENDING_LOGS} log answers; try again later"),
+                    ));
                     return Vec::new();
                 }
                 match self.core.assignments().get(&k).and_then(|a| a.worker.clone()) {
@@ -604,27 +599,18 @@ impl Cluster {
                         // Refused, not sent empty: the root hears why at once.
                         Err(e) => {
                             tracing::error!(error = %e, "cannot encode a log request");
-                            let _ = reply.send(LogsReply {
-                                request_id: req.request_id,
-                                offset: 0,
-                                next_offset: 0,
-                                text: String::new(),
-                                error: Some(format!("the cluster cannot encode the log request: {e}")),
-                            });
+                            let _ = reply.send(LogsReply::failed(
+                                req.request_id,
+                                format!("the cluster cannot encode the log request: {e}"),
+                            ));
                             Vec::new()
                         }
                     },
                     None => {
-                        let _ = reply.send(LogsReply {
-                            request_id: req.request_id,
-                            offset: 0,
-                            next_offset: 0,
-                            text: String::new(),
-                            error: Some(format!(
-                                "instance {} of service {} runs on no worker of this cluster",
-                                k.1, k.0
-                            )),
-                        });
+                        let _ = reply.send(LogsReply::failed(
+                            req.request_id,
+                            format!("instance {} of service {} runs on no worker of this cluster", k.1, k.0),
+                        ));
                         Vec::new()
                     }
                 }

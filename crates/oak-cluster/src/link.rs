@@ -154,13 +154,10 @@ async fn session(
                         tokio::spawn(async move {
                             let reply = match tokio::time::timeout(Duration::from_secs(5), rx).await {
                                 Ok(Ok(r)) => r,
-                                _ => oak_api::node::LogsReply {
-                                    request_id: req.request_id,
-                                    offset: 0,
-                                    next_offset: 0,
-                                    text: String::new(),
-                                    error: Some("the worker did not answer in time".into()),
-                                },
+                                _ => oak_api::node::LogsReply::failed(
+                                    req.request_id,
+                                    "the worker did not answer in time".into(),
+                                ),
                             };
                             let _ = out.send(reply).await;
                         });
