@@ -172,9 +172,15 @@ impl NodeInfo {
         if self.instances.len() > MAX_REPORTED_INSTANCES {
             return bad("instances", format!("at most {MAX_REPORTED_INSTANCES} (got {})", self.instances.len()));
         }
+        // Every report of every worker passes here: field names are made only for a bad one.
+        let ok = |v: f64, max: f64| v.is_finite() && (0.0..=max).contains(&v);
         for (i, u) in self.instances.iter().enumerate() {
-            check_f64(&format!("instances[{i}].cpu_percent"), u.cpu_percent, MAX_CPU_PERCENT)?;
-            check_f64(&format!("instances[{i}].memory_mb"), u.memory_mb, MAX_MEMORY_MB as f64)?;
+            if !ok(u.cpu_percent, MAX_CPU_PERCENT) {
+                check_f64(&format!("instances[{i}].cpu_percent"), u.cpu_percent, MAX_CPU_PERCENT)?;
+            }
+            if !ok(u.memory_mb, MAX_MEMORY_MB as f64) {
+                check_f64(&format!("instances[{i}].memory_mb"), u.memory_mb, MAX_MEMORY_MB as f64)?;
+            }
         }
         if self.interests.len() > MAX_INTERESTS {
             return bad("interests", format!("at most {MAX_INTERESTS} (got {})", self.interests.len()));
@@ -401,6 +407,16 @@ mod tests {
         }
         let info = NodeInfo { cpu_percent: f64::INFINITY, ..Default::default() };
         assert_eq!(info.validate().map_err(|e| e.field), Err("cpu_percent".to_owned()));
+        let usage = |memory_mb| InstanceUsage {
+            service_id: ServiceId::from("s"),
+            instance_number: 0,
+            status: Status::Running,
+            cpu_percent: 1.0,
+            memory_mb,
+            ns_ip: None,
+        };
+        let info = NodeInfo { arch: "amd64".into(), instances: vec![usage(1.0), usage(-1.0)], ..Default::default() };
+        assert_eq!(info.validate().map_err(|e| e.field), Err("instances[1].memory_mb".to_owned()));
         let mut d = "é".repeat(2000);
         truncate_detail(&mut d);
         assert!(d.len() <= MAX_STATUS_DETAIL && d.ends_with('…'));

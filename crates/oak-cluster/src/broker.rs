@@ -31,7 +31,7 @@ impl Default for Credentials {
 }
 
 pub fn hash(password: &str) -> String {
-    Sha256::digest(password.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    oak_store::secret::sha256_hex(password)
 }
 
 impl Credentials {

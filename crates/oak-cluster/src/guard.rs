@@ -88,17 +88,21 @@ pub fn with_password(body: &[u8], c: &Connect, password: &str) -> Vec<u8> {
     new_body.extend_from_slice(&(password.len() as u16).to_be_bytes());
     new_body.extend_from_slice(password.as_bytes());
     let mut packet = vec![CONNECT << 4];
-    let mut len = new_body.len();
+    push_length(&mut packet, new_body.len());
+    packet.extend(new_body);
+    packet
+}
+
+/// Appends `len` as an MQTT remaining length (a variable-length integer).
+fn push_length(out: &mut Vec<u8>, mut len: usize) {
     loop {
         let byte = (len % 128) as u8;
         len /= 128;
-        packet.push(if len > 0 { byte | 0x80 } else { byte });
+        out.push(if len > 0 { byte | 0x80 } else { byte });
         if len == 0 {
             break;
         }
     }
-    packet.extend(new_body);
-    packet
 }
 
 /// Parses a CONNECT `body` (without its fixed header) and checks its will topic.
@@ -179,17 +183,8 @@ pub fn check(node: &str, first: u8, body: &[u8]) -> Verdict {
                 Verdict::Forward
             } else {
                 let mut ack = vec![0x90];
-                // The remaining length is a variable-length integer: more than 125 filters
-                // need two bytes of it.
-                let mut len = 2 + codes.len();
-                loop {
-                    let byte = (len % 128) as u8;
-                    len /= 128;
-                    ack.push(if len > 0 { byte | 0x80 } else { byte });
-                    if len == 0 {
-                        break;
-                    }
-                }
+                // More than 125 filters need two bytes of remaining length.
+                push_length(&mut ack, 2 + codes.len());
                 ack.extend_from_slice(id);
                 ack.extend(codes);
                 Verdict::Refuse(ack)
@@ -205,7 +200,8 @@ pub fn check(node: &str, first: u8, body: &[u8]) -> Verdict {
 pub async fn serve(listener: TcpListener, upstream: SocketAddr, creds: crate::broker::Credentials) {
     // Each relayed connection holds three descriptors here (the worker's, ours to the broker
     // and the broker's end): stay well below the file limit.
-    let files = oak_tls::serve::raise_file_limit().unwrap_or(1024);
+    // (The cluster raised its soft limit at start; this only reads it.)
+    let files = oak_tls::serve::file_limit().map(|(soft, _)| soft).unwrap_or(1024);
     let max = MAX_CONNECTIONS.min((files.saturating_sub(512) / 3).max(64) as usize);
     if max < MAX_CONNECTIONS {
         tracing::info!(open_files = files, max_connections = max, "MQTT connections bounded by the file limit");
@@ -223,7 +219,7 @@ pub async fn serve(listener: TcpListener, upstream: SocketAddr, creds: crate::br
                 continue;
             }
         };
-        let source = PendingLogin::source(peer.ip());
+        let source = oak_tls::serve::throttle_source(peer.ip());
         let from_source = {
             let mut m = per_source.lock();
             let n = m.entry(source).or_insert(0);
@@ -266,18 +262,6 @@ pub const MAX_PENDING_PER_SOURCE: usize = 64;
 struct PendingLogin {
     source: std::net::IpAddr,
     table: std::sync::Arc<parking_lot::Mutex<HashMap<std::net::IpAddr, usize>>>,
-}
-
-impl PendingLogin {
-    fn source(ip: std::net::IpAddr) -> std::net::IpAddr {
-        match ip {
-            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => v4.into(),
-                None => std::net::IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-            },
-            v4 => v4,
-        }
-    }
 }
 
 impl Drop for PendingLogin {

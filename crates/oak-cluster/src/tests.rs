@@ -119,19 +119,12 @@ fn the_first_report_is_stored() {
     assert_eq!(c.core.report(2.0).workers, [id]);
 }
 
-/// A log reply is handed to the waiting request only when it comes from the worker the
-/// request went to; another worker's (forged) reply is dropped and the request keeps waiting.
-#[test]
-fn log_replies_count_only_from_the_worker_asked() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let mut c = cluster(dir.path());
-    let creds = broker::Credentials::default();
-    let mut pending = PendingLogs::new();
-    let svc = oak_api::ServiceId::from("svc");
+/// Instance 0 of `svc` runs on `worker`.
+fn running_on(c: &mut Cluster, svc: &oak_api::ServiceId, worker: &str) {
     c.core.restore(
         (svc.clone(), 0),
         Assignment {
-            worker: Some("asked".into()),
+            worker: Some(worker.into()),
             status: oak_api::Status::Running,
             detail: String::new(),
             since: 0.0,
@@ -141,6 +134,18 @@ fn log_replies_count_only_from_the_worker_asked() {
             ns_ip: None,
         },
     );
+}
+
+/// A log reply is handed to the waiting request only when it comes from the worker the
+/// request went to; another worker's (forged) reply is dropped and the request keeps waiting.
+#[test]
+fn log_replies_count_only_from_the_worker_asked() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut c = cluster(dir.path());
+    let creds = broker::Credentials::default();
+    let mut pending = PendingLogs::new();
+    let svc = oak_api::ServiceId::from("svc");
+    running_on(&mut c, &svc, "asked");
     let request = |id: &str| LogsRequest {
         request_id: id.into(),
         service_id: svc.clone(),
@@ -180,19 +185,7 @@ fn pending_log_requests_are_bounded() {
     let creds = broker::Credentials::default();
     let mut pending = PendingLogs::new();
     let svc = oak_api::ServiceId::from("svc");
-    c.core.restore(
-        (svc.clone(), 0),
-        Assignment {
-            worker: Some("w".into()),
-            status: oak_api::Status::Running,
-            detail: String::new(),
-            since: 0.0,
-            attempts: 0,
-            next_try: 0.0,
-            sent: 0.0,
-            ns_ip: None,
-        },
-    );
+    running_on(&mut c, &svc, "w");
     let mut waiting = Vec::new();
     for i in 0..MAX_PENDING_LOGS {
         let (tx, rx) = oneshot::channel();

@@ -436,16 +436,8 @@ impl LoginLimiter {
     pub const ADDRESS_BLOCK_SECS: f64 = 60.0;
     pub const MAX_ENTRIES: usize = 16_384;
 
-    /// One IPv6 host holds a whole /64: it counts as one address (and an IPv4-mapped address
-    /// as its IPv4 one).
     fn source(from: std::net::IpAddr) -> std::net::IpAddr {
-        match from {
-            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => std::net::IpAddr::V4(v4),
-                None => std::net::IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-            },
-            v4 => v4,
-        }
+        oak_tls::serve::throttle_source(from)
     }
 
     fn key(user: &str, from: std::net::IpAddr) -> (String, std::net::IpAddr) {

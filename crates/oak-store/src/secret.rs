@@ -24,6 +24,13 @@ pub fn read_or_create(path: &Path) -> std::io::Result<String> {
     Ok(s)
 }
 
+/// sha256 of `secret`, lowercase hex: how every tier keeps a secret it only has to check
+/// (join tokens, node and cluster secrets, MQTT passwords).
+pub fn sha256_hex(secret: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Compares two secrets without leaking, through timing, how much of them matched.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

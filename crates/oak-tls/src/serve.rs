@@ -134,7 +134,20 @@ fn bound_for_file_limit(soft: Option<u64>) -> usize {
 }
 
 /// The soft and hard limits of open files of this process.
-fn file_limit() -> io::Result<(u64, u64)> {
+/// The address a throttle counts a peer under: an IPv6 host holds a whole /64, so that is
+/// one address; an IPv4-mapped address is its IPv4 one.
+pub fn throttle_source(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
+    }
+}
+
+/// This process's (soft, hard) limits of open files.
+pub fn file_limit() -> io::Result<(u64, u64)> {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_err(io::Error::from)
 }
 

@@ -7,9 +7,8 @@
 
 mod common;
 
-use common::conns::{closed_by_server, strip_ansi, until_closed};
+use common::conns::{closed_by_server, until_closed};
 use common::{OAK, Proc, RootProcess, free_port};
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -56,20 +55,7 @@ async fn start_cluster(tmp: &Path, ulimit: Option<u32>, env: &[(&str, &str)]) ->
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
-    let log = Arc::new(parking_lot::Mutex::new(String::new()));
-    let mut stderr = child.stderr.take().unwrap();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stderr.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            let text = String::from_utf8_lossy(&buf[..n]);
-            eprint!("{text}");
-            sink.lock().push_str(&strip_ansi(&text));
-        }
-    });
+    let log = common::conns::collect_log(&mut child);
     let cluster = Cluster { _root: root, proc: Proc(Some(child)), port, log };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -7,10 +7,9 @@
 
 mod common;
 
-use common::conns::{closed_by_server, strip_ansi, until_closed};
+use common::conns::{closed_by_server, until_closed};
 use common::{OAK, Proc, RootProcess, free_port};
 use oak_client::RootClient;
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -43,20 +42,7 @@ fn crowded_root(dir: &Path, port: u16, tls: Option<&Path>) -> (Proc, Arc<parking
         cmd.arg("--tls-cert").arg(pki.join("root-cert.pem")).arg("--tls-key").arg(pki.join("root-key.pem"));
     }
     let mut child = cmd.spawn().unwrap();
-    let log = Arc::new(parking_lot::Mutex::new(String::new()));
-    let mut stderr = child.stderr.take().unwrap();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stderr.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            let text = String::from_utf8_lossy(&buf[..n]);
-            eprint!("{text}");
-            sink.lock().push_str(&strip_ansi(&text));
-        }
-    });
+    let log = common::conns::collect_log(&mut child);
     (Proc(Some(child)), log)
 }
 
@@ -133,48 +119,10 @@ async fn silent_connections_beyond_the_bound_do_not_lock_out_a_login() {
     crowd_does_not_lock_out(root, port, || RootClient::new(&url), &log).await;
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out =
-        Command::new("openssl").args(args).current_dir(dir).output().expect("openssl (scripts/setup installs it)");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// `root-ca.pem` and a certificate for 127.0.0.1 it signed (`root-cert.pem`, `root-key.pem`).
-fn make_pki(dir: &Path) {
-    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca-key.pem"]);
-    openssl(
-        dir,
-        &["req", "-x509", "-new", "-key", "ca-key.pem", "-subj", "/CN=CA", "-days", "2", "-out", "root-ca.pem"],
-    );
-    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "root-key.pem"]);
-    openssl(dir, &["req", "-new", "-key", "root-key.pem", "-subj", "/CN=oak root", "-out", "root.csr"]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "root.csr",
-            "-CA",
-            "root-ca.pem",
-            "-CAkey",
-            "ca-key.pem",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "root-cert.pem",
-        ],
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_do_not_lock_out_a_login_over_tls() {
     let tmp = common::tempdir();
-    make_pki(tmp.path());
+    common::make_pki(tmp.path(), "root");
     let port = free_port();
     let (root, log) = crowded_root(tmp.path(), port, Some(tmp.path()));
     let ca = std::fs::read(tmp.path().join("root-ca.pem")).unwrap();

@@ -11,47 +11,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out =
-        Command::new("openssl").args(args).current_dir(dir).output().expect("openssl (scripts/setup installs it)");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A CA (`<name>-ca.pem`) and a certificate for 127.0.0.1 it signed (`<name>-cert.pem`,
-/// `<name>-key.pem`).
-fn make_pki(dir: &Path, name: &str) {
-    let (ca_key, ca) = (format!("{name}-ca-key.pem"), format!("{name}-ca.pem"));
-    let (key, csr, cert) = (format!("{name}-key.pem"), format!("{name}.csr"), format!("{name}-cert.pem"));
-    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &ca_key]);
-    openssl(
-        dir,
-        &["req", "-x509", "-new", "-key", &ca_key, "-subj", &format!("/CN={name} CA"), "-days", "2", "-out", &ca],
-    );
-    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &key]);
-    openssl(dir, &["req", "-new", "-key", &key, "-subj", "/CN=oak root", "-out", &csr]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            &cert,
-        ],
-    );
-}
-
 fn ca(dir: &Path, name: &str) -> Vec<u8> {
     std::fs::read(dir.join(format!("{name}-ca.pem"))).unwrap()
 }
@@ -60,8 +19,8 @@ fn ca(dir: &Path, name: &str) -> Vec<u8> {
 async fn the_api_and_the_cluster_link_run_over_tls() {
     let tmp = common::tempdir();
     let dir = tmp.path();
-    make_pki(dir, "good");
-    make_pki(dir, "other");
+    common::make_pki(dir, "good");
+    common::make_pki(dir, "other");
     let port = free_port();
     let url = format!("https://127.0.0.1:{port}");
     let _root = Proc(Some(

@@ -121,7 +121,9 @@ impl Registry {
             .cloned();
         let proves = |c: &ClusterRecord| match (&c.secret_hash, secret) {
             (None, _) => true,
-            (Some(h), Some(s)) => oak_store::secret::constant_time_eq(h.as_bytes(), secret_hash(s).as_bytes()),
+            (Some(h), Some(s)) => {
+                oak_store::secret::constant_time_eq(h.as_bytes(), oak_store::secret::sha256_hex(s).as_bytes())
+            }
             (Some(_), None) => false,
         };
         let now = self.clock.now_unix();
@@ -140,7 +142,7 @@ impl Registry {
                 c.last_seen = now;
                 if verify && c.secret_hash.is_none() {
                     let s = oak_store::secret::random_hex(32);
-                    c.secret_hash = Some(secret_hash(&s));
+                    c.secret_hash = Some(oak_store::secret::sha256_hex(&s));
                     issued = Some(s);
                 }
                 c
@@ -153,7 +155,7 @@ impl Registry {
                     location: location.unwrap_or_default().to_owned(),
                     last_seen: now,
                     aggregate: Default::default(),
-                    secret_hash: verify.then(|| secret_hash(&s)),
+                    secret_hash: verify.then(|| oak_store::secret::sha256_hex(&s)),
                 };
                 issued = verify.then_some(s);
                 rec
@@ -443,10 +445,4 @@ impl Registry {
             ))),
         }
     }
-}
-
-/// How a cluster secret is kept: its sha256, hex.
-fn secret_hash(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -286,12 +286,7 @@ fn worker_subnets_are_kept_moved_and_freed() {
 #[test]
 fn tables_name_running_attached_instances_of_the_asked_addresses() {
     let (_store, _clock, r, admin) = setup();
-    let ids = r.create_applications(&admin, sla(&["a"])).unwrap_or_default();
-    let svc = r.get_app(&admin.id, &ids[0]).map(|a| a.microservices[0].clone()).unwrap_or_else(|e| panic!("{e}"));
-    let c = r.join_cluster("c", None, None).unwrap_or_else(|e| panic!("{e}"));
-    r.apply_report(&c, report_with_slot(8000)).unwrap_or_else(|e| panic!("{e}"));
-    r.request_instance(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
-    assert!(r.schedule_pending().unwrap_or(false));
+    let (svc, c) = placed(&r, &admin);
     let s = r.get_service(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
     let rr: Ipv4Addr = s.rr_ip.clone().unwrap_or_default().parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
     let iip: Ipv4Addr =
@@ -321,6 +316,17 @@ fn tables_name_running_attached_instances_of_the_asked_addresses() {
         assert_eq!(t[0].instances[0].ns_ip, Ipv4Addr::new(10, 18, 0, 66));
         assert_eq!((t[0].instances[0].host_ip.as_str(), t[0].instances[0].host_port), ("192.168.50.2", 50103));
     }
+}
+
+/// A service of app "a" with one instance, placed in cluster "c" (which has room).
+fn placed(r: &Registry, admin: &UserRecord) -> (ServiceId, ClusterId) {
+    let ids = r.create_applications(admin, sla(&["a"])).unwrap_or_default();
+    let svc = r.get_app(&admin.id, &ids[0]).map(|a| a.microservices[0].clone()).unwrap_or_else(|e| panic!("{e}"));
+    let c = r.join_cluster("c", None, None).unwrap_or_else(|e| panic!("{e}"));
+    r.apply_report(&c, report_with_slot(8000)).unwrap_or_else(|e| panic!("{e}"));
+    r.request_instance(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.schedule_pending().unwrap_or(false));
+    (svc, c)
 }
 
 fn with_replicas(name: &str, replicas: u32) -> Sla {
@@ -473,12 +479,7 @@ fn worker_subnets_are_given_while_they_last_and_capped_per_cluster() {
 #[test]
 fn a_clusters_instance_report_is_bounded() {
     let (_store, _clock, r, admin) = setup();
-    let ids = r.create_applications(&admin, sla(&["a"])).unwrap_or_default();
-    let svc = r.get_app(&admin.id, &ids[0]).map(|a| a.microservices[0].clone()).unwrap_or_else(|e| panic!("{e}"));
-    let c = r.join_cluster("c", None, None).unwrap_or_else(|e| panic!("{e}"));
-    r.apply_report(&c, report_with_slot(8000)).unwrap_or_else(|e| panic!("{e}"));
-    r.request_instance(&admin.id, &svc).unwrap_or_else(|e| panic!("{e}"));
-    assert!(r.schedule_pending().unwrap_or(false));
+    let (svc, c) = placed(&r, &admin);
     let mut report = report_with_slot(8000);
     report.instances.push(oak_api::link::InstanceState {
         status_detail: "x".repeat(1 << 20),

@@ -2,7 +2,6 @@
 //! token is stored; the token itself is shown once, when it is created.
 
 use super::*;
-use sha2::{Digest, Sha256};
 
 /// A join token as listed (never with its secret).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -29,7 +28,7 @@ struct TokenRecord {
 }
 
 fn digest(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    oak_store::secret::sha256_hex(secret)
 }
 
 impl Registry {

@@ -75,3 +75,23 @@ pub async fn trickled_head_closed_after(addr: &str, head: &'static [u8]) -> Dura
     writer.abort();
     started.elapsed()
 }
+
+/// Collects `child`'s stderr (echoed, colours stripped) into a shared string, as it comes.
+pub fn collect_log(child: &mut std::process::Child) -> std::sync::Arc<parking_lot::Mutex<String>> {
+    use std::io::Read;
+    let log = std::sync::Arc::new(parking_lot::Mutex::new(String::new()));
+    let mut stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&buf[..n]);
+            eprint!("{text}");
+            sink.lock().push_str(&strip_ansi(&text));
+        }
+    });
+    log
+}
