@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod error;
 pub mod ids;
 pub mod json;
+pub mod ldp;
 pub mod link;
 pub mod model;
 pub mod net;

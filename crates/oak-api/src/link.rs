@@ -90,6 +90,9 @@ pub struct DesiredInstance {
     /// The instance's semantic address (allocated by the root).
     #[serde(default)]
     pub instance_ip: Option<Ipv4Addr>,
+    /// Where its S2S targets run and the areas it names, when its SLA has requirements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ldp: Option<crate::ldp::LdpContext>,
 }
 
 /// Free space of one kind in a cluster, for the root's scheduler: one entry per distinct
@@ -124,6 +127,12 @@ pub struct ClusterAggregate {
     pub gpus: u32,
     pub runtimes: Vec<String>,
     pub slots: Vec<FreeSlot>,
+    /// Where its active workers are, on the map and in the coordinate space.
+    #[serde(default, skip_serializing_if = "crate::ldp::LdpSummary::is_empty")]
+    pub ldp: crate::ldp::LdpSummary,
+    /// Addons offered by some active worker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addons: Vec<String>,
 }
 
 /// State of one instance, as the cluster sees it.
@@ -150,6 +159,9 @@ pub struct InstanceState {
     pub host_port: Option<u16>,
     #[serde(default)]
     pub location: Option<String>,
+    /// Its worker's network coordinate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coord: Option<crate::ldp::Coord>,
 }
 
 /// A report relative to the previous one on the same connection: the aggregate, the

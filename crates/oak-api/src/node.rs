@@ -218,6 +218,18 @@ pub fn topic_network(node: &str) -> String {
 pub fn topic_tables(node: &str) -> String {
     format!("nodes/{node}/control/tables")
 }
+/// Cluster → worker: the peers to probe ([`crate::ldp::ProbePeers`]).
+pub fn topic_peers(node: &str) -> String {
+    format!("nodes/{node}/control/peers")
+}
+/// Cluster → worker: addresses to measure ([`crate::ldp::MeasureRequest`]).
+pub fn topic_measure(node: &str) -> String {
+    format!("nodes/{node}/control/measure")
+}
+/// Worker → cluster: measurements ([`crate::ldp::MeasureReply`]).
+pub fn topic_measured(node: &str) -> String {
+    format!("nodes/{node}/measured")
+}
 
 /// Static facts about a worker, sent at registration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -243,6 +255,9 @@ pub struct RegisterRequest {
     /// `"lat,long"`, if known.
     #[serde(default)]
     pub location: Option<String>,
+    /// Addons this worker offers (`oak worker --addons`), for `addons` constraints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addons: Vec<String>,
     /// A fresh random value per worker process; its last will carries it, so a stale will
     /// (from before a restart) is told apart.
     #[serde(default)]
@@ -317,6 +332,15 @@ pub struct NodeInfo {
     /// [`crate::net::digest`] of the tables the worker holds.
     #[serde(default)]
     pub tables_digest: Option<u64>,
+    /// Where other workers send latency probes to this one (`crate::ldp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<std::net::SocketAddrV4>,
+    /// The worker's network coordinate, once it has measured some peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coord: Option<crate::ldp::Coord>,
+    /// Recent filtered RTTs to its peers (at most [`crate::ldp::MAX_REPORTED_RTTS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rtts: Vec<crate::ldp::PeerRtt>,
 }
 
 /// A state change of an instance (`nodes/<id>/job`).

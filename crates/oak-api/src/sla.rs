@@ -486,6 +486,8 @@ const SERVICE_FIELDS: &[&str] = &[
     "arch",
     "platform",
     "volumes",
+    "sla_violation_strategy",
+    "added_files",
 ];
 
 fn join(path: &str, field: &str) -> String {
@@ -786,6 +788,7 @@ impl Validator {
         for key in ["memory", "vgpus", "vtpus", "bandwidth_in", "bandwidth_out", "storage", "replicas"] {
             self.count(obj, path, key);
         }
+        self.unsupported_fields(obj, path);
         if let Some(Value::Number(n)) = obj.get("replicas")
             && as_count(n).is_some_and(|r| r > MAX_REPLICAS as u64)
         {
@@ -802,13 +805,23 @@ impl Validator {
             self.push(join(path, "port"), e);
         }
         self.boolean(obj, path, "one_shot");
+        if let Some(p) = self.opt_string(obj, path, "sla_violation_strategy", MAX_TEXT_BYTES)
+            && !matches!(p, "report" | "migrate")
+        {
+            self.push(join(path, "sla_violation_strategy"), format!("must be \"report\" or \"migrate\", got {p:?}"));
+        }
         if let Some(p) = self.opt_string(obj, path, "on_cluster_loss", MAX_TEXT_BYTES)
             && !matches!(p, "move" | "wait")
         {
             self.push(join(path, "on_cluster_loss"), format!("must be \"move\" or \"wait\", got {p:?}"));
         }
         self.boolean(obj, path, "privileged");
-        self.opt_string(obj, path, "platform", MAX_ARCH_BYTES);
+        if self.opt_string(obj, path, "platform", MAX_ARCH_BYTES).is_some_and(|p| !p.is_empty()) {
+            self.push(
+                join(path, "platform"),
+                "is not supported yet: images are pulled for the worker's own platform; use arch",
+            );
+        }
         self.string_array(obj, path, "arch", MAX_ARCH_ENTRIES, MAX_ARCH_BYTES);
         if let Some(a) = obj.get("addresses") {
             self.addresses(a, &join(path, "addresses"));
@@ -829,6 +842,7 @@ impl Validator {
                 }
             }
         }
+        let before = self.violations.len();
         if let Some(vols) = obj.get("volumes") {
             let field = join(path, "volumes");
             if let Some(vols) = self.list(vols, &field, MAX_LIST_ENTRIES) {
@@ -842,6 +856,9 @@ impl Validator {
                         }
                         self.opt_string(o, &vpath, "mount_path", MAX_LIST_BYTES);
                     }
+                }
+                if !vols.is_empty() && self.violations.len() == before {
+                    self.push(field, "is not supported yet: no CSI driver is available to instances");
                 }
             }
         }
@@ -863,7 +880,9 @@ impl Validator {
             let field = join(path, key);
             let Some(s) = self.opt_string(obj, path, key, MAX_TEXT_BYTES) else { continue };
             match s.parse::<Ipv6Addr>() {
-                Ok(ip) if in_service_subnet_v6(ip) => self.address(ip.to_string(), field),
+                Ok(ip) if in_service_subnet_v6(ip) => {
+                    self.push(field, format!("{ip} is not supported yet: the overlay carries IPv4 only"))
+                }
                 Ok(ip) => self.push(field, format!("{ip} is outside the service subnet fdff::/16")),
                 Err(_) => self.push(field, format!("{s:?} is not an IPv6 address")),
             }
@@ -879,6 +898,66 @@ impl Validator {
         }
     }
 
+    /// A latency (ms) or distance (km) threshold: required, a positive number.
+    fn threshold(&mut self, obj: &Map<String, Value>, path: &str) {
+        if let Some(t) = self.number(obj, path, "threshold", true)
+            && !(t > 0.0 && t <= 1e7)
+        {
+            self.push(join(path, "threshold"), format!("must be a positive number, got {t}"));
+        }
+    }
+
+    /// `rigidness` in [0, 1] and `convergence_time` in seconds (at most a day).
+    fn softness(&mut self, obj: &Map<String, Value>, path: &str, required: bool) {
+        if let Some(r) = self.number(obj, path, "rigidness", required)
+            && !(0.0..=1.0).contains(&r)
+        {
+            self.push(join(path, "rigidness"), format!("must be between 0 and 1, got {r}"));
+        }
+        if let Some(c) = self.number(obj, path, "convergence_time", required)
+            && !(0.0..=86_400.0).contains(&c)
+        {
+            self.push(join(path, "convergence_time"), format!("must be between 0 and 86400 seconds, got {c}"));
+        }
+    }
+
+    /// Fields the original accepts that this system does not honour yet: refused by name,
+    /// never accepted in silence. A zero, `false` or empty value asks for nothing and passes.
+    fn unsupported_fields(&mut self, obj: &Map<String, Value>, path: &str) {
+        let not_yet = |what: &str| format!("is not supported yet: {what}");
+        for (key, what) in [
+            ("vgpus", "no worker offers GPUs to instances"),
+            ("vtpus", "no worker offers TPUs to instances"),
+            ("storage", "instances get no storage reservation"),
+            ("bandwidth_in", "bandwidth is not reserved"),
+            ("bandwidth_out", "bandwidth is not reserved"),
+        ] {
+            if let Some(Value::Number(n)) = obj.get(key)
+                && as_count(n).is_some_and(|c| c > 0)
+            {
+                self.push(join(path, key), format!("{n} {}; omit it or give 0", not_yet(what)));
+            }
+        }
+        if obj.get("privileged") == Some(&Value::Bool(true)) {
+            self.push(join(path, "privileged"), not_yet("instances run unprivileged; omit it or give false"));
+        }
+        // (`platform` and `volumes`: where they are validated, once well-formed.)
+        if obj.get("added_files").and_then(Value::as_array).is_some_and(|v| !v.is_empty()) {
+            self.push(join(path, "added_files"), not_yet("files are not copied into instances"));
+        }
+        if let Some(Value::String(v)) = obj.get("virtualization")
+            && matches!(v.as_str(), "unikernel" | "crosvm")
+        {
+            self.push(join(path, "virtualization"), not_yet(&format!("{v}: workers run containers")));
+        }
+        if let Some(Value::Object(a)) = obj.get("addresses") {
+            let apath = join(path, "addresses");
+            if a.get("instances").is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|l| !l.is_empty())) {
+                self.push(join(&apath, "instances"), not_yet("Instance IPs are allocated by the root"));
+            }
+        }
+    }
+
     fn constraint(&mut self, c: &Value, path: &str) {
         let Some(obj) = self.object(c, path) else { return };
         let Some(t) = self.required(obj, path, "type") else { return };
@@ -889,10 +968,31 @@ impl Validator {
                 self.opt_string(obj, path, "node", MAX_LIST_BYTES);
             }
             "latency" => {
-                self.opt_string(obj, path, "area", MAX_TEXT_BYTES);
-                self.number(obj, path, "threshold", false);
-                self.number(obj, path, "rigidness", false);
-                self.number(obj, path, "convergence_time", false);
+                let area = self.opt_string(obj, path, "area", MAX_TEXT_BYTES);
+                let users = obj.get("users");
+                match (area, users) {
+                    (None, None) => self.push(join(path, "area"), "a latency constraint needs an area or users"),
+                    (Some(_), Some(_)) => self.push(join(path, "users"), "give an area or users, not both"),
+                    _ => {}
+                }
+                if let Some(users) = users {
+                    let field = join(path, "users");
+                    if let Some(list) = self.list(users, &field, crate::ldp::MAX_MEASURE_TARGETS) {
+                        if list.is_empty() {
+                            self.push(field.clone(), "must name at least one user address");
+                        }
+                        for (i, u) in list.iter().enumerate() {
+                            let f = format!("{field}[{i}]");
+                            if let Some(s) = self.text(u, &f, MAX_TEXT_BYTES)
+                                && s.parse::<std::net::IpAddr>().is_err()
+                            {
+                                self.push(f, format!("must be an IP address, got {s:?}"));
+                            }
+                        }
+                    }
+                }
+                self.threshold(obj, path);
+                self.softness(obj, path, false);
             }
             "geo" => {
                 if let Some(v) = self.required(obj, path, "location") {
@@ -903,17 +1003,21 @@ impl Validator {
                         self.push(field, format!("must be \"lat,long\" in degrees, got {s:?}"));
                     }
                 }
-                if let Some(t) = self.number(obj, path, "threshold", true)
-                    && t < 0.0
-                {
-                    self.push(join(path, "threshold"), "must not be negative");
-                }
+                self.threshold(obj, path);
+                self.softness(obj, path, false);
             }
             "addons" => {
-                self.string_array(obj, path, "needs", MAX_LIST_ENTRIES, MAX_TEXT_BYTES);
+                if self.required(obj, path, "needs").is_some() {
+                    self.string_array(obj, path, "needs", MAX_LIST_ENTRIES, MAX_TEXT_BYTES);
+                }
             }
             "clusters" => {
-                self.string_array(obj, path, "allowed", MAX_LIST_ENTRIES, MAX_TEXT_BYTES);
+                if let Some(a) = self.required(obj, path, "allowed").cloned()
+                    && self.string_array(obj, path, "allowed", MAX_LIST_ENTRIES, MAX_TEXT_BYTES).is_some()
+                    && a.as_array().is_some_and(Vec::is_empty)
+                {
+                    self.push(join(path, "allowed"), "must name at least one cluster");
+                }
             }
             other => self.push(
                 join(path, "type"),
@@ -925,7 +1029,12 @@ impl Validator {
     fn connectivity(&mut self, c: &Value, path: &str) {
         let Some(obj) = self.object(c, path) else { return };
         if let Some(v) = self.required(obj, path, "target_microservice_id") {
-            self.text(v, &join(path, "target_microservice_id"), MAX_TEXT_BYTES);
+            let field = join(path, "target_microservice_id");
+            if let Some(s) = self.text(v, &field, MAX_TEXT_BYTES)
+                && s.trim().is_empty()
+            {
+                self.push(field, "must name a service of this application (by name) or a service id");
+            }
         }
         let Some(cs) = self.required(obj, path, "con_constraints") else { return };
         let field = join(path, "con_constraints");
@@ -933,12 +1042,14 @@ impl Validator {
         for (i, c) in cs.iter().enumerate() {
             let cpath = format!("{field}[{i}]");
             let Some(o) = self.object(c, &cpath) else { continue };
-            if let Some(t) = self.required(o, &cpath, "type") {
-                self.text(t, &join(&cpath, "type"), MAX_TEXT_BYTES);
+            if let Some(t) = self.required(o, &cpath, "type")
+                && let Some(t) = self.text(t, &join(&cpath, "type"), MAX_TEXT_BYTES)
+                && !matches!(t, "latency" | "geo")
+            {
+                self.push(join(&cpath, "type"), format!("must be \"latency\" or \"geo\", got {t:?}"));
             }
-            for key in ["threshold", "rigidness", "convergence_time"] {
-                self.number(o, &cpath, key, true);
-            }
+            self.threshold(o, &cpath);
+            self.softness(o, &cpath, true);
         }
     }
 }

@@ -55,6 +55,7 @@ fn desired(services: usize, per_service: u32) -> Vec<DesiredInstance> {
                 job_name: format!("a.b.s{s}.n"),
                 spec: spec.clone(),
                 instance_ip: None,
+                ldp: None,
             })
         })
         .collect()

@@ -904,6 +904,7 @@ impl Core {
                     ns_ip: a.ns_ip,
                     host_port: w.and_then(|w| w.info.as_ref()).and_then(|i| i.tunnel).map(|t| t.port()),
                     location: w.and_then(|w| w.reg.location.clone()),
+                    coord: w.and_then(|w| w.info.as_ref()).and_then(|i| i.coord),
                 }
             })
             .collect();

@@ -93,6 +93,7 @@ fn main() {
             ns_ip: None,
             host_port: None,
             location: None,
+            coord: None,
         };
         let full = ClusterReport {
             aggregate: aggregate(),

@@ -135,6 +135,7 @@ impl<R: Runtime> Worker<R> {
             memory_mb: mem,
             gpus: 0,
             location: config.location.clone(),
+            addons: vec![],
             session: format!(
                 "{}-{}",
                 std::process::id(),

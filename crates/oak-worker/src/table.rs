@@ -604,6 +604,9 @@ impl<R: Runtime> Table<R> {
             tunnel: self.overlay.as_ref().map(|o| o.tunnel()),
             interests: self.overlay.as_ref().map(|o| o.interests()).unwrap_or_default(),
             tables_digest: self.overlay.as_ref().map(|_| self.tables_digest),
+            probe: None,
+            coord: None,
+            rtts: vec![],
         };
         self.send(Outbound::Report(Box::new(info))).await;
     }

@@ -33,9 +33,10 @@ fn deps(meta: &Value, krate: &str) -> Vec<String> {
 }
 
 const TIERS: [&str; 3] = ["oak-root", "oak-cluster", "oak-worker"];
-const PURE: [&str; 2] = ["oak-api", "oak-sched"];
+const PURE: [&str; 3] = ["oak-api", "oak-sched", "oak-ldp"];
 /// Every crate the dependency rules name.
-const RULED: [&str; 7] = ["oak-root", "oak-cluster", "oak-worker", "oak-api", "oak-sched", "oak-store", "oak-client"];
+const RULED: [&str; 8] =
+    ["oak-root", "oak-cluster", "oak-worker", "oak-api", "oak-sched", "oak-ldp", "oak-store", "oak-client"];
 
 fn check_dependency_rules(meta: &Value) {
     for tier in TIERS {

@@ -30,6 +30,7 @@ fn desired(n: u32, extra: serde_json::Value) -> DesiredInstance {
         job_name: "a.b.s.n".into(),
         spec: parse_microservice(&spec, "").unwrap_or_else(|e| panic!("{e}")),
         instance_ip: None,
+        ldp: None,
     }
 }
 

@@ -386,6 +386,7 @@ mod tests {
             job_name: "a.b.s.n".into(),
             spec: oak_api::sla::parse_microservice(&spec, "").expect("spec"),
             instance_ip: None,
+            ldp: None,
         }
     }
 

@@ -422,6 +422,7 @@ impl Registry {
                     job_name: job_name(&app, &s.spec),
                     spec: s.spec.clone(),
                     instance_ip: i.instance_ip.as_deref().and_then(|ip| ip.parse().ok()),
+                    ldp: None,
                 });
             }
         }

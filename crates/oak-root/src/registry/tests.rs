@@ -177,6 +177,7 @@ fn state(svc: &ServiceId, status: Status) -> oak_api::link::InstanceState {
         ns_ip: None,
         host_port: None,
         location: None,
+        coord: None,
     }
 }
 

@@ -138,6 +138,7 @@ fn deploy(svc: &str, n: u32, one_shot: bool) -> Command {
         job_name: "a.b.s.n".into(),
         spec: oak_api::sla::parse_microservice(&spec, "").unwrap(),
         instance_ip: None,
+        ldp: None,
     }))
 }
 
