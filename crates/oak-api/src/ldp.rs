@@ -185,6 +185,9 @@ pub struct TargetPoint {
     pub coord: Option<Coord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// Its worker's probe address: the worker of a dependent instance measures it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<SocketAddrV4>,
 }
 
 /// What the root adds to a desired instance whose SLA has requirements: where the S2S targets

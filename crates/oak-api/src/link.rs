@@ -79,6 +79,10 @@ pub enum RootToCluster {
     Tables {
         tables: Vec<ServiceTable>,
     },
+    /// Landmark workers of the other clusters, for this cluster's workers to probe.
+    Landmarks {
+        peers: Vec<crate::ldp::ProbePeer>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -130,6 +134,10 @@ pub struct ClusterAggregate {
     /// Where its active workers are, on the map and in the coordinate space.
     #[serde(default, skip_serializing_if = "crate::ldp::LdpSummary::is_empty")]
     pub ldp: crate::ldp::LdpSummary,
+    /// A few of its workers that other clusters' workers probe, so that all clusters share
+    /// one coordinate space.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub landmarks: Vec<crate::ldp::ProbePeer>,
     /// Addons offered by some active worker.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addons: Vec<String>,
@@ -162,6 +170,9 @@ pub struct InstanceState {
     /// Its worker's network coordinate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coord: Option<crate::ldp::Coord>,
+    /// Its worker's probe address (for SLA monitoring from other workers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<std::net::SocketAddrV4>,
 }
 
 /// A report relative to the previous one on the same connection: the aggregate, the

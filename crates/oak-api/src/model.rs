@@ -289,6 +289,17 @@ pub struct Cluster {
     /// Memory not reserved by instances, over active workers.
     #[serde(default)]
     pub memory_free_mb: u64,
+    /// Where its active workers are: discs on the map and balls in the network coordinate
+    /// space (ms), as the root's scheduler sees them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub area: Vec<crate::ldp::GeoCircle>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub space: Vec<crate::ldp::CoordCircle>,
+    /// Addons some active worker offers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addons: Vec<String>,
 }
 
 /// A user's limits (or usage, in the same units): services, instances, and the CPU and memory

@@ -46,9 +46,12 @@ pub struct TableInstance {
     /// Underlay address and tunnel port of its worker.
     pub host_ip: String,
     pub host_port: u16,
-    /// `LAT,LONG` of its worker, for the closest policy.
+    /// `LAT,LONG` of its worker, for the closest policy when no coordinates are known.
     #[serde(default)]
     pub location: Option<String>,
+    /// Its worker's network coordinate, for the closest policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coord: Option<crate::ldp::Coord>,
 }
 
 /// Cluster → worker (`nodes/<id>/control/tables`): the tables of every address the worker
@@ -145,6 +148,7 @@ mod tests {
                 host_ip: "192.168.0.1".into(),
                 host_port: TUNNEL_PORT,
                 location: None,
+                coord: None,
             }],
         };
         let fnv = |bytes: &[u8]| {

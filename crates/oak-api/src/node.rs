@@ -81,6 +81,9 @@ fn check_text(field: &str, v: &str, max: usize) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Most addons one worker advertises.
+pub const MAX_ADDONS: usize = 32;
+
 fn check_words(field: &str, v: &[String], max_items: usize, max_len: usize) -> Result<(), FieldError> {
     if v.len() > max_items {
         return bad(field, format!("must list at most {max_items} entries (got {})", v.len()));
@@ -153,6 +156,7 @@ impl RegisterRequest {
         check_u64("memory_mb", self.memory_mb, MAX_MEMORY_MB)?;
         check_u64("gpus", u64::from(self.gpus), u64::from(MAX_GPUS))?;
         check_location("location", self.location.as_deref())?;
+        check_words("addons", &self.addons, MAX_ADDONS, 64)?;
         check_text("session", &self.session, 128)
     }
 }
@@ -184,6 +188,26 @@ impl NodeInfo {
         }
         if self.interests.len() > MAX_INTERESTS {
             return bad("interests", format!("at most {MAX_INTERESTS} (got {})", self.interests.len()));
+        }
+        if let Some(c) = &self.coord
+            && !c.is_valid()
+        {
+            return bad(
+                "coord",
+                format!("must be finite, within {} ms, height and error not negative", crate::ldp::MAX_COORD_MS),
+            );
+        }
+        if self.rtts.len() > crate::ldp::MAX_REPORTED_RTTS {
+            return bad("rtts", format!("at most {} (got {})", crate::ldp::MAX_REPORTED_RTTS, self.rtts.len()));
+        }
+        for (i, r) in self.rtts.iter().enumerate() {
+            if r.peer.is_empty() || r.peer.len() > 64 || r.peer.chars().any(char::is_control) {
+                return bad(format!("rtts[{i}].peer"), "must be 1-64 printable bytes");
+            }
+            if !(r.ms.is_finite() && r.ms > 0.0 && r.ms <= crate::ldp::MAX_COORD_MS) {
+                check_f64(&format!("rtts[{i}].ms"), r.ms, crate::ldp::MAX_COORD_MS)?;
+                return bad(format!("rtts[{i}].ms"), "must be more than 0");
+            }
         }
         Ok(())
     }

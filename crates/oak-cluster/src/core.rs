@@ -200,6 +200,10 @@ pub struct Core {
     /// When each worker was last heard from (registration or any message); unlike
     /// `last_seen`, never set back by a lost connection.
     heard: HashMap<String, f64>,
+    /// Probing, users' coordinates, the summary for the root (`ldp.rs`).
+    pub ldp: crate::ldp::Ldp,
+    /// SLA monitoring and migrations of running instances (`core/monitor.rs`).
+    pub monitor: monitor::Monitor,
 }
 
 /// What the placements of one reconcile pass share: the snapshot, built at the first
@@ -227,7 +231,56 @@ fn request_of(d: &DesiredInstance) -> Request {
         arch: d.spec.arch.clone(),
         direct: d.spec.direct_targets(oak_api::sla::DirectTier::Node),
         exclude: vec![],
+        addons: d.spec.addons_needed(),
+        ..Default::default()
     }
+}
+
+/// A worker as a scheduling candidate: its one slot, its coordinate and location (a ball and
+/// a disc of radius 0), its addons.
+pub(crate) fn candidate_of(w: &WorkerRec) -> Candidate {
+    use oak_api::ldp::{CoordCircle, GeoCircle};
+    Candidate {
+        id: w.id.clone(),
+        name: w.reg.name.clone(),
+        slots: vec![Slot { arch: w.reg.arch.clone(), runtimes: w.reg.runtimes.clone(), capacity: w.capacity() }],
+        space: w
+            .info
+            .as_ref()
+            .and_then(|i| i.coord)
+            .map(|coord| CoordCircle { coord, radius_ms: 0.0 })
+            .into_iter()
+            .collect(),
+        area: w
+            .reg
+            .location
+            .as_deref()
+            .and_then(oak_api::net::parse_location)
+            .map(|(lat, lon)| GeoCircle { lat, lon, radius_km: 0.0 })
+            .into_iter()
+            .collect(),
+        addons: w.reg.addons.clone(),
+    }
+}
+
+/// What a placement predicts for the request's objectives, for the status detail:
+/// `" (12.3 ms to service db)"`, or nothing without objectives.
+fn predicted(c: &Candidate, req: &Request) -> String {
+    let parts: Vec<String> = req
+        .objectives
+        .iter()
+        .filter_map(|o| {
+            let best = |f: &dyn Fn(&oak_sched::Point) -> Option<f64>| {
+                o.points.iter().filter_map(f).fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.min(v))))
+            };
+            if o.max_ms.is_some() {
+                best(&|p| oak_sched::predicted_ms(c, p)).map(|v| format!("{v:.1} ms to {}", o.label))
+            } else {
+                best(&|p| oak_sched::distance_km(c, p)).map(|v| format!("{v:.1} km from {}", o.label))
+            }
+        })
+        .collect();
+    if parts.is_empty() { String::new() } else { format!(" (predicted {})", parts.join(", ")) }
 }
 
 impl Core {
@@ -314,6 +367,7 @@ impl Core {
             recs.extend(self.workers.remove(id));
             self.heard.remove(id);
             self.sent_tables.remove(id);
+            self.ldp.forget(id);
             self.report_due = true;
         }
         recs
@@ -344,15 +398,7 @@ impl Core {
         let used = self.reserved();
         let mut snap = Snapshot::default();
         for w in self.workers.values().filter(|w| self.schedulable(w, now)) {
-            let idx = snap.add(Candidate {
-                id: w.id.clone(),
-                name: w.reg.name.clone(),
-                slots: vec![Slot {
-                    arch: w.reg.arch.clone(),
-                    runtimes: w.reg.runtimes.clone(),
-                    capacity: w.capacity(),
-                }],
-            });
+            let idx = snap.add(candidate_of(w));
             if let Some(u) = used.get(w.id.as_str()) {
                 snap.reserve(idx, 0, u);
             }
@@ -409,7 +455,35 @@ impl Core {
     /// Places `k` on a worker (or records why it cannot be).
     fn place(&mut self, k: &Key, now: f64, outs: &mut Vec<Out>, pass: &mut Pass) {
         let Some(d) = self.desired.get(k) else { return };
-        let req = request_of(d);
+        let mut req = request_of(d);
+        let reqs = d.spec.requirements();
+        if !reqs.is_empty() {
+            let ldp = &self.ldp;
+            let user = |u: std::net::IpAddr| ldp.user_coord(u);
+            let r = oak_sched::objectives::resolve(&reqs, d.ldp.as_ref(), Some(&user));
+            if !r.unknown_users.is_empty() {
+                let hb = self.timing.heartbeat_timeout;
+                let asks =
+                    self.ldp.locate(&r.unknown_users, self.workers.values().filter(|w| now - w.last_seen <= hb), now);
+                let n = asks.len();
+                outs.extend(asks);
+                let users: Vec<String> = r.unknown_users.iter().map(ToString::to_string).collect();
+                let why = if n == 0 && !self.ldp.asked(&r.unknown_users) {
+                    format!(
+                        "no worker of this cluster has a network coordinate yet to locate users {}",
+                        users.join(", ")
+                    )
+                } else {
+                    format!("measuring the RTT to users {} from this cluster's workers", users.join(", "))
+                };
+                return self.wait(k, why, now);
+            }
+            if !r.waiting.is_empty() {
+                return self.wait(k, format!("waiting: {}", r.waiting.join("; ")), now);
+            }
+            req.objectives = r.objectives;
+        }
+        let req_for_detail = (!req.objectives.is_empty()).then(|| req.clone());
         let placed = match pass.refused.get(&req) {
             Some(e) => Err(e.clone()),
             None => {
@@ -428,13 +502,17 @@ impl Core {
             Ok(p) => {
                 let worker = p.id;
                 let name = self.workers.get(&worker).map(|w| w.reg.name.clone()).unwrap_or_default();
+                let why = match (&req_for_detail, self.workers.get(&worker)) {
+                    (Some(r), Some(w)) => predicted(&candidate_of(w), r),
+                    _ => String::new(),
+                };
                 match self.deploy(k, &worker) {
                     Some(Ok(o)) => outs.push(o),
                     // (What the snapshot reserved for it stays reserved until this pass ends.)
                     Some(Err(e)) => return self.unencodable(k, &e, now),
                     None => return,
                 }
-                self.set(k, Some(worker), Status::NodeScheduled, format!("placed on worker {name}"), now);
+                self.set(k, Some(worker), Status::NodeScheduled, format!("placed on worker {name}{why}"), now);
                 if let Some(a) = self.slot(k) {
                     a.sent = now;
                 }
@@ -456,6 +534,16 @@ impl Core {
         }
     }
 
+    /// `k` cannot be placed yet for a reason that passes (users being measured, an S2S
+    /// target not running yet): it stays REQUESTED here, saying why, and is tried again
+    /// soon. (The root reads only negative statuses as a refusal.)
+    fn wait(&mut self, k: &Key, why: String, now: f64) {
+        self.set(k, None, Status::Requested, why, now);
+        if let Some(a) = self.slot(k) {
+            a.next_try = now + 1.0;
+        }
+    }
+
     /// Whether [`reconcile`](Self::reconcile) has something to do for an instance now:
     /// exactly the cases its match acts on.
     fn needs_work(&self, a: Option<&Assignment>, active: &HashSet<&str>, now: f64) -> bool {
@@ -466,6 +554,7 @@ impl Core {
             s if s.is_negative_scheduling() => now >= a.next_try,
             s if live(s) && !a.worker.as_deref().is_some_and(|w| active.contains(w)) => true,
             Status::NodeScheduled => now - a.sent >= self.timing.deploy_ack_timeout,
+            Status::Requested => now >= a.next_try,
             _ => false,
         }
     }
@@ -518,6 +607,7 @@ impl Core {
                 }
                 Status::Dead | Status::Failed => {}
                 s if s.is_negative_scheduling() && now >= a.next_try => self.place(k, now, &mut outs, &mut pass),
+                Status::Requested if now >= a.next_try => self.place(k, now, &mut outs, &mut pass),
                 s if live(s) && !worker_active => {
                     let name = a
                         .worker
@@ -644,7 +734,8 @@ impl Core {
         outs.extend(self.tables_for(node));
         // Instances it holds that are not (or no longer) its own: remove them.
         for k in &held {
-            let mine = self.assignments.get(k).is_some_and(|a| a.worker.as_deref() == Some(node));
+            let mine = self.assignments.get(k).is_some_and(|a| a.worker.as_deref() == Some(node))
+                || self.monitor.holds(k, node);
             if !mine && self.desired_known {
                 outs.extend(Self::delete(k, node));
             }
@@ -699,8 +790,14 @@ impl Core {
         }
         // Back from silence: what waits for capacity may fit now.
         let back = !was_schedulable && self.workers.get(node).is_some_and(|w| self.schedulable(w, now));
+        if self.monitor.moving.get(&k).is_some_and(|m| m.to == node) {
+            return self.migration_event(&k, node, &ev, now);
+        }
         let mine = self.assignments.get(&k).is_some_and(|a| a.worker.as_deref() == Some(node));
         if !mine {
+            if self.monitor.holds(&k, node) {
+                return Vec::new();
+            }
             if ev.status != Status::Undeployed && self.desired_known {
                 return Self::delete(&k, node).into_iter().collect();
             }
@@ -827,8 +924,26 @@ impl Core {
                 let e = used.entry(w.as_str()).or_default();
                 *e = e.saturating_add(&resources_of(d));
             }
+            // The new copy of a migrating instance holds its place too.
+            if let Some(m) = self.monitor.moving.get(k) {
+                let e = used.entry(m.to.as_str()).or_default();
+                *e = e.saturating_add(&resources_of(d));
+            }
         }
         used
+    }
+
+    /// A worker's answer to a measurement request.
+    pub fn measured(&mut self, node: &str, reply: oak_api::ldp::MeasureReply, now: f64) {
+        let coord = self.workers.get(node).and_then(|w| w.info.as_ref()).and_then(|i| i.coord);
+        self.ldp.on_measured(node, coord, &reply, now);
+    }
+
+    /// The landmarks of the other clusters, from the root.
+    pub fn set_landmarks(&mut self, mut peers: Vec<oak_api::ldp::ProbePeer>) {
+        peers.retain(|p| !self.workers.contains_key(&p.id));
+        peers.truncate(4 * oak_api::ldp::MAX_PEERS);
+        self.ldp.foreign = peers;
     }
 
     pub fn report(&self, now: f64) -> ClusterReport {
@@ -880,6 +995,11 @@ impl Core {
         }
         agg.slots = slots;
         agg.runtimes = runtimes.into_iter().collect();
+        agg.ldp = self.ldp.summary().clone();
+        let active = || self.workers.values().filter(|w| self.schedulable(w, now));
+        agg.landmarks = crate::ldp::Ldp::landmarks(active());
+        let addons: BTreeSet<&String> = active().flat_map(|w| &w.reg.addons).collect();
+        agg.addons = addons.into_iter().take(oak_api::node::MAX_ADDONS * 4).cloned().collect();
         let instances = self
             .assignments
             .iter()
@@ -905,6 +1025,7 @@ impl Core {
                     host_port: w.and_then(|w| w.info.as_ref()).and_then(|i| i.tunnel).map(|t| t.port()),
                     location: w.and_then(|w| w.reg.location.clone()),
                     coord: w.and_then(|w| w.info.as_ref()).and_then(|i| i.coord),
+                    probe: w.and_then(|w| w.info.as_ref()).and_then(|i| i.probe),
                 }
             })
             .collect();
@@ -921,6 +1042,8 @@ impl Core {
         ClusterReport { aggregate: agg, instances, workers, interests: interests.into_iter().collect() }
     }
 }
+
+mod monitor;
 
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@
 mod broker;
 pub mod core;
 mod guard;
+pub mod ldp;
 pub use oak_sched::Policy;
 mod link;
 
@@ -135,6 +136,10 @@ pub(crate) enum Cmd {
     Lost(String, String),
     Subnets(std::collections::BTreeMap<String, std::net::Ipv4Addr>),
     Tables(Vec<oak_api::net::ServiceTable>),
+    /// A worker's RTT measurements: (node, answer).
+    Measured(String, oak_api::ldp::MeasureReply),
+    /// Landmark workers of the other clusters.
+    Landmarks(Vec<oak_api::ldp::ProbePeer>),
     Tick,
 }
 
@@ -288,7 +293,9 @@ impl Cluster {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         backoff.reset();
-                        for t in ["nodes/+/information", "nodes/+/job", "nodes/+/logs", "nodes/+/lost"] {
+                        for t in
+                            ["nodes/+/information", "nodes/+/job", "nodes/+/logs", "nodes/+/lost", "nodes/+/measured"]
+                        {
                             let _ = sub.subscribe(t, QoS::AtLeastOnce).await;
                         }
                     }
@@ -317,6 +324,7 @@ impl Cluster {
                                 .ok(),
                             Some("logs") => serde_json::from_slice(&p.payload).map(|r| Cmd::LogsReply(node, r)).ok(),
                             Some("lost") => Some(Cmd::Lost(node, String::from_utf8_lossy(&p.payload).into_owned())),
+                            Some("measured") => serde_json::from_slice(&p.payload).map(|r| Cmd::Measured(node, r)).ok(),
                             _ => None,
                         };
                         match cmd {
@@ -668,7 +676,17 @@ impl Cluster {
                         tracing::error!(error = %e, "cannot remove forgotten workers");
                     }
                 }
-                self.core.reconcile(t)
+                let mut outs = self.core.reconcile(t);
+                outs.extend(self.core.ldp_tick(t));
+                outs
+            }
+            Cmd::Measured(node, reply) => {
+                self.core.measured(&node, reply, t);
+                Vec::new()
+            }
+            Cmd::Landmarks(peers) => {
+                self.core.set_landmarks(peers);
+                Vec::new()
             }
         }
     }

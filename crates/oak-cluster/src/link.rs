@@ -147,6 +147,9 @@ async fn session(
                     Ok(RootToCluster::Tables { tables }) => {
                         let _ = core.send(Cmd::Tables(tables)).await;
                     }
+                    Ok(RootToCluster::Landmarks { peers }) => {
+                        let _ = core.send(Cmd::Landmarks(peers)).await;
+                    }
                     Ok(RootToCluster::Logs(req)) => {
                         let (tx, rx) = oneshot::channel();
                         let _ = core.send(Cmd::Logs(req.clone(), tx)).await;
@@ -228,6 +231,7 @@ fn same_state(a: &InstanceState, b: &InstanceState) -> bool {
         location,
         // Coordinates drift a little with every measurement: they go up with the usage.
         coord: _,
+        probe,
     } = a;
     (service_id, instance_number, status, status_detail, worker_id, worker_name, host_ip, ns_ip, host_port, location)
         == (
@@ -242,6 +246,7 @@ fn same_state(a: &InstanceState, b: &InstanceState) -> bool {
             &b.host_port,
             &b.location,
         )
+        && probe == &b.probe
 }
 
 impl Sent {
@@ -360,6 +365,7 @@ mod tests {
             host_port: None,
             location: None,
             coord: None,
+            probe: None,
         }
     }
 

@@ -176,6 +176,16 @@ impl Overlay {
     /// Addresses this worker needs tables for; also expires idle flows, and logs how many
     /// packets were dropped since the last call (malformed, not for this worker, or waiting
     /// too long): one line per report, never one per packet.
+    /// This worker's network coordinate and its measured RTTs to other workers (by underlay
+    /// address): the closest policy picks by them.
+    pub fn set_latencies(
+        &self,
+        coord: Option<oak_api::ldp::Coord>,
+        measured: std::collections::HashMap<Ipv4Addr, f64>,
+    ) {
+        self.proxy.set_latencies(coord, measured);
+    }
+
     pub fn interests(&self) -> Vec<Ipv4Addr> {
         let now = Instant::now();
         self.proxy.sweep(now);

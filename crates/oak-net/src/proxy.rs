@@ -25,6 +25,7 @@ pub struct Target {
     pub ns_ip: Ipv4Addr,
     pub host: SocketAddrV4,
     pub location: Option<(f64, f64)>,
+    pub coord: Option<oak_api::ldp::Coord>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,9 +133,18 @@ pub struct Stats {
 const MAX_WAITING: usize = 32;
 const MAX_WAITING_LEN: usize = 2048;
 
+/// What the closest policy knows of latency: this worker's coordinate, and the RTTs it
+/// measured to other workers (by underlay address).
+#[derive(Default)]
+struct Latencies {
+    coord: Option<oak_api::ldp::Coord>,
+    measured: HashMap<Ipv4Addr, f64>,
+}
+
 pub struct Proxy {
     me: SocketAddrV4,
     my_location: Option<(f64, f64)>,
+    latencies: RwLock<Latencies>,
     subnet: (u32, u32),
     pub timeouts: Timeouts,
     tables: RwLock<HashMap<Ipv4Addr, Entry>>,
@@ -162,6 +172,7 @@ impl Proxy {
         Self {
             me,
             my_location: location.and_then(parse_location),
+            latencies: RwLock::default(),
             subnet: (u32::from(subnet.0) & mask, mask),
             timeouts: Timeouts::default(),
             tables: RwLock::default(),
@@ -171,6 +182,13 @@ impl Proxy {
             misses: Box::new(misses),
             stats: Stats::default(),
         }
+    }
+
+    /// This worker's network coordinate and the RTTs it measured to other workers (by
+    /// underlay address), for the closest policy. New flows use them; flows keep their
+    /// instance.
+    pub fn set_latencies(&self, coord: Option<oak_api::ldp::Coord>, measured: HashMap<Ipv4Addr, f64>) {
+        *self.latencies.write() = Latencies { coord: coord.filter(oak_api::ldp::Coord::is_valid), measured };
     }
 
     /// An instance of this worker: packets from `ns_ip` leave with `instance_ip` as source.
@@ -205,6 +223,7 @@ impl Proxy {
                             ns_ip: i.ns_ip,
                             host: SocketAddrV4::new(host, i.host_port),
                             location: i.location.as_deref().and_then(parse_location),
+                            coord: i.coord.filter(oak_api::ldp::Coord::is_valid),
                         })
                     })
                     .collect();
@@ -294,12 +313,22 @@ impl Proxy {
             Policy::Instance => Some(e.targets[0]),
             Policy::RoundRobin => Some(e.targets[e.next.fetch_add(1, Ordering::Relaxed) % n]),
             Policy::Closest => {
-                // Distance to this worker: 0 on this worker, great-circle otherwise; unknown
-                // locations count as far. Round-robin among the nearest (within 1 km).
+                // This worker first; then the lowest RTT (measured by this worker, else
+                // predicted by coordinates); only when no RTT is known for any instance, the
+                // great-circle distance. Unknown counts as far. Round-robin among the nearest
+                // (within 1 ms, or 1 km).
                 let me = self.me;
+                let lat = self.latencies.read();
+                let rtt = |t: &Target| -> Option<f64> {
+                    lat.measured.get(t.host.ip()).copied().or_else(|| Some(lat.coord?.rtt(&t.coord?)))
+                };
+                let by_rtt = e.targets.iter().any(|t| rtt(t).is_some());
                 let d = |t: &Target| -> f64 {
                     if t.host == me {
                         return 0.0;
+                    }
+                    if by_rtt {
+                        return rtt(t).unwrap_or(f64::INFINITY);
                     }
                     match (self.my_location, t.location) {
                         (Some(a), Some(b)) => distance_km(a, b),

@@ -94,6 +94,7 @@ fn main() {
             host_port: None,
             location: None,
             coord: None,
+            probe: None,
         };
         let full = ClusterReport {
             aggregate: aggregate(),

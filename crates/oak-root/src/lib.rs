@@ -43,6 +43,9 @@ pub struct RootConfig {
     pub cluster_token: Option<String>,
     /// A cluster silent this long is lost; its instances move to other clusters.
     pub cluster_timeout_secs: f64,
+    /// Named areas for `latency` constraints (`--areas FILE`, read with
+    /// [`registry::parse_areas`]).
+    pub areas: std::collections::BTreeMap<String, oak_api::ldp::AreaDef>,
 }
 
 impl RootConfig {
@@ -56,6 +59,7 @@ impl RootConfig {
             max_body_bytes: 1024 * 1024,
             cluster_token: None,
             cluster_timeout_secs: registry::DEFAULT_CLUSTER_TIMEOUT_SECS,
+            areas: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -91,7 +95,11 @@ impl Root {
 
     /// Builds a root over any store and clock (tests use fakes).
     pub fn with_store(config: &RootConfig, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Self, RootError> {
-        let registry = Arc::new(Registry::new(store, clock.clone()).with_cluster_timeout(config.cluster_timeout_secs));
+        let registry = Arc::new(
+            Registry::new(store, clock.clone())
+                .with_cluster_timeout(config.cluster_timeout_secs)
+                .with_areas(config.areas.clone()),
+        );
         let secret = registry.meta_or_init("jwt_secret", || {
             let mut key = vec![0u8; 32];
             rand::fill(&mut key[..]);

@@ -241,6 +241,8 @@ pub struct Registry {
     pool: (u32, u32),
     /// Where new ids come from (random, but for a simulation that replays a seed).
     ids: Mutex<IdSource>,
+    /// Named areas for `latency` constraints, from the operator (`oak root --areas FILE`).
+    areas: BTreeMap<String, oak_api::ldp::AreaDef>,
 }
 
 /// A record as stored. One that does not serialize (a map with non-string keys, a failing
@@ -277,6 +279,7 @@ impl Registry {
             cluster_timeout: DEFAULT_CLUSTER_TIMEOUT_SECS,
             pool: SERVICE_POOL,
             ids: Mutex::new(IdSource::random()),
+            areas: BTreeMap::new(),
         }
     }
 
@@ -848,6 +851,17 @@ impl Registry {
                 names.push((s.spec.microservice_name, s.spec.microservice_namespace));
             }
         }
+        // S2S targets may name services created in this same request.
+        let mut targets: Vec<(String, Option<ServiceId>)> = Vec::new();
+        for id in &app.services {
+            if let Some(s) = self.load::<ServiceRecord>(SERVICES, id.as_str())? {
+                targets.push((s.spec.microservice_name, Some(id.clone())));
+            }
+        }
+        targets.extend(specs.iter().map(|s| (s.microservice_name.clone(), None)));
+        for (j, spec) in specs.iter().enumerate() {
+            self.check_requirements(spec, &targets, &format!("{path}[{j}]"))?;
+        }
         let mut out = Vec::new();
         for (j, spec) in specs.into_iter().enumerate() {
             let key = (spec.microservice_name.clone(), spec.microservice_namespace.clone());
@@ -1079,6 +1093,15 @@ impl Registry {
                 )));
             }
         }
+        let mut targets: Vec<(String, Option<ServiceId>)> = Vec::new();
+        for other in &app.services {
+            if other == id {
+                targets.push((spec.microservice_name.clone(), Some(id.clone())));
+            } else if let Some(o) = self.load::<ServiceRecord>(SERVICES, other.as_str())? {
+                targets.push((o.spec.microservice_name, Some(other.clone())));
+            }
+        }
+        self.check_requirements(&spec, &targets, "applications[0].microservices[0]")?;
         let mut b = Batch::new();
         // Free the Service IPs (Instance IPs stay with their instances) and take what the new
         // description asks for; Service IPs it does not fix are kept, so clients keep working.
@@ -1321,6 +1344,9 @@ impl Registry {
                 last_modified_timestamp: c.last_seen,
                 workers: c.aggregate.workers,
                 memory_free_mb: c.aggregate.memory_free_mb,
+                area: c.aggregate.ldp.area,
+                space: c.aggregate.ldp.space,
+                addons: c.aggregate.addons,
             })
             .filter(|c| !active_only || c.active)
             .collect();
@@ -1331,6 +1357,8 @@ impl Registry {
 
 mod clusters;
 mod ids;
+mod ldp;
+pub use ldp::parse_areas;
 mod network;
 mod quotas;
 mod tokens;

@@ -2,14 +2,16 @@
 //! the instance table (`table.rs`) to both.
 
 use crate::host;
+use crate::ldp::{Ldp, LdpConfig};
 use crate::lock::{self, HostLock, LockError};
 use crate::table::{Command, NODE_LABEL, Outbound, RunEnd, Table, TableConfig};
 use oak_api::backoff::Backoff;
+use oak_api::ldp::{MeasureRequest, ProbePeers};
 use oak_api::node::{self, RegisterRequest, RegisterResponse};
 use oak_runtime::Runtime;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,10 +25,42 @@ pub struct WorkerConfig {
     pub data_dir: PathBuf,
     pub name: String,
     pub location: Option<String>,
+    /// Addons this worker offers (`--addons`), for services' `addons` constraints; checked
+    /// by [`check_addons`].
+    pub addons: Vec<String>,
+    /// UDP port of the latency probes (LDP); 0: any free one.
+    pub probe_port: u16,
+    /// Time between two rounds of latency probes.
+    pub probe_interval: Duration,
     /// Grace between SIGTERM and SIGKILL when an instance is removed.
     pub stop_grace: Duration,
     /// The semantic overlay; `None` runs instances without it (loopback only).
     pub overlay: Option<OverlaySettings>,
+}
+
+/// Most addons a worker offers.
+pub const MAX_ADDONS: usize = 32;
+/// Longest addon name.
+pub const MAX_ADDON_LEN: usize = 64;
+
+/// Checks the addons a worker is given: at most [`MAX_ADDONS`], each 1-[`MAX_ADDON_LEN`]
+/// characters of `A-Z a-z 0-9 . _ -`. The error names the first bad one.
+pub fn check_addons(addons: &[String]) -> Result<(), WorkerError> {
+    if addons.len() > MAX_ADDONS {
+        return Err(WorkerError::Addons(format!("at most {MAX_ADDONS} addons, got {}", addons.len())));
+    }
+    for a in addons {
+        let ok = !a.is_empty()
+            && a.len() <= MAX_ADDON_LEN
+            && a.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            let shown: String = a.chars().take(MAX_ADDON_LEN + 8).collect();
+            return Err(WorkerError::Addons(format!(
+                "bad addon {shown:?}: an addon is 1-{MAX_ADDON_LEN} characters of A-Z, a-z, 0-9, '.', '_', '-'"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug)]
@@ -48,6 +82,8 @@ pub enum WorkerError {
     Refused(String),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error("--addons: {0}")]
+    Addons(String),
 }
 
 /// A registered worker, ready to run.
@@ -81,6 +117,14 @@ impl<R: Runtime> Worker<R> {
     /// ([`crate::lock`]): a second worker on the same data dir or in the same network fails
     /// here, before it touches anything.
     pub async fn register(mut config: WorkerConfig, runtime: Arc<R>) -> Result<Self, WorkerError> {
+        check_addons(&config.addons)?;
+        let mut addons: Vec<String> = Vec::with_capacity(config.addons.len());
+        for a in &config.addons {
+            if !addons.contains(a) {
+                addons.push(a.clone());
+            }
+        }
+        config.addons = addons;
         let dd = |e: std::io::Error| WorkerError::DataDir {
             path: config.data_dir.display().to_string(),
             reason: e.to_string(),
@@ -135,7 +179,7 @@ impl<R: Runtime> Worker<R> {
             memory_mb: mem,
             gpus: 0,
             location: config.location.clone(),
-            addons: vec![],
+            addons: config.addons.clone(),
             session: format!(
                 "{}-{}",
                 std::process::id(),
@@ -207,6 +251,25 @@ impl<R: Runtime> Worker<R> {
         ));
         let (client, events) = AsyncClient::new(opts, 256);
 
+        // Probes go where the tunnel goes: the same underlay address.
+        let advertise = self
+            .config
+            .overlay
+            .as_ref()
+            .and_then(|o| o.advertise)
+            .or_else(|| self.reg_ip.parse().ok())
+            .unwrap_or(Ipv4Addr::LOCALHOST);
+        let (out_tx, out_rx) = mpsc::channel(256);
+        let ldp = Ldp::start(
+            LdpConfig {
+                node: id.clone(),
+                bind: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, self.config.probe_port),
+                advertise,
+                interval: self.config.probe_interval,
+            },
+            out_tx.clone(),
+        )
+        .await;
         let config = TableConfig {
             node: id.clone(),
             data_dir: self.config.data_dir.clone(),
@@ -214,20 +277,17 @@ impl<R: Runtime> Worker<R> {
             stop_grace: self.config.stop_grace,
             report_interval: Duration::from_millis(self.reg.report_interval_ms.max(100)),
             overlay: self.config.overlay.clone(),
-            advertise: self
-                .config
-                .overlay
-                .as_ref()
-                .and_then(|o| o.advertise)
-                .or_else(|| self.reg_ip.parse().ok())
-                .unwrap_or(Ipv4Addr::LOCALHOST),
+            advertise,
+            ldp: Some(ldp.clone()),
         };
-        let (out_tx, out_rx) = mpsc::channel(256);
         let (table, commands) = Table::new(config, self.runtime.clone(), out_tx);
-        let mqtt_task = tokio::spawn(receive(events, client.clone(), table.sender(), format!("nodes/{id}/control/")));
+        let routes = Routes { table: table.sender(), ldp: ldp.clone() };
+        let mqtt_task = tokio::spawn(receive(events, client.clone(), routes, format!("nodes/{id}/control/")));
         let publish_task = tokio::spawn(publish(out_rx, client.clone(), id));
 
         let end = table.run(commands, shutdown).await;
+        // No more probes or measurements (the measurer's sender goes with it).
+        ldp.stop().await;
         // The table is gone and with it the sender: the publisher queues what is left, then
         // ends (unless the broker is away and the client's queue full). A clean goodbye after
         // that: the broker does not publish the last will.
@@ -238,10 +298,17 @@ impl<R: Runtime> Worker<R> {
     }
 }
 
+/// Where control messages go: the instance table, or the latency probes and measurements.
+struct Routes {
+    table: mpsc::Sender<Command>,
+    ldp: Ldp,
+}
+
 /// Drives the MQTT connection: subscribes to the control topics on every connection and
-/// passes their messages to the table. Reconnects with backoff; ends when the broker refuses
-/// the login.
-async fn receive(mut events: rumqttc::EventLoop, client: AsyncClient, table: mpsc::Sender<Command>, control: String) {
+/// passes their messages to the table (peers and measurement requests to LDP). Reconnects
+/// with backoff; ends when the broker refuses the login.
+async fn receive(mut events: rumqttc::EventLoop, client: AsyncClient, routes: Routes, control: String) {
+    let table = &routes.table;
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
     loop {
         match events.poll().await {
@@ -254,9 +321,11 @@ async fn receive(mut events: rumqttc::EventLoop, client: AsyncClient, table: mps
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 match control_command(p.topic.strip_prefix(&control), &p.payload) {
-                    Ok(c) => {
+                    Ok(Control::Table(c)) => {
                         let _ = table.send(c).await;
                     }
+                    Ok(Control::Peers(set)) => routes.ldp.set_peers(&set),
+                    Ok(Control::Measure(req)) => routes.ldp.measure(req),
                     Err(e) => tracing::warn!(topic = %p.topic, error = %e, "ignoring a control message"),
                 }
             }
@@ -277,15 +346,25 @@ async fn receive(mut events: rumqttc::EventLoop, client: AsyncClient, table: mps
     }
 }
 
+/// What a control message asks for, by where it goes.
+enum Control {
+    Table(Command),
+    Peers(ProbePeers),
+    Measure(MeasureRequest),
+}
+
 /// The command a control message (`nodes/<id>/control/<what>`) carries.
-fn control_command(what: Option<&str>, payload: &[u8]) -> Result<Command, String> {
+fn control_command(what: Option<&str>, payload: &[u8]) -> Result<Control, String> {
     let bad = |e: serde_json::Error| format!("malformed: {e}");
+    let table = |c: Result<Command, serde_json::Error>| c.map(Control::Table).map_err(bad);
     match what {
-        Some("deploy") => serde_json::from_slice(payload).map(|d| Command::Deploy(Box::new(d))).map_err(bad),
-        Some("delete") => serde_json::from_slice(payload).map(Command::Delete).map_err(bad),
-        Some("logs") => serde_json::from_slice(payload).map(Command::Logs).map_err(bad),
-        Some("network") => serde_json::from_slice(payload).map(Command::Network).map_err(bad),
-        Some("tables") => serde_json::from_slice(payload).map(Command::Tables).map_err(bad),
+        Some("deploy") => table(serde_json::from_slice(payload).map(|d| Command::Deploy(Box::new(d)))),
+        Some("delete") => table(serde_json::from_slice(payload).map(Command::Delete)),
+        Some("logs") => table(serde_json::from_slice(payload).map(Command::Logs)),
+        Some("network") => table(serde_json::from_slice(payload).map(Command::Network)),
+        Some("tables") => table(serde_json::from_slice(payload).map(Command::Tables)),
+        Some("peers") => serde_json::from_slice(payload).map(Control::Peers).map_err(bad),
+        Some("measure") => serde_json::from_slice(payload).map(Control::Measure).map_err(bad),
         _ => Err("unknown topic".into()),
     }
 }
@@ -296,6 +375,7 @@ fn encode(node: &str, msg: &Outbound) -> Result<(String, Vec<u8>), serde_json::E
         Outbound::Event(ev) => (node::topic_job(node), serde_json::to_vec(ev)?),
         Outbound::Report(info) => (node::topic_information(node), serde_json::to_vec(info)?),
         Outbound::Logs(reply) => (node::topic_logs(node), serde_json::to_vec(reply)?),
+        Outbound::Measured(reply) => (node::topic_measured(node), serde_json::to_vec(reply)?),
     })
 }
 
@@ -326,13 +406,41 @@ mod tests {
 
     #[test]
     fn control_messages_say_what_is_wrong_with_them() {
-        use super::{Command, control_command};
+        use super::{Command, Control, control_command};
         let ok = control_command(Some("delete"), br#"{"service_id":"s","instance_number":2}"#);
-        assert!(matches!(ok, Ok(Command::Delete(d)) if d.instance_number == 2));
+        assert!(matches!(ok, Ok(Control::Table(Command::Delete(d))) if d.instance_number == 2));
         let Err(e) = control_command(Some("delete"), br#"{"service_id":"s"}"#) else { panic!("accepted") };
         assert!(e.starts_with("malformed: ") && e.contains("instance_number"), "{e}");
         let Err(e) = control_command(Some("reboot"), b"{}") else { panic!("accepted") };
         assert_eq!(e, "unknown topic");
+    }
+
+    #[test]
+    fn peers_and_measurement_requests_go_to_ldp() {
+        use super::{Control, control_command};
+        let peers = br#"{"peers":[{"id":"w2","addr":"10.0.0.2:50104"}]}"#;
+        let Ok(Control::Peers(set)) = control_command(Some("peers"), peers) else { panic!("not peers") };
+        assert_eq!(set.peers[0].addr.port(), 50104);
+        let req = br#"{"request_id":"r1","targets":["192.0.2.7","2001:db8::1"]}"#;
+        let Ok(Control::Measure(m)) = control_command(Some("measure"), req) else { panic!("not a request") };
+        assert_eq!((m.request_id.as_str(), m.targets.len()), ("r1", 2));
+        let Err(e) = control_command(Some("measure"), br#"{"targets":[]}"#) else { panic!("accepted") };
+        assert!(e.contains("request_id"), "{e}");
+    }
+
+    #[test]
+    fn addons_are_bounded_and_a_bad_one_is_named() {
+        use super::check_addons;
+        let ok: Vec<String> = ["gpu-cuda", "tpu.v4", "x_1"].map(String::from).to_vec();
+        assert!(check_addons(&ok).is_ok());
+        assert!(check_addons(&[]).is_ok());
+        for bad in ["", "has space", "ümlaut", "a/b", &"x".repeat(65)] {
+            let e = check_addons(&["fine".into(), bad.into()]).unwrap_err().to_string();
+            assert!(e.starts_with("--addons: bad addon ") && e.contains(&format!("{bad:?}")), "{e}");
+        }
+        assert!(check_addons(&["x".repeat(64)]).is_ok());
+        let many: Vec<String> = (0..33).map(|i| format!("a{i}")).collect();
+        assert!(check_addons(&many).unwrap_err().to_string().contains("at most 32"));
     }
 
     #[test]
@@ -351,5 +459,8 @@ mod tests {
         assert_eq!(serde_json::from_slice::<oak_api::node::InstanceEvent>(&bytes).unwrap(), ev);
         let (topic, _) = encode("n1", &Outbound::Report(Box::default())).unwrap();
         assert_eq!(topic, "nodes/n1/information");
+        let reply = oak_api::ldp::MeasureReply { request_id: "r".into(), results: vec![] };
+        let (topic, _) = encode("n1", &Outbound::Measured(reply)).unwrap();
+        assert_eq!(topic, "nodes/n1/measured");
     }
 }

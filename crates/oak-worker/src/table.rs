@@ -26,6 +26,8 @@
 
 use crate::OverlaySettings;
 use crate::host;
+use crate::ldp::Ldp;
+use oak_api::ldp::MeasureReply;
 use oak_api::net::{WorkerNetwork, WorkerTables};
 use oak_api::node::{DeleteCommand, DeployCommand, InstanceEvent, InstanceUsage, LogsReply, LogsRequest, NodeInfo};
 use oak_api::{ServiceId, Status};
@@ -58,6 +60,8 @@ pub(crate) struct TableConfig {
     pub overlay: Option<OverlaySettings>,
     /// The underlay address of this worker's tunnel.
     pub advertise: Ipv4Addr,
+    /// Latency probes and measurements (LDP), for the reports; `None`: none.
+    pub ldp: Option<Ldp>,
 }
 
 pub(crate) enum Command {
@@ -94,6 +98,8 @@ pub(crate) enum Outbound {
     Report(Box<NodeInfo>),
     /// An answer to a logs request (`nodes/<id>/logs`).
     Logs(LogsReply),
+    /// An answer to a measurement request (`nodes/<id>/measured`).
+    Measured(MeasureReply),
 }
 
 /// How [`crate::Worker::run`] ended.
@@ -588,6 +594,12 @@ impl<R: Runtime> Table<R> {
         self.last_cpu = (busy, total);
         let cpu_percent = if total > pt { (busy - pb) as f64 / (total - pt) as f64 * 100.0 } else { 0.0 };
         let (mem_total, mem_avail) = host::memory_mb();
+        let (probe, coord, rtts) = self.config.ldp.as_ref().map(Ldp::report).unwrap_or_default();
+        // The closest policy picks by what this worker measured (and its coordinate).
+        if let (Some(o), Some(l)) = (&self.overlay, &self.config.ldp) {
+            let (c, measured) = l.latencies();
+            o.set_latencies(c, measured);
+        }
         let info = NodeInfo {
             cpu_percent,
             cpu_cores: host::cpu_cores(),
@@ -604,9 +616,9 @@ impl<R: Runtime> Table<R> {
             tunnel: self.overlay.as_ref().map(|o| o.tunnel()),
             interests: self.overlay.as_ref().map(|o| o.interests()).unwrap_or_default(),
             tables_digest: self.overlay.as_ref().map(|_| self.tables_digest),
-            probe: None,
-            coord: None,
-            rtts: vec![],
+            probe,
+            coord,
+            rtts,
         };
         self.send(Outbound::Report(Box::new(info))).await;
     }

@@ -102,6 +102,10 @@ struct RootArgs {
     /// Token clusters join with (default: generated into <data-dir>/cluster-token).
     #[arg(long, env = "OAK_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
+    /// Named areas for `latency` constraints: a JSON object from area name to
+    /// {"location": "LAT,LONG", "radius_km": KM} and/or {"users": ["ADDRESS", ...]}.
+    #[arg(long, env = "OAK_AREAS")]
+    areas: Option<PathBuf>,
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "OAK_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -159,6 +163,13 @@ async fn run_root(args: RootArgs) -> anyhow::Result<()> {
     config.access_token_ttl_secs = args.access_token_ttl;
     config.cluster_token = args.cluster_token;
     config.cluster_timeout_secs = args.cluster_timeout_ms.max(1000) as f64 / 1000.0;
+    if let Some(path) = &args.areas {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read --areas {}: {e}", path.display()))?;
+        config.areas =
+            oak_root::registry::parse_areas(&text).map_err(|e| anyhow::anyhow!("--areas {}: {e}", path.display()))?;
+        tracing::info!(areas = config.areas.len(), "named areas loaded");
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(oak_tls::server_config(cert, key).map_err(anyhow::Error::msg)?),
         _ => None,

@@ -93,6 +93,17 @@ pub struct WorkerArgs {
     /// Run instances without the semantic overlay (they get loopback only).
     #[arg(long)]
     pub no_overlay: bool,
+    /// Addons this worker offers, comma-separated (for services' `addons` constraints): at
+    /// most 32, each 1-64 characters of A-Z a-z 0-9 . _ -
+    #[arg(long, value_delimiter = ',')]
+    pub addons: Vec<String>,
+    /// UDP port of the latency probes between workers (must be reachable from the other
+    /// workers, like the tunnel's); 0: any free port.
+    #[arg(long, default_value_t = oak_worker::PROBE_PORT)]
+    pub probe_port: u16,
+    /// Milliseconds between two rounds of latency probes (at least 100).
+    #[arg(long, default_value_t = oak_worker::PROBE_INTERVAL.as_millis() as u64)]
+    pub probe_interval_ms: u64,
 }
 
 pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
@@ -142,6 +153,8 @@ fn hostname() -> String {
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    // A bad addon stops the worker before it touches anything.
+    oak_worker::check_addons(&args.addons)?;
     // Before anything else: a data dir others can read (the node secret) stops the worker.
     oak_store::datadir::prepare(&args.data_dir)?;
     let runtime =
@@ -154,6 +167,9 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         name: args.name.unwrap_or_else(hostname),
         location: args.location,
+        addons: args.addons,
+        probe_port: args.probe_port,
+        probe_interval: Duration::from_millis(args.probe_interval_ms.max(100)),
         stop_grace: Duration::from_secs(args.stop_grace),
         overlay: (!args.no_overlay)
             .then_some(oak_worker::OverlaySettings { port: args.tunnel_port, advertise: args.advertise_addr }),

@@ -211,7 +211,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 h.hosts.push((ns.clone(), veth));
                 wargs.extend(["--netns".into(), ns, "--cluster".into(), format!("http://{}:{port}", host.gateway)]);
             } else {
-                wargs.extend(["--cluster".into(), format!("http://127.0.0.1:{port}")]);
+                // One network for all: each worker's latency probes on a port of its own.
+                wargs.extend([
+                    "--cluster".into(),
+                    format!("http://127.0.0.1:{port}"),
+                    "--probe-port".into(),
+                    "0".into(),
+                ]);
             }
             h.spawn(&name, &wargs, &[("OAK_WORKER_TOKEN", &worker_token)])?;
         }

@@ -483,3 +483,128 @@ fn bidi_and_line_separators_are_refused() {
         Vec::<String>::new()
     );
 }
+
+/// A field the original accepts that this system cannot honour is refused by name, never
+/// accepted in silence; asking for nothing (0, false, empty) passes.
+#[test]
+fn fields_not_honoured_yet_are_refused_by_name() {
+    let p = "applications[0].microservices[0]";
+    let nothing = json!({"vgpus": 0, "vtpus": 0, "storage": 0, "bandwidth_in": 0, "bandwidth_out": 0,
+        "privileged": false, "platform": "", "volumes": [], "added_files": [], "state": "",
+        "addresses": {"instances": []}});
+    assert_eq!(violations(nothing), Vec::<String>::new());
+    for (fields, field) in [
+        (json!({"vgpus": 1}), "vgpus"),
+        (json!({"vtpus": 2}), "vtpus"),
+        (json!({"storage": 1000}), "storage"),
+        (json!({"bandwidth_in": 5}), "bandwidth_in"),
+        (json!({"bandwidth_out": 5}), "bandwidth_out"),
+        (json!({"privileged": true}), "privileged"),
+        (json!({"platform": "linux/arm64"}), "platform"),
+        (json!({"volumes": [{"volume_id": "v", "csi_driver": "d"}]}), "volumes"),
+        (json!({"added_files": ["a.txt"]}), "added_files"),
+        (json!({"virtualization": "unikernel"}), "virtualization"),
+        (json!({"addresses": {"instances": [{"from": 1, "to": 2, "start": "10.30.0.1"}]}}), "addresses.instances"),
+        (json!({"addresses": {"closest_ip_v6": "fdff::5"}}), "addresses.closest_ip_v6"),
+    ] {
+        let got = violations(fields.clone());
+        assert_eq!(got.len(), 1, "{fields}: {got:?}");
+        assert!(got[0].starts_with(&format!("{p}.{field}: ")), "{fields}: {got:?}");
+        assert!(got[0].contains("not supported yet"), "{fields}: {got:?}");
+    }
+}
+
+#[test]
+fn ldp_constraints_are_validated_and_typed() {
+    use crate::ldp::{Need, ViolationStrategy};
+    let p = "applications[0].microservices[0]";
+    let bad = [
+        (
+            json!({"constraints": [{"type": "latency", "threshold": 10}]}),
+            "constraints[0].area: a latency constraint needs an area or users",
+        ),
+        (
+            json!({"constraints": [{"type": "latency", "area": "x", "users": ["192.0.2.1"], "threshold": 10}]}),
+            "constraints[0].users: give an area or users, not both",
+        ),
+        (
+            json!({"constraints": [{"type": "latency", "users": ["nope"], "threshold": 10}]}),
+            "constraints[0].users[0]: must be an IP address, got \"nope\"",
+        ),
+        (
+            json!({"constraints": [{"type": "latency", "users": [], "threshold": 10}]}),
+            "constraints[0].users: must name at least one user address",
+        ),
+        (
+            json!({"constraints": [{"type": "latency", "area": "x"}]}),
+            "constraints[0].threshold: required field is missing",
+        ),
+        (
+            json!({"constraints": [{"type": "latency", "area": "x", "threshold": -1}]}),
+            "constraints[0].threshold: must be a positive number, got -1",
+        ),
+        (
+            json!({"constraints": [{"type": "latency", "area": "x", "threshold": 5, "rigidness": 2}]}),
+            "constraints[0].rigidness: must be between 0 and 1, got 2",
+        ),
+        (
+            json!({"constraints": [{"type": "geo", "location": "48.1,11.5", "threshold": 0}]}),
+            "constraints[0].threshold: must be a positive number, got 0",
+        ),
+        (
+            json!({"constraints": [{"type": "clusters", "allowed": []}]}),
+            "constraints[0].allowed: must name at least one cluster",
+        ),
+        (json!({"constraints": [{"type": "addons"}]}), "constraints[0].needs: required field is missing"),
+        (
+            json!({"connectivity": [{"target_microservice_id": "db", "con_constraints": [{"type": "bandwidth", "threshold": 1, "rigidness": 1, "convergence_time": 1}]}]}),
+            "connectivity[0].con_constraints[0].type: must be \"latency\" or \"geo\", got \"bandwidth\"",
+        ),
+        (
+            json!({"connectivity": [{"target_microservice_id": " ", "con_constraints": []}]}),
+            "connectivity[0].target_microservice_id: must name a service of this application (by name) or a service id",
+        ),
+        (
+            json!({"sla_violation_strategy": "panic"}),
+            "sla_violation_strategy: must be \"report\" or \"migrate\", got \"panic\"",
+        ),
+    ];
+    for (fields, msg) in bad {
+        assert_eq!(violations(fields.clone()), vec![format!("{p}.{msg}")], "{fields}");
+    }
+    let doc = one_service(json!({
+        "sla_violation_strategy": "migrate",
+        "constraints": [
+            {"type": "geo", "location": "48.1,11.5", "threshold": 30, "rigidness": 0.5},
+            {"type": "latency", "users": ["192.0.2.1", "2001:db8::1"], "threshold": 20, "convergence_time": 60},
+            {"type": "latency", "area": "munich", "threshold": 15},
+            {"type": "clusters", "allowed": ["c1", "c2"]},
+            {"type": "clusters", "allowed": ["c2", "c3"]},
+            {"type": "addons", "needs": ["gpu-driver", "camera"]}
+        ],
+        "connectivity": [{"target_microservice_id": "db", "con_constraints": [
+            {"type": "latency", "threshold": 10, "rigidness": 1, "convergence_time": 5},
+            {"type": "geo", "threshold": 100, "rigidness": 0.2, "convergence_time": 5}
+        ]}]
+    }));
+    let sla = parse_sla(&doc).unwrap();
+    let spec = &sla.applications[0].microservices[0];
+    let reqs = spec.requirements();
+    assert_eq!(reqs.len(), 5);
+    assert_eq!(reqs[0].need, Need::Geo { lat: 48.1, lon: 11.5, km: 30.0 });
+    assert!(!reqs[0].is_hard());
+    assert_eq!(
+        reqs[1].need,
+        Need::Users { users: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()], ms: 20.0 }
+    );
+    assert_eq!((reqs[1].convergence_time, reqs[1].rigidness), (60.0, 1.0));
+    assert_eq!(reqs[2].need, Need::Area { area: "munich".into(), ms: 15.0 });
+    assert_eq!(reqs[2].convergence_time, crate::ldp::DEFAULT_CONVERGENCE_S);
+    assert_eq!(reqs[3].need, Need::ServiceLatency { target: "db".into(), ms: 10.0 });
+    assert_eq!(reqs[3].field, "connectivity[0].con_constraints[0]");
+    assert_eq!(reqs[4].need, Need::ServiceGeo { target: "db".into(), km: 100.0 });
+    assert_eq!(spec.allowed_clusters(), Some(vec!["c2".to_owned()]));
+    assert_eq!(spec.addons_needed(), vec!["camera".to_owned(), "gpu-driver".to_owned()]);
+    assert_eq!(spec.violation_strategy(), ViolationStrategy::Migrate);
+    assert_eq!(parse_sla(&one_service(json!({}))).unwrap().applications[0].microservices[0].allowed_clusters(), None);
+}

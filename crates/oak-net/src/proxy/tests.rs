@@ -31,6 +31,7 @@ fn inst(n: u32, iip: &str, ns: &str, host: &str) -> TableInstance {
         host_ip: host.into(),
         host_port: 50103,
         location: None,
+        coord: None,
     }
 }
 
@@ -136,6 +137,51 @@ fn closest_prefers_this_worker() {
         let mut pkt = build(TCP, (ip("10.18.0.2"), 1000 + port), (ip("10.30.30.31"), 80), b"x");
         assert_eq!(w.a.egress(&mut pkt, now()), Verdict::Local);
     }
+}
+
+/// The closest instance is the one with the lowest RTT: measured when this worker measured
+/// its worker, else predicted from coordinates; locations only without either.
+#[test]
+fn closest_goes_by_latency_then_by_distance() {
+    use oak_api::ldp::Coord;
+    let (tx, _misses) = mpsc::channel();
+    let a = proxy(A, "10.18.0.0", tx);
+    a.add_local(ip("10.18.0.2"), ip("10.30.0.2"));
+    let (c, d, e) = ("192.168.50.3", "192.168.50.4", "192.168.50.5");
+    let mut far = inst(0, "10.30.0.21", "10.18.0.130", c);
+    far.coord = Some(Coord::new(50.0, 0.0, 1.0, 0.1));
+    far.location = Some("48.1,11.5".into()); // next door, on the map
+    let mut near = inst(1, "10.30.0.22", "10.18.0.194", d);
+    near.coord = Some(Coord::new(5.0, 0.0, 1.0, 0.1));
+    near.location = Some("52.5,13.4".into());
+    let mut unknown = inst(2, "10.30.0.23", "10.18.1.2", e);
+    unknown.location = Some("48.1,11.6".into());
+    let table = |instances| {
+        vec![ServiceTable {
+            service_id: "s".into(),
+            job_name: "s.s.s.s".into(),
+            rr_ip: None,
+            closest_ip: Some(ip("10.30.30.40")),
+            instances,
+        }]
+    };
+    let pick = |a: &Proxy, port: u16| {
+        let mut pkt = build(TCP, (ip("10.18.0.2"), port), (ip("10.30.30.40"), 80), b"x");
+        a.egress(&mut pkt, now())
+    };
+    let to = |h: &str| Verdict::Send(SocketAddrV4::new(ip(h), 50103));
+    a.set_tables(&table(vec![far.clone(), near.clone(), unknown.clone()]));
+    // Without a coordinate of its own, the worker goes by the map.
+    let a = Proxy { my_location: parse_location("48.1,11.5"), ..a };
+    assert_eq!(pick(&a, 1), to(c));
+    // With one, by predicted RTT: `near` (6 ms away) beats `far` (51 ms) and `unknown`.
+    a.set_latencies(Some(Coord::new(0.0, 0.0, 0.5, 0.1)), HashMap::new());
+    for port in 2..12 {
+        assert_eq!(pick(&a, port), to(d));
+    }
+    // A measured RTT beats a prediction.
+    a.set_latencies(Some(Coord::new(0.0, 0.0, 0.5, 0.1)), HashMap::from([(ip(c), 2.0), (ip(d), 30.0)]));
+    assert_eq!(pick(&a, 20), to(c));
 }
 
 #[test]

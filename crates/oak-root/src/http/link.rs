@@ -245,7 +245,8 @@ async fn session(state: AppState, socket: WebSocket, token_id: Option<String>) -
                         Ok(outcome) => {
                             if outcome.rescheduled { state.hub.kick(); }
                             // Other clusters may hold flows to what changed here.
-                            if outcome.net_changed { state.hub.bump(); }
+                            // (And instances waiting for an S2S target to run may go now.)
+                            if outcome.net_changed { state.hub.bump(); state.hub.kick(); }
                         }
                         Err(e) => tracing::warn!(cluster = %id, error = %e.message, "cannot apply a cluster report"),
                     }
@@ -287,6 +288,7 @@ struct NetState {
     interests: Vec<std::net::Ipv4Addr>,
     subnets: Option<std::collections::BTreeMap<String, std::net::Ipv4Addr>>,
     tables: Option<Vec<oak_api::net::ServiceTable>>,
+    landmarks: Option<Vec<oak_api::ldp::ProbePeer>>,
 }
 
 /// Sends the cluster its workers' subnets and the tables it asked for, when they changed.
@@ -302,11 +304,12 @@ async fn push_net(
     let (cid, workers, interests) = (id.clone(), net.workers.clone(), net.interests.clone());
     // The subnets and the tables are computed and sent apart: one failing does not hold back
     // the other.
-    let (subnets, tables) = match state
+    let (subnets, tables, landmarks) = match state
         .blocking(move |r| {
             Ok((
                 r.subnets_for(&cid, &workers).map_err(ApiError::from),
                 r.tables_for(&interests).map_err(ApiError::from),
+                r.landmarks_for(&cid).map_err(ApiError::from),
             ))
         })
         .await
@@ -337,6 +340,14 @@ async fn push_net(
         Err(e) => {
             tracing::error!(cluster = %id, error = %e.message, "cannot compute the subnets of a cluster's workers")
         }
+    }
+    match landmarks {
+        Ok(l) if net.landmarks.as_ref() != Some(&l) => {
+            sink.send(text(&RootToCluster::Landmarks { peers: l.clone() })?).await.map_err(|e| e.to_string())?;
+            net.landmarks = Some(l);
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(cluster = %id, error = %e.message, "cannot compute the landmarks for a cluster"),
     }
     let tables = match tables {
         Ok(t) => t,

@@ -61,12 +61,45 @@ pub(super) fn service_status(s: &ServiceRecord) -> (Option<Status>, Option<Strin
 }
 
 fn request_of(spec: &MicroserviceSpec, exclude: &[ClusterId]) -> Request {
+    let mut direct = spec.direct_targets(oak_api::sla::DirectTier::Cluster);
+    // A `clusters` constraint narrows the clusters a `direct` one names, or names them.
+    if let Some(allowed) = spec.allowed_clusters() {
+        direct = if direct.is_empty() { allowed } else { direct.into_iter().filter(|d| allowed.contains(d)).collect() };
+        if direct.is_empty() {
+            // Nothing is both named and allowed: no cluster may take it.
+            direct = vec![String::new()];
+        }
+    }
     Request {
         resources: Resources::new(spec.millicpu(), spec.memory, spec.vgpus as u32),
         runtime: spec.virtualization.clone(),
         arch: spec.arch.clone(),
-        direct: spec.direct_targets(oak_api::sla::DirectTier::Cluster),
+        direct,
         exclude: exclude.iter().map(ToString::to_string).collect(),
+        addons: spec.addons_needed(),
+        ..Default::default()
+    }
+}
+
+/// A cluster as a scheduling candidate: its free slots, and its summary (where its workers
+/// are, on the map and in the coordinate space) and addons.
+fn candidate_of(c: &ClusterRecord) -> Candidate {
+    Candidate {
+        id: c.id.to_string(),
+        name: c.name.clone(),
+        slots: c
+            .aggregate
+            .slots
+            .iter()
+            .map(|s| Slot {
+                arch: s.arch.clone(),
+                runtimes: s.runtimes.clone(),
+                capacity: Resources::new(s.millicpu, s.memory_mb, s.gpus),
+            })
+            .collect(),
+        space: c.aggregate.ldp.space.clone(),
+        area: c.aggregate.ldp.area.clone(),
+        addons: c.aggregate.addons.clone(),
     }
 }
 
@@ -75,7 +108,7 @@ pub(super) fn job_name(app: &AppRecord, spec: &MicroserviceSpec) -> String {
 }
 
 impl Registry {
-    fn clusters(&self) -> Result<Vec<ClusterRecord>> {
+    pub(super) fn clusters(&self) -> Result<Vec<ClusterRecord>> {
         self.load_all(CLUSTERS, "")
     }
 
@@ -211,6 +244,8 @@ impl Registry {
                 }
                 let new = (st.status, st.status_detail.clone(), st.worker_id.clone(), st.host_ip.clone());
                 let old = (inst.status, inst.status_detail.clone(), inst.worker_id.clone(), inst.host_ip.clone());
+                let old_coord = s.net.get(&st.instance_number).and_then(|n| n.coord);
+                let coord = st.coord.filter(oak_api::ldp::Coord::is_valid);
                 let net = match (st.ns_ip, &st.host_ip, st.host_port) {
                     (Some(ns_ip), Some(host_ip), Some(host_port)) if st.status == Status::Running => {
                         Some(network::InstanceNet {
@@ -218,6 +253,11 @@ impl Registry {
                             host_ip: host_ip.clone(),
                             host_port,
                             location: st.location.clone(),
+                            worker: st.worker_id.clone(),
+                            // Drift below the threshold keeps the stored coordinate: tables
+                            // go to every cluster when it changes.
+                            coord: if ldp::coord_moved(old_coord.as_ref(), coord.as_ref()) { coord } else { old_coord },
+                            probe: st.probe,
                         })
                     }
                     _ => None,
@@ -263,26 +303,10 @@ impl Registry {
         let clusters: Vec<ClusterRecord> =
             all.into_iter().filter(|c| now - c.last_seen <= self.cluster_timeout).collect();
         let active: std::collections::BTreeSet<ClusterId> = clusters.iter().map(|c| c.id.clone()).collect();
-        let mut snap = Snapshot::new(
-            clusters
-                .iter()
-                .map(|c| Candidate {
-                    id: c.id.to_string(),
-                    name: c.name.clone(),
-                    slots: c
-                        .aggregate
-                        .slots
-                        .iter()
-                        .map(|s| Slot {
-                            arch: s.arch.clone(),
-                            runtimes: s.runtimes.clone(),
-                            capacity: Resources::new(s.millicpu, s.memory_mb, s.gpus),
-                        })
-                        .collect(),
-                })
-                .collect(),
-        );
+        let mut snap = Snapshot::new(clusters.iter().map(candidate_of).collect());
         let services: Vec<ServiceRecord> = self.load_all(SERVICES, "")?;
+        let (by_name, by_id) = ldp::index(&services);
+        let points = ldp::points(&services);
         // Instances a cluster has not yet acknowledged still take room in its report: reserve
         // them on the slot they would take there (the first one, if none fits any more).
         for s in &services {
@@ -342,7 +366,23 @@ impl Registry {
                 if !unplaced && !refused_here {
                     continue;
                 }
-                let req = request_of(&s.spec, &refused);
+                let mut req = request_of(&s.spec, &refused);
+                let ctx = self.context(&s, &by_name, &by_id, &points);
+                if ctx.is_some() {
+                    let r = oak_sched::objectives::resolve(&s.spec.requirements(), ctx.as_ref(), None);
+                    if !r.waiting.is_empty() {
+                        let detail = format!("waiting: {}", r.waiting.join("; "));
+                        let inst = &mut s.instances[n];
+                        if unplaced && (inst.status != Status::Requested || inst.status_detail != detail) {
+                            inst.status = Status::Requested;
+                            inst.status_detail = detail;
+                            inst.last_modified_timestamp = now;
+                            changed = true;
+                        }
+                        continue;
+                    }
+                    req.objectives = r.objectives;
+                }
                 match snap.place(&req, Policy::Spread) {
                     Ok(p) => {
                         snap.reserve(p.candidate, p.slot, &req.resources);
@@ -402,7 +442,11 @@ impl Registry {
     pub fn desired_for(&self, cluster: &ClusterId) -> Result<Vec<DesiredInstance>> {
         let mut out = Vec::new();
         let mut apps: BTreeMap<ApplicationId, Option<AppRecord>> = BTreeMap::new();
-        for s in self.load_all::<ServiceRecord>(SERVICES, "")? {
+        let services = self.load_all::<ServiceRecord>(SERVICES, "")?;
+        let (by_name, by_id) = ldp::index(&services);
+        let points = ldp::points(&services);
+        for s in &services {
+            let ctx = self.context(s, &by_name, &by_id, &points);
             let here = |i: &&Instance| {
                 i.cluster_id.as_ref() == Some(cluster) && (placed(i.status) || i.status.is_negative_scheduling())
             };
@@ -422,7 +466,7 @@ impl Registry {
                     job_name: job_name(&app, &s.spec),
                     spec: s.spec.clone(),
                     instance_ip: i.instance_ip.as_deref().and_then(|ip| ip.parse().ok()),
-                    ldp: None,
+                    ldp: ctx.clone(),
                 });
             }
         }

@@ -14,6 +14,14 @@ pub(super) struct InstanceNet {
     pub host_port: u16,
     #[serde(default)]
     pub location: Option<String>,
+    /// Its worker: id, network coordinate (stored again only when it moved, see
+    /// `ldp::coord_moved`) and probe address, for S2S placement and monitoring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coord: Option<oak_api::ldp::Coord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<std::net::SocketAddrV4>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -173,6 +181,7 @@ impl Registry {
                         host_ip: net.host_ip.clone(),
                         host_port: net.host_port,
                         location: net.location.clone(),
+                        coord: net.coord,
                     })
                 })
                 .collect();

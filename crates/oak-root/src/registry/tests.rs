@@ -178,6 +178,7 @@ fn state(svc: &ServiceId, status: Status) -> oak_api::link::InstanceState {
         host_port: None,
         location: None,
         coord: None,
+        probe: None,
     }
 }
 

@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod conns;
+pub mod latency;
 
 use oak_client::RootClient;
 use std::net::TcpListener;
@@ -305,6 +306,8 @@ pub struct Hierarchy {
     pub mqtt_port: u16,
     worker_token: String,
     cluster_opts: ClusterOpts,
+    /// Extra `oak worker` arguments, by host index.
+    pub worker_args: Vec<Vec<String>>,
 }
 
 /// How the test clusters run.
@@ -423,6 +426,7 @@ impl Hierarchy {
             mqtt_port,
             worker_token,
             cluster_opts,
+            worker_args: Vec::new(),
         };
         for i in 0..workers {
             let p = h.spawn_worker(i);
@@ -442,8 +446,36 @@ impl Hierarchy {
         h
     }
 
+    /// A hierarchy whose worker `i` runs with the extra arguments `worker_args[i]`.
+    pub async fn start_with_workers(tag: &str, worker_args: Vec<Vec<String>>, report_ms: u64) -> Self {
+        let mut h = Self::start_full(tag, 0, report_ms, report_ms * 6, &[], RootProcess::start().await).await;
+        h.worker_args = worker_args;
+        for i in 0..h.worker_args.len() {
+            let p = h.spawn_worker(i);
+            h.workers.push(p);
+            h.worker_names.push(format!("{tag}-w{i}"));
+        }
+        let n = h.workers.len();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let active: u32 = h.admin.clusters(true).await.unwrap().iter().map(|c| c.active_nodes).sum();
+            if active as usize == n {
+                break;
+            }
+            assert!(Instant::now() < deadline, "only {active} of {n} workers joined");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        h
+    }
+
     pub fn host(&self, i: usize) -> (String, String) {
         (format!("oak-e2e-{}-h{i}", self.prefix), format!("oe{}{i}", &self.prefix[..self.prefix.len().min(8)]))
+    }
+
+    /// Address of host `i` inside its namespace (as `spawn_worker_to` makes it).
+    pub fn host_ip(&self, i: usize) -> std::net::Ipv4Addr {
+        let b = 200 + (self.prefix.bytes().map(u32::from).sum::<u32>() % 50) as u8;
+        std::net::Ipv4Addr::new(10, b, (i + 1) as u8, 2)
     }
 
     /// Starts worker `i` of the first cluster in its host namespace (created if needed).
@@ -464,7 +496,9 @@ impl Hierarchy {
             Command::new(OAK)
                 .args(["worker", "--netns", &netns, "--cluster", &format!("http://{gateway}:{port}")])
                 .args(["--token", token, "--name", &format!("{}-w{i}", self.prefix)])
-                .args(["--containerd-namespace", &self.ns, "--stop-grace", "1", "--data-dir"])
+                .args(["--containerd-namespace", &self.ns, "--stop-grace", "1"])
+                .args(self.worker_args.get(i).into_iter().flatten())
+                .arg("--data-dir")
                 .arg(self.dir.path().join(format!("w{i}")))
                 .env("RUST_LOG", log_level())
                 .stdout(Stdio::null())

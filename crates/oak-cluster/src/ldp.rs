@@ -1,0 +1,388 @@
+//! The cluster's part of latency and distance-aware placement: which peers each worker
+//! probes (some of its own cluster, a few landmarks of other clusters, and the workers of
+//! the S2S targets it must watch), where users are in the coordinate space (measured by a
+//! few workers and multilaterated), and the summary of its workers that the root sees.
+//!
+//! Pure bookkeeping: inputs are method calls with the time, outputs are messages to publish.
+
+use crate::core::{Out, WorkerRec};
+use oak_api::ldp::{
+    Coord, LdpSummary, MAX_MEASURE_TARGETS, MAX_PEERS, MAX_SUMMARY_CIRCLES, MeasureReply, MeasureRequest, ProbePeer,
+    ProbePeers,
+};
+use oak_api::net::parse_location;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+/// Peers of the worker's own cluster it probes.
+pub const SAME_CLUSTER_PEERS: usize = 16;
+/// Landmarks of other clusters it probes.
+pub const FOREIGN_PEERS: usize = 4;
+/// Workers of this cluster other clusters' workers probe.
+pub const LANDMARKS: usize = 8;
+/// The random choice of peers changes this often (seconds), so every pair is measured over
+/// time without any worker probing more than [`MAX_PEERS`].
+const PEER_EPOCH_S: f64 = 600.0;
+/// A peer set is sent again after this long even if unchanged (a lost message is repaired).
+const PEERS_RESEND_S: f64 = 300.0;
+/// Workers asked to measure a user.
+const MEASURERS: usize = 5;
+/// A user's coordinate is measured again after this long.
+const USER_TTL_S: f64 = 600.0;
+/// Do not ask again for a user sooner than this.
+const USER_ASK_EVERY_S: f64 = 5.0;
+/// Users remembered.
+const MAX_USERS: usize = 1024;
+/// The summary is computed again after this long.
+const SUMMARY_EVERY_S: f64 = 10.0;
+
+/// FNV-1a: a stable hash for deterministic choices (no dependence on hash-map order).
+fn fnv(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in *p {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[derive(Clone, Debug, Default)]
+struct UserLoc {
+    coord: Option<Coord>,
+    /// The latest RTT from each worker that measured it, with that worker's coordinate then.
+    obs: BTreeMap<String, (Coord, f64)>,
+    asked: f64,
+    located: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct Ldp {
+    /// Landmarks of the other clusters, from the root.
+    pub foreign: Vec<ProbePeer>,
+    sent_peers: HashMap<String, (Vec<ProbePeer>, f64)>,
+    users: HashMap<IpAddr, UserLoc>,
+    next_request: u64,
+    summary: LdpSummary,
+    summary_at: Option<f64>,
+}
+
+fn out<T: serde::Serialize>(topic: String, msg: &T) -> Option<Out> {
+    match serde_json::to_vec(msg) {
+        Ok(payload) => Some(Out { topic, payload }),
+        Err(e) => {
+            tracing::error!(topic, error = %e, "cannot encode an LDP message");
+            None
+        }
+    }
+}
+
+fn probe_of(w: &WorkerRec) -> Option<ProbePeer> {
+    w.info.as_ref().and_then(|i| i.probe).map(|addr| ProbePeer { id: w.id.clone(), addr })
+}
+
+fn coord_of(w: &WorkerRec) -> Option<Coord> {
+    w.info.as_ref().and_then(|i| i.coord)
+}
+
+impl Ldp {
+    /// The peers `node` should probe now, if they differ from what it was last sent (or that
+    /// was long ago): same-cluster workers in a pseudo-random order that changes every
+    /// [`PEER_EPOCH_S`], a few foreign landmarks, and `watch` (the workers of the S2S targets
+    /// of its instances) first.
+    pub fn peers_for<'a>(
+        &mut self,
+        node: &str,
+        workers: impl Iterator<Item = &'a WorkerRec>,
+        watch: &[ProbePeer],
+        now: f64,
+    ) -> Option<Out> {
+        let epoch = ((now / PEER_EPOCH_S).floor() as i64).to_le_bytes();
+        let mut same: Vec<(u64, ProbePeer)> = workers
+            .filter(|w| w.id != node)
+            .filter_map(probe_of)
+            .map(|p| (fnv(&[node.as_bytes(), p.id.as_bytes(), &epoch]), p))
+            .collect();
+        same.sort();
+        let mut foreign: Vec<(u64, &ProbePeer)> = self
+            .foreign
+            .iter()
+            .filter(|p| p.id != node)
+            .map(|p| (fnv(&[node.as_bytes(), p.id.as_bytes()]), p))
+            .collect();
+        foreign.sort();
+        let mut peers: Vec<ProbePeer> = Vec::new();
+        let push = |p: &ProbePeer, peers: &mut Vec<ProbePeer>| {
+            if peers.len() < MAX_PEERS && p.id != node && !peers.iter().any(|q| q.id == p.id) {
+                peers.push(p.clone());
+            }
+        };
+        for p in watch {
+            push(p, &mut peers);
+        }
+        for (_, p) in foreign.iter().take(FOREIGN_PEERS) {
+            push(p, &mut peers);
+        }
+        for (_, p) in same.iter().take(SAME_CLUSTER_PEERS) {
+            push(p, &mut peers);
+        }
+        peers.sort();
+        if let Some((last, at)) = self.sent_peers.get(node)
+            && *last == peers
+            && now - at < PEERS_RESEND_S
+        {
+            return None;
+        }
+        self.sent_peers.insert(node.to_owned(), (peers.clone(), now));
+        out(oak_api::node::topic_peers(node), &ProbePeers { peers })
+    }
+
+    /// A worker went: forget what it was sent.
+    pub fn forget(&mut self, node: &str) {
+        self.sent_peers.remove(node);
+    }
+
+    /// The workers other clusters probe: a stable choice of [`LANDMARKS`] among those with a
+    /// probe address.
+    pub fn landmarks<'a>(workers: impl Iterator<Item = &'a WorkerRec>) -> Vec<ProbePeer> {
+        let mut all: Vec<(u64, ProbePeer)> =
+            workers.filter_map(probe_of).map(|p| (fnv(&[p.id.as_bytes()]), p)).collect();
+        all.sort();
+        all.into_iter().take(LANDMARKS).map(|(_, p)| p).collect()
+    }
+
+    /// Where `user` is in the coordinate space, if it has been located.
+    pub fn user_coord(&self, user: IpAddr) -> Option<Coord> {
+        self.users.get(&user).and_then(|u| u.coord)
+    }
+
+    /// The RTT `worker` itself measured to `user`, if it did.
+    pub fn measured(&self, user: IpAddr, worker: &str) -> Option<f64> {
+        self.users.get(&user).and_then(|u| u.obs.get(worker)).map(|(_, ms)| *ms)
+    }
+
+    /// Asks a few workers, spread over the coordinate space, to measure the users not located
+    /// yet (or long ago); at most once per [`USER_ASK_EVERY_S`] per user.
+    pub fn locate<'a>(&mut self, users: &[IpAddr], workers: impl Iterator<Item = &'a WorkerRec>, now: f64) -> Vec<Out> {
+        let due: Vec<IpAddr> = users
+            .iter()
+            .copied()
+            .filter(|u| {
+                self.users.get(u).is_none_or(|l| {
+                    (l.coord.is_none() || now - l.located > USER_TTL_S) && now - l.asked >= USER_ASK_EVERY_S
+                })
+            })
+            .take(MAX_MEASURE_TARGETS)
+            .collect();
+        if due.is_empty() {
+            return Vec::new();
+        }
+        let with_coords: Vec<(&WorkerRec, Coord)> = workers.filter_map(|w| coord_of(w).map(|c| (w, c))).collect();
+        // Farthest-point choice: measurers far apart pin a user down best.
+        let mut chosen: Vec<(&WorkerRec, Coord)> = Vec::new();
+        if let Some(first) = with_coords.iter().min_by_key(|(w, _)| fnv(&[w.id.as_bytes()])) {
+            chosen.push(*first);
+        }
+        while chosen.len() < MEASURERS.min(with_coords.len()) {
+            let next = with_coords.iter().filter(|(w, _)| !chosen.iter().any(|(c, _)| c.id == w.id)).max_by(|a, b| {
+                let d = |x: &Coord| chosen.iter().map(|(_, c)| c.rtt(x)).fold(f64::INFINITY, f64::min);
+                d(&a.1).total_cmp(&d(&b.1)).then_with(|| b.0.id.cmp(&a.0.id))
+            });
+            match next {
+                Some(n) => chosen.push(*n),
+                None => break,
+            }
+        }
+        if chosen.is_empty() {
+            return Vec::new();
+        }
+        self.evict(due.len());
+        for u in &due {
+            self.users.entry(*u).or_default().asked = now;
+        }
+        chosen.iter().filter_map(|(w, _)| self.measure_request(&w.id, due.clone())).collect()
+    }
+
+    /// A request to `worker` to measure `targets` (also used to watch the users of its
+    /// instances).
+    pub fn measure_request(&mut self, worker: &str, targets: Vec<IpAddr>) -> Option<Out> {
+        self.next_request += 1;
+        let req = MeasureRequest { request_id: format!("m{}", self.next_request), targets };
+        out(oak_api::node::topic_measure(worker), &req)
+    }
+
+    fn evict(&mut self, room: usize) {
+        while self.users.len() + room > MAX_USERS {
+            let Some(oldest) = self.users.iter().min_by(|a, b| a.1.asked.total_cmp(&b.1.asked)).map(|(k, _)| *k) else {
+                break;
+            };
+            self.users.remove(&oldest);
+        }
+    }
+
+    /// A worker's measurements: users it was asked about are located again. Addresses this
+    /// cluster never asked about are ignored (a worker cannot fill the table).
+    pub fn on_measured(&mut self, node: &str, node_coord: Option<Coord>, reply: &MeasureReply, now: f64) {
+        let Some(wc) = node_coord else { return };
+        for m in reply.results.iter().take(MAX_MEASURE_TARGETS) {
+            let (Some(ms), Some(u)) = (m.ms, self.users.get_mut(&m.addr)) else { continue };
+            if !(ms.is_finite() && ms > 0.0 && ms <= oak_api::ldp::MAX_COORD_MS) {
+                continue;
+            }
+            u.obs.insert(node.to_owned(), (wc, ms));
+            if u.obs.len() > 2 * MEASURERS
+                && let Some(k) = u.obs.keys().next().cloned()
+            {
+                u.obs.remove(&k);
+            }
+            let obs: Vec<(Coord, f64)> = u.obs.values().copied().collect();
+            u.coord = place_user(&obs);
+            u.located = now;
+        }
+    }
+
+    /// Measure `users` again at the next chance (their RTT changed: a violation was seen).
+    pub fn refresh(&mut self, users: &[IpAddr], now: f64) {
+        for u in users {
+            if let Some(l) = self.users.get_mut(u)
+                && now - l.located > USER_ASK_EVERY_S
+            {
+                l.located = f64::MIN;
+                l.asked = f64::MIN;
+            }
+        }
+    }
+
+    /// Whether any of `users` is being located again (after [`refresh`](Self::refresh)).
+    pub fn relocating(&self, users: &[IpAddr]) -> bool {
+        users.iter().any(|u| self.users.get(u).is_some_and(|l| l.located == f64::MIN))
+    }
+
+    /// Whether any of `users` was asked about (and so is being measured).
+    pub fn asked(&self, users: &[IpAddr]) -> bool {
+        users.iter().any(|u| self.users.get(u).is_some_and(|l| l.asked > f64::MIN))
+    }
+
+    /// The summary last computed by [`refresh_summary`](Self::refresh_summary).
+    pub fn summary(&self) -> &LdpSummary {
+        &self.summary
+    }
+
+    /// Computes the area and coordinate summary of `workers` again, at most every
+    /// [`SUMMARY_EVERY_S`].
+    pub fn refresh_summary<'a>(&mut self, workers: impl Iterator<Item = &'a WorkerRec>, now: f64) {
+        if self.summary_at.is_none_or(|at| now - at >= SUMMARY_EVERY_S || now < at) {
+            let (mut locations, mut coords) = (Vec::new(), Vec::new());
+            for w in workers {
+                if let Some(l) = w.reg.location.as_deref().and_then(parse_location) {
+                    locations.push(l);
+                }
+                if let Some(c) = coord_of(w) {
+                    coords.push(c);
+                }
+            }
+            self.summary = oak_ldp::summary::summarize(&locations, &coords, MAX_SUMMARY_CIRCLES);
+            self.summary_at = Some(now);
+        }
+    }
+}
+
+/// A user's coordinate from RTTs measured by workers at known coordinates: multilateration
+/// with three or more; with fewer, the user sits at the nearest measurer, its height making
+/// up the measured RTT (exact from that worker, a fair guess from the others).
+pub fn place_user(obs: &[(Coord, f64)]) -> Option<Coord> {
+    if obs.len() >= 3
+        && let Some(c) = oak_ldp::locate::multilaterate(obs)
+    {
+        return Some(c);
+    }
+    let (c, ms) = obs.iter().min_by(|a, b| a.1.total_cmp(&b.1))?;
+    Some(Coord::new(c.x, c.y, (ms - c.h).max(1e-3), 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oak_api::node::{NodeInfo, RegisterRequest};
+
+    fn worker(id: &str, coord: Option<Coord>, port: u16) -> WorkerRec {
+        let mut w = WorkerRec::new(id.into(), RegisterRequest { name: id.into(), ..Default::default() });
+        w.info = Some(NodeInfo {
+            probe: Some(format!("10.0.0.{}:{port}", port % 200 + 1).parse().unwrap()),
+            coord,
+            ..Default::default()
+        });
+        w
+    }
+
+    #[test]
+    fn peers_are_bounded_deterministic_and_sent_only_on_change() {
+        let ws: Vec<WorkerRec> = (0..40).map(|i| worker(&format!("w{i:02}"), None, 1000 + i)).collect();
+        let mut l = Ldp {
+            foreign: (0..10).map(|i| worker(&format!("f{i}"), None, 2000 + i)).filter_map(|w| probe_of(&w)).collect(),
+            ..Default::default()
+        };
+        let watch = vec![probe_of(&ws[39]).unwrap()];
+        let o = l.peers_for("w00", ws.iter(), &watch, 0.0).unwrap();
+        let p: ProbePeers = serde_json::from_slice(&o.payload).unwrap();
+        assert_eq!(p.peers.len(), 1 + FOREIGN_PEERS + SAME_CLUSTER_PEERS);
+        assert!(p.peers.iter().any(|x| x.id == "w39"), "the watched worker is probed");
+        assert!(!p.peers.iter().any(|x| x.id == "w00"), "never itself");
+        assert_eq!(p.peers.iter().filter(|x| x.id.starts_with('f')).count(), FOREIGN_PEERS);
+        assert!(l.peers_for("w00", ws.iter(), &watch, 10.0).is_none(), "unchanged: not sent again");
+        assert!(l.peers_for("w00", ws.iter(), &watch, PEERS_RESEND_S + 1.0).is_some(), "resent after a while");
+        let mut l2 = Ldp { foreign: l.foreign.clone(), ..Default::default() };
+        let o2 = l2.peers_for("w00", ws.iter(), &watch, 0.0).unwrap();
+        assert_eq!(o.payload, o2.payload, "deterministic");
+    }
+
+    #[test]
+    fn users_are_located_from_the_workers_that_measured_them() {
+        let coords = [
+            Coord::new(0.0, 0.0, 1.0, 0.1),
+            Coord::new(40.0, 0.0, 1.0, 0.1),
+            Coord::new(0.0, 40.0, 1.0, 0.1),
+            Coord::new(40.0, 40.0, 1.0, 0.1),
+        ];
+        let ws: Vec<WorkerRec> =
+            coords.iter().enumerate().map(|(i, c)| worker(&format!("w{i}"), Some(*c), 1000 + i as u16)).collect();
+        let user: IpAddr = "192.0.2.9".parse().unwrap();
+        let truth = Coord::new(10.0, 5.0, 2.0, 0.0);
+        let mut l = Ldp::default();
+        let asks = l.locate(&[user], ws.iter(), 0.0);
+        assert_eq!(asks.len(), 4, "every worker with a coordinate (up to {MEASURERS}) is asked");
+        assert!(l.locate(&[user], ws.iter(), 1.0).is_empty(), "not asked again at once");
+        // A worker answering about an address nobody asked for changes nothing.
+        let stranger: IpAddr = "198.51.100.1".parse().unwrap();
+        let r = MeasureReply {
+            request_id: "x".into(),
+            results: vec![oak_api::ldp::Measured { addr: stranger, ms: Some(5.0), how: "icmp".into() }],
+        };
+        l.on_measured("w0", Some(coords[0]), &r, 1.0);
+        assert!(l.user_coord(stranger).is_none());
+        for (i, c) in coords.iter().enumerate() {
+            let r = MeasureReply {
+                request_id: "m".into(),
+                results: vec![oak_api::ldp::Measured { addr: user, ms: Some(c.rtt(&truth)), how: "icmp".into() }],
+            };
+            l.on_measured(&format!("w{i}"), Some(*c), &r, 2.0);
+        }
+        let got = l.user_coord(user).unwrap();
+        for c in &coords {
+            let (p, t) = (got.rtt(c), truth.rtt(c));
+            assert!((p - t).abs() / t < 0.2, "predicted {p}, true {t}");
+        }
+        assert_eq!(l.measured(user, "w1"), Some(coords[1].rtt(&truth)));
+    }
+
+    #[test]
+    fn one_measurement_places_the_user_at_its_measurer() {
+        let c = Coord::new(5.0, 5.0, 2.0, 0.1);
+        let u = place_user(&[(c, 12.0)]).unwrap();
+        assert!((u.rtt(&c) - 12.0).abs() < 1e-9);
+        assert_eq!(place_user(&[]), None);
+    }
+}
