@@ -263,6 +263,25 @@ pub(crate) fn candidate_of(w: &WorkerRec) -> Candidate {
     }
 }
 
+/// What this cluster measured: where users are and the RTTs workers measured to them, and
+/// the RTTs workers measured to other workers (from their reports).
+impl oak_sched::objectives::Lookups for Core {
+    fn user(&self, user: std::net::IpAddr) -> Option<(oak_api::ldp::Coord, Vec<(String, f64)>)> {
+        self.ldp.user_with_measurements(user)
+    }
+
+    fn to_workers(&self, targets: &[&str]) -> Vec<(String, f64)> {
+        self.workers
+            .values()
+            .filter_map(|w| {
+                let rtts = &w.info.as_ref()?.rtts;
+                let best = rtts.iter().filter(|r| targets.contains(&r.peer.as_str())).map(|r| r.ms).reduce(f64::min)?;
+                Some((w.id.clone(), best))
+            })
+            .collect()
+    }
+}
+
 /// What a placement predicts for the request's objectives, for the status detail:
 /// `" (12.3 ms to service db)"`, or nothing without objectives.
 fn predicted(c: &Candidate, req: &Request) -> String {
@@ -458,9 +477,7 @@ impl Core {
         let mut req = request_of(d);
         let reqs = d.spec.requirements();
         if !reqs.is_empty() {
-            let ldp = &self.ldp;
-            let user = |u: std::net::IpAddr| ldp.user_coord(u);
-            let r = oak_sched::objectives::resolve(&reqs, d.ldp.as_ref(), Some(&user));
+            let r = oak_sched::objectives::resolve(&reqs, d.ldp.as_ref(), Some(self));
             if !r.unknown_users.is_empty() {
                 let hb = self.timing.heartbeat_timeout;
                 let asks =
@@ -538,6 +555,7 @@ impl Core {
     /// target not running yet): it stays REQUESTED here, saying why, and is tried again
     /// soon. (The root reads only negative statuses as a refusal.)
     fn wait(&mut self, k: &Key, why: String, now: f64) {
+        tracing::debug!(service = %k.0, instance = k.1, "waits: {why}");
         self.set(k, None, Status::Requested, why, now);
         if let Some(a) = self.slot(k) {
             a.next_try = now + 1.0;

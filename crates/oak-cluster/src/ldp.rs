@@ -159,6 +159,12 @@ impl Ldp {
         self.users.get(&user).and_then(|u| u.coord)
     }
 
+    /// Where `user` is, and the RTTs workers measured to it (by worker id).
+    pub fn user_with_measurements(&self, user: IpAddr) -> Option<(Coord, Vec<(String, f64)>)> {
+        let u = self.users.get(&user)?;
+        Some((u.coord?, u.obs.iter().map(|(w, (_, ms))| (w.clone(), *ms)).collect()))
+    }
+
     /// The RTT `worker` itself measured to `user`, if it did.
     pub fn measured(&self, user: IpAddr, worker: &str) -> Option<f64> {
         self.users.get(&user).and_then(|u| u.obs.get(worker)).map(|(_, ms)| *ms)
@@ -241,15 +247,14 @@ impl Ldp {
             let obs: Vec<(Coord, f64)> = u.obs.values().copied().collect();
             u.coord = place_user(&obs);
             u.located = now;
+            tracing::debug!(user = %m.addr, measurements = obs.len(), coord = ?u.coord, "user located");
         }
     }
 
     /// Measure `users` again at the next chance (their RTT changed: a violation was seen).
-    pub fn refresh(&mut self, users: &[IpAddr], now: f64) {
+    pub fn refresh(&mut self, users: &[IpAddr]) {
         for u in users {
-            if let Some(l) = self.users.get_mut(u)
-                && now - l.located > USER_ASK_EVERY_S
-            {
+            if let Some(l) = self.users.get_mut(u) {
                 l.located = f64::MIN;
                 l.asked = f64::MIN;
             }

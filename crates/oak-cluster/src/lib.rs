@@ -681,6 +681,7 @@ impl Cluster {
                 outs
             }
             Cmd::Measured(node, reply) => {
+                tracing::debug!(node = %node, results = ?reply.results, "RTT measurements");
                 self.core.measured(&node, reply, t);
                 Vec::new()
             }

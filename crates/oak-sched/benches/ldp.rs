@@ -2,7 +2,8 @@
 //! setting of the paper's Fig. 10 (ATC'23 §5.4), simulated over a synthetic latency space.
 //!
 //! `cargo bench -p oak-sched --bench ldp [-- N ...]` (default: 10 50 100 500 10000 workers;
-//! `LDP_RUNS` and `LDP_EXPERIMENTS` override the runs and the experiments per run and kind).
+//! 5 runs, 3 at 10,000; `LDP_RUNS` and `LDP_EXPERIMENTS` (default 1000) override the runs and
+//! the experiments per run and kind; `LDP_SIM_MIN` the simulated minutes of Vivaldi).
 //!
 //! Per run (seeded, deterministic but for the decision times):
 //! 1. A space ([`oak_ldp::Space`]) of N workers and [`USERS`] users around [`SITES`] European
@@ -17,13 +18,21 @@
 //! 3. Workers with heterogeneous capacity and a random background load.
 //! 4. S2U experiments: a user located by multilateration from [`MEASURERS`] workers chosen
 //!    farthest-point in the space (each the least of [`TRIES`] pings), a threshold of the
-//!    best true RTT of a worker that fits × U(1, 2), one hard objective. LDP places with it,
-//!    ROM (best fit) without; both on the same snapshot, nothing reserved between experiments.
+//!    best true RTT of a worker that fits × U(1, 2), one hard objective whose measured RTTs
+//!    are the measurers' (they stand instead of predictions for those workers, as the cluster
+//!    passes them). LDP places with it, ROM (best fit) without; both on the same snapshot,
+//!    nothing reserved between experiments.
 //! 5. S2S experiments: a target instance on a random worker, a dependent service within the
-//!    best true RTT × U(1, 2) of the target's worker; the target's worker is excluded (else
-//!    co-location makes the best RTT 0).
+//!    best true RTT × U(1, 2) of the target's worker, with the RTTs the workers that probed it
+//!    report as measured ones; the target's worker is excluded (else co-location makes the
+//!    best RTT 0).
 //!
-//! Prints a markdown table per N and writes CSV files under `target/ldp-bench/`;
+//! What-ifs, each a change to what the system does, to see what it would give (see
+//! [`WhatIf`]): `LDP_PEERS=near` (half the peers nearest by location), `LDP_LOCATE=refine`
+//! (the workers predicted nearest to a user measure it too), `LDP_COORDS=system`.
+//!
+//! Prints a markdown table per N and writes CSV files under `target/ldp-bench/` (a what-if
+//! run under `target/ldp-bench/what-if-NAME/`);
 //! `scripts/plot-ldp.py` draws `docs/ldp-fig10.png`, `docs/ldp-decision-time.png` and
 //! `docs/ldp-vivaldi.png` from them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -59,6 +68,8 @@ const SAME_CLUSTER_PEERS: usize = 16;
 const PEER_EPOCH_S: f64 = 600.0;
 /// Simulated time of Vivaldi before the experiments (`LDP_SIM_MIN` overrides it).
 const SIM_S: f64 = 1200.0;
+/// Lower ends of the slack classes (threshold / best true RTT) the met share is also given for.
+const SLACK_CLASSES: [f64; 3] = [1.0, 1.2, 1.5];
 /// Upper ends of the true-RTT classes the Vivaldi error is also given for, in ms.
 const RTT_CLASSES: [f64; 3] = [5.0, 10.0, 20.0];
 /// Workers whose pairs with every other worker make the per-class error, at most.
@@ -116,7 +127,7 @@ struct Case {
     threshold_ms: f64,
     /// True RTT of the nearest worker that fits.
     best_ms: f64,
-    /// The RTT the scheduler predicts for that worker.
+    /// The RTT predicted for that worker from the coordinates.
     best_predicted_ms: f64,
     /// Some worker that fits is within the threshold (by the true RTT).
     feasible: bool,
@@ -153,6 +164,8 @@ struct Converged {
     by_rtt: [f64; 4],
     /// Pings sent per worker per second, on average.
     pings_per_s: f64,
+    /// For each worker, who reports an RTT to it, and that RTT (see [`heard_by`]).
+    heard: Vec<Vec<(usize, f64)>>,
 }
 
 /// How many of `n` peers one round probes (`probe::per_round`).
@@ -179,6 +192,45 @@ fn pick_peers(me: usize, n: usize, k: usize, s: &mut u64) -> Vec<usize> {
         }
         p
     };
+    p.sort_unstable();
+    p
+}
+
+/// For each of the first `n` nodes, the [`SAME_CLUSTER_PEERS`] / 2 nearest others by
+/// location (an equirectangular approximation is enough to rank them).
+fn nearest_by_location(space: &Space, n: usize) -> Vec<Vec<usize>> {
+    let loc: Vec<(f64, f64)> = (0..n).map(|i| space.location(i)).collect();
+    let k = SAME_CLUSTER_PEERS / 2;
+    loc.iter()
+        .enumerate()
+        .map(|(i, &(lat, lon))| {
+            let c = lat.to_radians().cos();
+            let mut d: Vec<(f64, usize)> = loc
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(j, &(la, lo))| ((la - lat).powi(2) + ((lo - lon) * c).powi(2), j))
+                .collect();
+            if d.len() > k {
+                d.select_nth_unstable_by(k, |a, b| a.0.total_cmp(&b.0));
+                d.truncate(k);
+            }
+            d.into_iter().map(|(_, j)| j).collect()
+        })
+        .collect()
+}
+
+/// The what-if peer set: the nearest by location, then random ones up to
+/// [`SAME_CLUSTER_PEERS`], sorted.
+fn mixed_peers(me: usize, n: usize, near: &[Vec<usize>], s: &mut u64) -> Vec<usize> {
+    let mut p = near[me].clone();
+    let k = SAME_CLUSTER_PEERS.min(n - 1);
+    while p.len() < k {
+        let j = next_below(s, n);
+        if j != me && !p.contains(&j) {
+            p.push(j);
+        }
+    }
     p.sort_unstable();
     p
 }
@@ -263,13 +315,18 @@ fn converge(space: &Space, n: usize, seed: u64) -> Converged {
     let epoch_rounds = (PEER_EPOCH_S / PROBE_INTERVAL_S).round() as usize;
     let check_rounds = (CHECK_EVERY_S / PROBE_INTERVAL_S).round() as usize;
     let mut peers: Vec<Vec<usize>> = Vec::new();
+    // What-if: `LDP_PEERS=near` makes half the peers the nearest by location.
+    let near = what_if(WhatIf::NearPeers).then(|| nearest_by_location(space, n));
     let mut last: Vec<Option<usize>> = vec![None; n];
     let mut pings = 0u64;
     let mut curve = Vec::new();
     for round in 0..rounds {
         let now = round as f64 * PROBE_INTERVAL_S;
         if round % epoch_rounds == 0 {
-            peers = (0..n).map(|i| pick_peers(i, n, SAME_CLUSTER_PEERS, &mut s)).collect();
+            peers = match &near {
+                None => (0..n).map(|i| pick_peers(i, n, SAME_CLUSTER_PEERS, &mut s)).collect(),
+                Some(near) => (0..n).map(|i| mixed_peers(i, n, near, &mut s)).collect(),
+            };
         }
         for (i, mine) in peers.iter().enumerate() {
             nodes[i].forget_stale(now);
@@ -306,7 +363,24 @@ fn converge(space: &Space, n: usize, seed: u64) -> Converged {
         by_rtt: error_by_rtt(space, &app, &mut s),
         app,
         pings_per_s: pings as f64 / (n as f64 * sim_s()),
+        heard: heard_by(&nodes),
     }
+}
+
+/// For each worker, the workers that report an RTT to it (the filtered RTT to each peer heard
+/// within the neighbour TTL, as the worker reports them) and that RTT.
+fn heard_by(nodes: &[Vivaldi]) -> Vec<Vec<(usize, f64)>> {
+    let mut heard = vec![Vec::new(); nodes.len()];
+    for (w, v) in nodes.iter().enumerate() {
+        for (peer, ms) in v.rtts() {
+            if let Some(t) = peer.strip_prefix('w').and_then(|t| t.parse::<usize>().ok())
+                && let Some(h) = heard.get_mut(t)
+            {
+                h.push((w, ms));
+            }
+        }
+    }
+    heard
 }
 
 /// FNV-1a, as the cluster uses it for its stable choices.
@@ -391,14 +465,23 @@ fn nearest(truth: &[f64], candidates: impl Iterator<Item = usize>) -> Option<(us
     candidates.map(|w| (w, truth[w])).min_by(|a, b| a.1.total_cmp(&b.1))
 }
 
-fn objective(label: &str, at: Coord, max_ms: f64) -> Objective {
+/// One hard latency objective, with the RTTs some workers measured to its point (they stand
+/// instead of the prediction for those workers, as `oak_sched::objectives::resolve` passes
+/// them).
+fn objective(label: &str, at: Coord, max_ms: f64, measured: Vec<(String, f64)>) -> Objective {
     Objective {
         label: label.into(),
         points: vec![Point { coord: Some(at), location: None }],
         max_ms: Some(max_ms),
         max_km: None,
         rigidness: 1.0,
+        measured,
     }
+}
+
+/// The RTTs measured to a user, as (worker id, ms).
+fn measured_by(obs: &[(usize, Coord, f64)]) -> Vec<(String, f64)> {
+    obs.iter().map(|(w, _, ms)| (format!("w{w}"), *ms)).collect()
 }
 
 /// One run at `n` workers: Vivaldi, then `experiments` S2U and as many S2S experiments.
@@ -409,10 +492,11 @@ fn run_once(n: usize, run: usize, experiments: usize) -> (Converged, Vec<Outcome
     let space = Space::generate(&params, next_u64(&mut s));
     let conv = converge(&space, n, next_u64(&mut s));
     // What-if: `LDP_COORDS=system` gives the scheduler the system coordinates instead.
-    let coords = if std::env::var("LDP_COORDS").is_ok_and(|v| v == "system") { &conv.sys } else { &conv.app };
+    let coords = if what_if(WhatIf::SystemCoords) { &conv.sys } else { &conv.app };
     let snap = snapshot(&space, coords, &mut s);
     let fits: Vec<bool> = (0..n).map(|w| snap.free(w, 0).is_some_and(|f| f.fits(&REQUEST))).collect();
     let who = measurers(coords);
+    let refine = what_if(WhatIf::Refine);
     let base = Request { resources: REQUEST, runtime: "container".into(), ..Request::default() };
     let mut out = Vec::with_capacity(4 * experiments);
     let mut truth = vec![0.0; n];
@@ -420,11 +504,23 @@ fn run_once(n: usize, run: usize, experiments: usize) -> (Converged, Vec<Outcome
     for e in 0..experiments {
         // S2U: the next user, located from the measurers' pings.
         let user = n + e % USERS;
-        let obs: Vec<(Coord, f64)> = who
-            .iter()
-            .map(|&w| (coords[w], (0..TRIES).map(|_| space.sample(w, user, &mut s)).fold(f64::INFINITY, f64::min)))
-            .collect();
-        if let Some(at) = place_user(&obs) {
+        let ping = |w: usize, s: &mut u64| (0..TRIES).map(|_| space.sample(w, user, s)).fold(f64::INFINITY, f64::min);
+        let mut obs: Vec<(usize, Coord, f64)> = who.iter().map(|&w| (w, coords[w], ping(w, &mut s))).collect();
+        let placed =
+            |obs: &[(usize, Coord, f64)]| place_user(&obs.iter().map(|&(_, c, ms)| (c, ms)).collect::<Vec<_>>());
+        let mut located = placed(&obs);
+        // What-if: `LDP_LOCATE=refine` asks the 5 workers predicted nearest to measure as
+        // well, and locates the user from all 10 answers.
+        if refine && let Some(first) = located {
+            let mut by_rtt: Vec<(f64, usize)> =
+                (0..n).filter(|w| !who.contains(w)).map(|w| (first.rtt(&coords[w]), w)).collect();
+            by_rtt.sort_by(|a, b| a.0.total_cmp(&b.0));
+            for &(_, w) in by_rtt.iter().take(MEASURERS) {
+                obs.push((w, coords[w], ping(w, &mut s)));
+            }
+            located = placed(&obs);
+        }
+        if let Some(at) = located {
             for (w, t) in truth.iter_mut().enumerate() {
                 *t = space.rtt(w, user);
             }
@@ -442,7 +538,8 @@ fn run_once(n: usize, run: usize, experiments: usize) -> (Converged, Vec<Outcome
                     feasible: (0..n).any(|w| fits[w] && truth[w] <= threshold_ms),
                     location_error: Some(location_error),
                 };
-                let req = Request { objectives: vec![objective("user", at, threshold_ms)], ..base.clone() };
+                let measured = measured_by(&obs);
+                let req = Request { objectives: vec![objective("user", at, threshold_ms, measured)], ..base.clone() };
                 out.extend(place_both(&snap, &req, &truth, &case));
             }
         }
@@ -463,8 +560,9 @@ fn run_once(n: usize, run: usize, experiments: usize) -> (Converged, Vec<Outcome
                 feasible: others().any(|w| truth[w] <= threshold_ms),
                 location_error: None,
             };
+            let measured = conv.heard[target].iter().map(|&(w, ms)| (format!("w{w}"), ms)).collect();
             let req = Request {
-                objectives: vec![objective("service target", coords[target], threshold_ms)],
+                objectives: vec![objective("service target", coords[target], threshold_ms, measured)],
                 exclude: vec![format!("w{target}")],
                 ..base.clone()
             };
@@ -481,6 +579,8 @@ struct Row {
     experiments: usize,
     feasible: usize,
     met_share: f64,
+    /// The met share per [`SLACK_CLASSES`].
+    met_by_slack: [f64; 3],
     rejected_share: f64,
     ratio: [f64; 3],
     achieved: [f64; 3],
@@ -506,6 +606,13 @@ fn row(all: &[Outcome], kind: Kind, sched: Sched) -> Row {
         experiments: xs.len(),
         feasible: feasible.len(),
         met_share: met as f64 / feasible.len().max(1) as f64,
+        met_by_slack: std::array::from_fn(|c| {
+            let lo = SLACK_CLASSES[c];
+            let hi = SLACK_CLASSES.get(c + 1).copied().unwrap_or(f64::INFINITY);
+            let band: Vec<&&&Outcome> =
+                feasible.iter().filter(|o| (lo..hi).contains(&(o.case.threshold_ms / o.case.best_ms))).collect();
+            band.iter().filter(|o| o.met()).count() as f64 / band.len().max(1) as f64
+        }),
         rejected_share: rejected as f64 / xs.len().max(1) as f64,
         ratio: q(&ratios),
         achieved: q(&achieved),
@@ -515,8 +622,48 @@ fn row(all: &[Outcome], kind: Kind, sched: Sched) -> Row {
     }
 }
 
+/// Changes to what the system does, to see what they would give; none by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WhatIf {
+    /// `LDP_PEERS=near`: half of each worker's peers are the nearest by location.
+    NearPeers,
+    /// `LDP_LOCATE=refine`: the 5 workers predicted nearest to a user measure it as well.
+    Refine,
+    /// `LDP_COORDS=system`: the scheduler sees system instead of application-level coordinates.
+    SystemCoords,
+}
+
+impl WhatIf {
+    const ALL: [WhatIf; 3] = [WhatIf::NearPeers, WhatIf::Refine, WhatIf::SystemCoords];
+
+    /// The variable, its value, and the name of the variant.
+    fn var(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            WhatIf::NearPeers => ("LDP_PEERS", "near", "near-peers"),
+            WhatIf::Refine => ("LDP_LOCATE", "refine", "refine"),
+            WhatIf::SystemCoords => ("LDP_COORDS", "system", "system-coords"),
+        }
+    }
+}
+
+fn what_if(w: WhatIf) -> bool {
+    let (var, value, _) = w.var();
+    std::env::var(var).is_ok_and(|v| v == value)
+}
+
+/// `as-is`, or the what-ifs in force joined by `+`.
+fn variant() -> String {
+    let on: Vec<&str> = WhatIf::ALL.into_iter().filter(|w| what_if(*w)).map(|w| w.var().2).collect();
+    if on.is_empty() { "as-is".into() } else { on.join("+") }
+}
+
+/// `target/ldp-bench/`, or a subfolder named for the what-ifs in force.
 fn out_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/ldp-bench")
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/ldp-bench");
+    match variant().as_str() {
+        "as-is" => dir,
+        v => dir.join(format!("what-if-{v}")),
+    }
 }
 
 fn env_usize(name: &str) -> Option<usize> {
@@ -525,7 +672,7 @@ fn env_usize(name: &str) -> Option<usize> {
 
 /// Runs and experiments per run and kind at `n` workers.
 fn plan(n: usize) -> (usize, usize) {
-    let runs = env_usize("LDP_RUNS").unwrap_or(if n >= 10_000 { 2 } else { 5 });
+    let runs = env_usize("LDP_RUNS").unwrap_or(if n >= 10_000 { 3 } else { 5 });
     let experiments = env_usize("LDP_EXPERIMENTS").unwrap_or(1000);
     (runs, experiments)
 }
@@ -572,17 +719,20 @@ fn bench(n: usize) {
     );
     println!();
     println!(
-        "| experiment | scheduler | met when feasible | rejected | achieved/best p50 | p90 | achieved RTT ms p25 / p50 / p90 | decision µs p50 | p99 |"
+        "| experiment | scheduler | met when feasible | met by slack < 1.2 / 1.2–1.5 / ≥ 1.5 | rejected | achieved/best p50 | p90 | achieved RTT ms p25 / p50 / p90 | decision µs p50 | p99 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.1} % ({} of {}) | {:.1} % | {:.3} | {:.3} | {:.1} / {:.1} / {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {:.1} % ({} of {}) | {:.0} / {:.0} / {:.0} % | {:.1} % | {:.3} | {:.3} | {:.1} / {:.1} / {:.1} | {:.1} | {:.1} |",
             r.kind.name(),
             r.sched.name(),
             100.0 * r.met_share,
             (r.met_share * r.feasible as f64).round(),
             r.feasible,
+            100.0 * r.met_by_slack[0],
+            100.0 * r.met_by_slack[1],
+            100.0 * r.met_by_slack[2],
             100.0 * r.rejected_share,
             r.ratio[1],
             r.ratio[2],
@@ -650,17 +800,20 @@ fn bench(n: usize) {
         .unwrap();
     }
     let mut summary = String::from(
-        "n,runs,experiments,kind,scheduler,feasible,met_share,rejected_share,ratio_p25,ratio_p50,ratio_p90,achieved_p25_ms,achieved_p50_ms,achieved_p90_ms,decision_p50_us,decision_p99_us,best_error,best_bias,vivaldi_error_lt5ms,vivaldi_error_5_10ms,vivaldi_error_10_20ms,vivaldi_error_ge20ms,vivaldi_error,vivaldi_error_min,vivaldi_error_max,location_error,pings_per_s,probe_payload_bps,probe_wire_bps\n",
+        "n,runs,experiments,kind,scheduler,feasible,met_share,met_slack_lt1_2,met_slack_1_2_1_5,met_slack_ge1_5,rejected_share,ratio_p25,ratio_p50,ratio_p90,achieved_p25_ms,achieved_p50_ms,achieved_p90_ms,decision_p50_us,decision_p99_us,best_error,best_bias,vivaldi_error_lt5ms,vivaldi_error_5_10ms,vivaldi_error_10_20ms,vivaldi_error_ge20ms,vivaldi_error,vivaldi_error_min,vivaldi_error_max,location_error,pings_per_s,probe_payload_bps,probe_wire_bps\n",
     );
     for r in &rows {
         writeln!(
             summary,
-            "{n},{runs},{},{},{},{},{:.5},{:.5},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{:.5},{:.5},{:.5},{:.5},{:.5},{:.5},{vivaldi_error:.5},{err_lo:.5},{err_hi:.5},{location_error:.5},{pings_per_s:.4},{payload_bps:.1},{wire_bps:.1}",
+            "{n},{runs},{},{},{},{},{:.5},{:.5},{:.5},{:.5},{:.5},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{:.5},{:.5},{:.5},{:.5},{:.5},{:.5},{vivaldi_error:.5},{err_lo:.5},{err_hi:.5},{location_error:.5},{pings_per_s:.4},{payload_bps:.1},{wire_bps:.1}",
             r.experiments,
             r.kind.name(),
             r.sched.name(),
             r.feasible,
             r.met_share,
+            r.met_by_slack[0],
+            r.met_by_slack[1],
+            r.met_by_slack[2],
             r.rejected_share,
             r.ratio[0],
             r.ratio[1],
@@ -691,8 +844,10 @@ fn main() {
         sizes = SIZES.to_vec();
     }
     println!(
-        "LDP vs ROM (best fit), simulated: {SITES} cities, {USERS} users, request {} mCPU / {} MiB, threshold = best true RTT × U(1, 2)",
-        REQUEST.millicpu, REQUEST.memory_mb
+        "LDP vs ROM (best fit), simulated: {SITES} cities, {USERS} users, request {} mCPU / {} MiB, threshold = best true RTT × U(1, 2); variant: {}",
+        REQUEST.millicpu,
+        REQUEST.memory_mb,
+        variant()
     );
     for n in sizes {
         bench(n);

@@ -163,19 +163,34 @@ pub struct Objective {
     pub max_km: Option<f64>,
     /// 1 (or more) = hard filter; below 1 = preference of that weight.
     pub rigidness: f64,
+    /// RTTs measured from some candidates to the point (candidate id, ms): for those, the
+    /// measurement stands instead of the prediction (a user's link can break the triangle
+    /// inequality that coordinates assume).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measured: Vec<(String, f64)>,
 }
 
 /// No points, no bounds, hard (the SLA's default rigidness).
 impl Default for Objective {
     fn default() -> Self {
-        Objective { label: String::new(), points: Vec::new(), max_ms: None, max_km: None, rigidness: 1.0 }
+        Objective {
+            label: String::new(),
+            points: Vec::new(),
+            max_ms: None,
+            max_km: None,
+            rigidness: 1.0,
+            measured: Vec::new(),
+        }
     }
 }
 
 /// Bitwise on the floats (see [`Objective`]).
 impl PartialEq for Objective {
     fn eq(&self, o: &Self) -> bool {
-        self.label == o.label && self.points == o.points && self.float_bits() == o.float_bits()
+        self.label == o.label
+            && self.points == o.points
+            && self.float_bits() == o.float_bits()
+            && self.measured_bits().eq(o.measured_bits())
     }
 }
 
@@ -188,6 +203,9 @@ impl Hash for Objective {
         self.label.hash(state);
         self.points.hash(state);
         self.float_bits().hash(state);
+        for m in self.measured_bits() {
+            m.hash(state);
+        }
     }
 }
 
@@ -232,7 +250,12 @@ impl Objective {
         (self.max_ms.map(f64::to_bits), self.max_km.map(f64::to_bits), self.rigidness.to_bits())
     }
 
-    /// Its values for `c`: the nearest of its points, per bound it sets.
+    fn measured_bits(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.measured.iter().map(|(id, ms)| (id.as_str(), ms.to_bits()))
+    }
+
+    /// Its values for `c`: the nearest of its points, per bound it sets; an RTT measured from
+    /// `c` stands instead of the prediction.
     fn value(&self, c: &Candidate) -> Value {
         let mut v = Value::default();
         for p in &self.points {
@@ -242,6 +265,11 @@ impl Objective {
             if self.max_km.is_some() {
                 v.km = min_known(v.km, distance_km(c, p));
             }
+        }
+        if self.max_ms.is_some()
+            && let Some((_, ms)) = self.measured.iter().find(|(id, ms)| *id == c.id && ms.is_finite() && *ms >= 0.0)
+        {
+            v.ms = Some(*ms);
         }
         v
     }

@@ -24,14 +24,18 @@ fn point(coord: Option<Coord>, location: Option<(f64, f64)>) -> Point {
     Point { coord, location }
 }
 
-/// Resolves `reqs`. `user` gives a user's coordinate when it is known; `None` for the root,
-/// which then skips user requirements (a cluster that cannot meet one refuses the instance,
-/// and the root tries another).
-pub fn resolve(
-    reqs: &[Requirement],
-    ctx: Option<&LdpContext>,
-    user: Option<&dyn Fn(IpAddr) -> Option<Coord>>,
-) -> Resolved {
+/// What a cluster knows from its workers' measurements.
+pub trait Lookups {
+    /// A user's coordinate, once located, and the RTTs workers measured to it (worker id, ms).
+    fn user(&self, user: IpAddr) -> Option<(Coord, Vec<(String, f64)>)>;
+    /// The RTTs workers measured to any of these workers (worker id, the lowest ms).
+    fn to_workers(&self, workers: &[&str]) -> Vec<(String, f64)>;
+}
+
+/// Resolves `reqs`. `lookups` is what a cluster measured; `None` for the root, which then
+/// skips user requirements (a cluster that cannot meet one refuses the instance, and the root
+/// tries another). Measured RTTs stand instead of predictions for the workers that measured.
+pub fn resolve(reqs: &[Requirement], ctx: Option<&LdpContext>, lookups: Option<&dyn Lookups>) -> Resolved {
     let mut r = Resolved::default();
     let empty = LdpContext::default();
     let ctx = ctx.unwrap_or(&empty);
@@ -43,17 +47,19 @@ pub fn resolve(
             max_ms,
             max_km,
             rigidness: q.rigidness,
+            measured: Vec::new(),
         };
         let users = |r: &mut Resolved, list: &[IpAddr], ms: f64, label: &dyn Fn(IpAddr) -> String| {
-            let Some(user) = user else { return };
+            let Some(l) = lookups else { return };
             for &u in list {
-                match user(u) {
-                    Some(c) => r.objectives.push(Objective {
+                match l.user(u) {
+                    Some((c, measured)) => r.objectives.push(Objective {
                         label: label(u),
                         points: vec![point(Some(c), None)],
                         max_ms: Some(ms),
                         max_km: None,
                         rigidness: q.rigidness,
+                        measured,
                     }),
                     None => {
                         if !r.unknown_users.contains(&u) {
@@ -106,7 +112,13 @@ pub fn resolve(
                     continue;
                 }
                 let (max_ms, max_km) = if geo { (None, Some(*ms)) } else { (Some(*ms), None) };
-                r.objectives.push(objective(format!("service {target}"), points, max_ms, max_km));
+                let mut o = objective(format!("service {target}"), points, max_ms, max_km);
+                if let (false, Some(l)) = (geo, lookups) {
+                    let workers: Vec<&str> =
+                        ctx.targets.get(target).into_iter().flatten().map(|t| t.worker.as_str()).collect();
+                    o.measured = l.to_workers(&workers);
+                }
+                r.objectives.push(o);
             }
         }
     }
@@ -152,11 +164,20 @@ mod tests {
         let u: IpAddr = "192.0.2.7".parse().unwrap();
         let reqs = [req(Need::Users { users: vec![u], ms: 15.0 }, 1.0)];
         assert_eq!(resolve(&reqs, None, None), Resolved::default());
-        let none = |_: IpAddr| None;
-        assert_eq!(resolve(&reqs, None, Some(&none)).unknown_users, vec![u]);
-        let known = |_: IpAddr| Some(Coord::new(3.0, 4.0, 1.0, 0.2));
+        struct L(Option<(Coord, Vec<(String, f64)>)>);
+        impl Lookups for L {
+            fn user(&self, _: IpAddr) -> Option<(Coord, Vec<(String, f64)>)> {
+                self.0.clone()
+            }
+            fn to_workers(&self, _: &[&str]) -> Vec<(String, f64)> {
+                Vec::new()
+            }
+        }
+        assert_eq!(resolve(&reqs, None, Some(&L(None))).unknown_users, vec![u]);
+        let known = L(Some((Coord::new(3.0, 4.0, 1.0, 0.2), vec![("w1".to_owned(), 2.5)])));
         let r = resolve(&reqs, None, Some(&known));
         assert_eq!(r.objectives.len(), 1);
+        assert_eq!(r.objectives[0].measured, vec![("w1".to_owned(), 2.5)], "measurements stand for predictions");
         assert_eq!(r.objectives[0].label, "user 192.0.2.7");
     }
 

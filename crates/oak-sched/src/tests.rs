@@ -197,7 +197,7 @@ fn origin() -> Point {
 }
 
 fn within_ms(label: &str, points: Vec<Point>, ms: f64, rigidness: f64) -> Objective {
-    Objective { label: label.into(), points, max_ms: Some(ms), max_km: None, rigidness }
+    Objective { label: label.into(), points, max_ms: Some(ms), max_km: None, rigidness, measured: Vec::new() }
 }
 
 fn with(objectives: Vec<Objective>) -> Request {
@@ -395,6 +395,7 @@ fn rejections_name_the_constraint_and_the_best_value() {
         max_ms: Some(20.0),
         max_km: Some(50.0),
         rigidness: 1.0,
+        measured: Vec::new(),
     }]);
     let s = Snapshot::new(vec![at_ms("a", 1000, Some(25.0))]);
     assert_eq!(
@@ -460,7 +461,14 @@ fn odd_numbers_do_not_panic() {
     for &v in &weird {
         let p = Point { coord: Some(Coord::new(v, 0.0, v, 0.0)), location: Some((v, v)) };
         for rigidness in weird.iter().copied().chain([0.5, 1.0]) {
-            let o = Objective { label: "x".into(), points: vec![p], max_ms: Some(v), max_km: Some(v), rigidness };
+            let o = Objective {
+                label: "x".into(),
+                points: vec![p],
+                max_ms: Some(v),
+                max_km: Some(v),
+                rigidness,
+                measured: Vec::new(),
+            };
             for policy in [Policy::BestFit, Policy::Spread] {
                 let a = s.place(&with(vec![o.clone()]), policy);
                 assert_eq!(a, s.place(&with(vec![o.clone()]), policy));
@@ -517,6 +525,7 @@ fn arb_objective() -> impl Strategy<Value = Objective> {
             max_ms,
             max_km,
             rigidness,
+            measured: Vec::new(),
         })
 }
 
@@ -644,4 +653,32 @@ proptest! {
             }
         }
     }
+}
+
+/// An RTT a candidate measured to the point stands instead of the prediction, both ways: a
+/// worker predicted near but measured far is not chosen, one predicted far but measured near
+/// is.
+#[test]
+fn measured_rtts_stand_instead_of_predictions() {
+    let user = Point { coord: Some(Coord::new(0.0, 0.0, 1.0, 0.1)), location: None };
+    let near = |id: &str, x: f64| Candidate {
+        id: id.into(),
+        name: id.into(),
+        slots: vec![Slot {
+            arch: "amd64".into(),
+            runtimes: vec!["container".into()],
+            capacity: Resources::new(4000, 4000, 0),
+        }],
+        space: vec![CoordCircle { coord: Coord::new(x, 0.0, 1.0, 0.1), radius_ms: 0.0 }],
+        ..Default::default()
+    };
+    let s = Snapshot::new(vec![near("a", 1.0), near("b", 30.0)]);
+    let mut o = Objective { label: "user u".into(), points: vec![user], max_ms: Some(5.0), ..Default::default() };
+    let req =
+        |o: &Objective| Request { runtime: "container".into(), objectives: vec![o.clone()], ..Default::default() };
+    assert_eq!(s.place(&req(&o), Policy::BestFit).map(|p| p.id), Ok("a".into()));
+    o.measured = vec![("a".into(), 40.0), ("b".into(), 1.0)];
+    assert_eq!(s.place(&req(&o), Policy::BestFit).map(|p| p.id), Ok("b".into()));
+    o.measured = vec![("a".into(), 40.0)];
+    assert!(s.place(&req(&o), Policy::BestFit).is_err(), "a measured too far, b predicted too far");
 }

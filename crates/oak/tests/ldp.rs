@@ -231,6 +231,18 @@ fn fetch_from(container: &str, url: &str) -> Result<String, String> {
     }
 }
 
+/// What a worker on this machine reports as its memory.
+fn host_memory_mb() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kb: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024
+}
+
 const SERVER: &str = "mkdir -p /www && echo from-$HOSTNAME > /www/index.html && exec httpd -f -p 80 -h /www";
 
 /// The closest Service IP sends every request to the replica with the lowest RTT from the
@@ -249,11 +261,12 @@ async fn closest_by_latency_and_migration_without_a_gap() {
         &h,
         "near",
         vec![
-            // Replicas on w1 (site A) and w3 (site B); the client on w2 (site B).
+            // Replicas on w1 (site A) and w3 (site B), one each (each reserves more than half
+            // of a worker's memory); the client on w2 (site B).
             common::service(
                 "srv",
                 SERVER,
-                16,
+                host_memory_mb() * 6 / 10,
                 0.1,
                 json!({"replicas": 2, "addresses": {"closest_ip": "10.30.77.1", "rr_ip": "10.30.77.2"},
                        "constraints": [{"type": "direct", "node": format!("{tag}-w1;{tag}-w3")}]}),

@@ -308,7 +308,7 @@ impl Core {
         if !relocate.is_empty() {
             relocate.sort();
             relocate.dedup();
-            self.ldp.refresh(&relocate, now);
+            self.ldp.refresh(&relocate);
             let hb = self.timing.heartbeat_timeout;
             outs.extend(self.ldp.locate(&relocate, self.workers.values().filter(|w| now - w.last_seen <= hb), now));
         }
@@ -341,9 +341,7 @@ impl Core {
         if self.ldp.relocating(&users) {
             return Err("its users are being located again".into());
         }
-        let ldp = &self.ldp;
-        let user = |u: IpAddr| ldp.user_coord(u);
-        let r = oak_sched::objectives::resolve(&reqs, d.ldp.as_ref(), Some(&user));
+        let r = oak_sched::objectives::resolve(&reqs, d.ldp.as_ref(), Some(self));
         if !r.waiting.is_empty() || !r.unknown_users.is_empty() {
             return Err("its requirements cannot be judged elsewhere yet".into());
         }

@@ -448,7 +448,10 @@ impl Registry {
         for s in &services {
             let ctx = self.context(s, &by_name, &by_id, &points);
             let here = |i: &&Instance| {
-                i.cluster_id.as_ref() == Some(cluster) && (placed(i.status) || i.status.is_negative_scheduling())
+                // (REQUESTED with a cluster: that cluster holds it and waits, e.g. for the RTTs
+                // to its users.)
+                i.cluster_id.as_ref() == Some(cluster)
+                    && (placed(i.status) || i.status.is_negative_scheduling() || i.status == Status::Requested)
             };
             for i in s.instances.iter().filter(here) {
                 let app = match apps.get(&s.app) {

@@ -433,6 +433,26 @@ mod registry_tests {
         );
     }
 
+    /// A cluster that holds an instance and waits (REQUESTED, e.g. while it measures the
+    /// RTTs to users) keeps it in its desired set: it is not dropped, nor placed elsewhere.
+    #[test]
+    fn an_instance_its_cluster_waits_on_stays_with_it() {
+        let (r, admin) = registry("{}");
+        let ids = r.create_applications(&admin, sla(json!([svc("a", json!({}))]))).unwrap();
+        let s = r.get_app(&admin.id, &ids[0]).unwrap().microservices[0].clone();
+        let c = r.join_cluster("c", None, None).unwrap();
+        r.apply_report(&c, report("c", None, None, vec![])).unwrap();
+        r.request_instance(&admin.id, &s).unwrap();
+        r.schedule_pending().unwrap();
+        let mut waiting = running(&s, "w", Coord::default());
+        (waiting.status, waiting.status_detail) = (Status::Requested, "measuring the RTT to users".into());
+        r.apply_report(&c, report("c", None, None, vec![waiting])).unwrap();
+        r.schedule_pending().unwrap();
+        let i = r.get_service(&admin.id, &s).unwrap().instance_list[0].clone();
+        assert_eq!((i.status, i.cluster_id.as_ref()), (Status::Requested, Some(&c)));
+        assert_eq!(r.desired_for(&c).unwrap().len(), 1);
+    }
+
     #[test]
     fn nothing_is_placed_where_no_cluster_meets_a_hard_requirement() {
         let (r, admin) = registry("{}");
