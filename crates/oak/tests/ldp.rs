@@ -353,3 +353,87 @@ async fn closest_by_latency_and_migration_without_a_gap() {
     let mine: Vec<String> = h.containers().into_iter().filter(|c| c.starts_with(&format!("{cam}-0-"))).collect();
     assert_eq!(mine.len(), 1, "the old copy was removed: {mine:?}");
 }
+
+/// One-way delay (ms) between six workers in three sites: 1 ms within a site, and between
+/// sites 5 (A–B), 20 (A–C) and 12 (B–C); host 4 has a slow access link (+3 ms).
+fn three_sites(a: usize, b: usize) -> f64 {
+    let site = |i: usize| i / 2;
+    let access = |i: usize| if i == 4 { 3.0 } else { 0.0 };
+    let between = match (site(a).min(site(b)), site(a).max(site(b))) {
+        (x, y) if x == y => 1.0,
+        (0, 1) => 5.0,
+        (0, 2) => 20.0,
+        _ => 12.0,
+    };
+    between + access(a) + access(b)
+}
+
+/// The coordinates the workers keep predict the RTTs between them: on a real hierarchy with
+/// emulated latencies, the median relative error of predicted against emulated RTT (under
+/// the best matching of the cluster's six coordinates to the six workers, which the summary
+/// does not name) stays small. Prints the figure (`docs/benchmarks.md`).
+#[tokio::test]
+async fn coordinates_predict_the_emulated_rtts() {
+    if !common::can_run_containers("ldp") || !can_emulate("ldp") {
+        return;
+    }
+    let h = Hierarchy::start_with_workers("ldpe", fast_probes(6, &[]), 500).await;
+    let hosts: Vec<(String, std::net::Ipv4Addr)> = (0..6).map(|i| (h.host(i).0, h.host_ip(i))).collect();
+    let _lat = LatencyEmulator::start(&hosts, three_sites).unwrap();
+    let truth = |a: usize, b: usize| three_sites(a, b) + three_sites(b, a);
+    let best_error = |space: &[CoordCircle]| -> f64 {
+        // Every assignment of the six coordinates to the six workers; the best one.
+        let mut perm: Vec<usize> = (0..6).collect();
+        let mut best = f64::INFINITY;
+        let mut c = [0usize; 6];
+        let mut errs = Vec::with_capacity(15);
+        let mut score = |p: &[usize]| {
+            errs.clear();
+            for a in 0..6 {
+                for b in a + 1..6 {
+                    let t = truth(a, b);
+                    errs.push((space[p[a]].coord.rtt(&space[p[b]].coord) - t).abs() / t);
+                }
+            }
+            errs.sort_by(f64::total_cmp);
+            best = best.min(errs[errs.len() / 2]);
+        };
+        score(&perm);
+        let mut i = 0;
+        while i < 6 {
+            if c[i] < i {
+                if i % 2 == 0 {
+                    perm.swap(0, i)
+                } else {
+                    perm.swap(c[i], i)
+                }
+                score(&perm);
+                c[i] += 1;
+                i = 0;
+            } else {
+                c[i] = 0;
+                i += 1;
+            }
+        }
+        best
+    };
+    let start = Instant::now();
+    let mut last = f64::INFINITY;
+    while start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let c = h.admin.clusters(true).await.unwrap();
+        let space: Vec<CoordCircle> = c.iter().flat_map(|c| c.space.clone()).collect();
+        if space.len() == 6 {
+            last = best_error(&space);
+            if last <= 0.15 && start.elapsed() > Duration::from_secs(20) {
+                break;
+            }
+        }
+    }
+    println!(
+        "coordinates on a real hierarchy: median relative error {:.1} % after {:.0} s",
+        last * 100.0,
+        start.elapsed().as_secs_f64()
+    );
+    assert!(last <= 0.25, "median relative error {:.1} %", last * 100.0);
+}
