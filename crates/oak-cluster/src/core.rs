@@ -498,7 +498,31 @@ impl Core {
             if !r.waiting.is_empty() {
                 return self.wait(k, format!("waiting: {}", r.waiting.join("; ")), now);
             }
-            req.objectives = r.objectives;
+            // The workers predicted nearest to each user measure it first.
+            let users: BTreeSet<std::net::IpAddr> =
+                reqs.iter().flat_map(|q| monitor::users_of(q, d.ldp.as_ref())).collect();
+            if !users.is_empty() {
+                let hb = self.timing.heartbeat_timeout;
+                let mut wait = false;
+                for u in &users {
+                    let active = self.workers.values().filter(|w| now - w.last_seen <= hb);
+                    let (asks, w) = self.ldp.refine(*u, active, now);
+                    outs.extend(asks);
+                    wait |= w;
+                }
+                if wait {
+                    let list: Vec<String> = users.iter().map(ToString::to_string).collect();
+                    let why =
+                        format!("measuring the RTT to users {} from the workers nearest to them", list.join(", "));
+                    return self.wait(k, why, now);
+                }
+                // Their answers changed what is known: resolve again.
+                let Some(d) = self.desired.get(k) else { return };
+                let r = oak_sched::objectives::resolve(&reqs, d.ldp.as_ref(), Some(self));
+                req.objectives = r.objectives;
+            } else {
+                req.objectives = r.objectives;
+            }
         }
         let req_for_detail = (!req.objectives.is_empty()).then(|| req.clone());
         let placed = match pass.refused.get(&req) {

@@ -16,6 +16,10 @@ use std::net::IpAddr;
 
 /// Peers of the worker's own cluster it probes.
 pub const SAME_CLUSTER_PEERS: usize = 16;
+/// Of those, the nearest by coordinates (the rest are random).
+pub const NEAR_PEERS: usize = 8;
+/// The nearest peers are chosen again this often (seconds).
+const NEAR_EPOCH_S: f64 = 120.0;
 /// Landmarks of other clusters it probes.
 pub const FOREIGN_PEERS: usize = 4;
 /// Workers of this cluster other clusters' workers probe.
@@ -57,13 +61,24 @@ struct UserLoc {
     obs: BTreeMap<String, (Coord, f64)>,
     asked: f64,
     located: f64,
+    /// Workers predicted near it that were asked to measure it directly, and when.
+    refine_asked: BTreeMap<String, f64>,
 }
+
+/// Workers predicted nearest to a user that measure it before an instance is placed near it.
+pub const REFINERS: usize = 4;
+/// How long a placement waits for their answers (seconds).
+const REFINE_WAIT_S: f64 = 3.0;
+/// Most workers asked to refine one user's location.
+const MAX_REFINE_ASKS: usize = 3 * REFINERS;
 
 #[derive(Debug, Default)]
 pub struct Ldp {
     /// Landmarks of the other clusters, from the root.
     pub foreign: Vec<ProbePeer>,
     sent_peers: HashMap<String, (Vec<ProbePeer>, f64)>,
+    /// Each worker's nearest peers, and the epoch they were chosen in.
+    near: HashMap<String, (i64, Vec<String>)>,
     users: HashMap<IpAddr, UserLoc>,
     next_request: u64,
     summary: LdpSummary,
@@ -90,9 +105,11 @@ fn coord_of(w: &WorkerRec) -> Option<Coord> {
 
 impl Ldp {
     /// The peers `node` should probe now, if they differ from what it was last sent (or that
-    /// was long ago): same-cluster workers in a pseudo-random order that changes every
-    /// [`PEER_EPOCH_S`], a few foreign landmarks, and `watch` (the workers of the S2S targets
-    /// of its instances) first.
+    /// was long ago): `watch` first (the workers of the S2S targets of its instances), a few
+    /// foreign landmarks, then same-cluster workers: half of them the nearest by the
+    /// coordinates (chosen again every [`NEAR_EPOCH_S`]; Vivaldi predicts short RTTs well
+    /// only from near neighbours), the rest in a pseudo-random order that changes every
+    /// [`PEER_EPOCH_S`] (far neighbours keep the space in shape).
     pub fn peers_for<'a>(
         &mut self,
         node: &str,
@@ -101,12 +118,33 @@ impl Ldp {
         now: f64,
     ) -> Option<Out> {
         let epoch = ((now / PEER_EPOCH_S).floor() as i64).to_le_bytes();
+        let near_epoch = (now / NEAR_EPOCH_S).floor() as i64;
+        let workers: Vec<&WorkerRec> = workers.filter(|w| w.id != node || coord_of(w).is_some()).collect();
+        let me = workers.iter().find(|w| w.id == node).and_then(|w| coord_of(w));
         let mut same: Vec<(u64, ProbePeer)> = workers
+            .iter()
             .filter(|w| w.id != node)
-            .filter_map(probe_of)
+            .filter_map(|w| probe_of(w))
             .map(|p| (fnv(&[node.as_bytes(), p.id.as_bytes(), &epoch]), p))
             .collect();
         same.sort();
+        // The nearest, kept for an epoch (so that drift does not resend the set every tick).
+        let near: Vec<String> = match (me, self.near.get(node)) {
+            (_, Some((e, ids))) if *e == near_epoch => ids.clone(),
+            (Some(c), _) => {
+                let mut by_rtt: Vec<(f64, &str)> = workers
+                    .iter()
+                    .filter(|w| w.id != node && probe_of(w).is_some())
+                    .filter_map(|w| Some((coord_of(w)?.rtt(&c), w.id.as_str())))
+                    .filter(|(d, _)| d.is_finite())
+                    .collect();
+                by_rtt.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+                let ids: Vec<String> = by_rtt.iter().take(NEAR_PEERS).map(|(_, id)| (*id).to_owned()).collect();
+                self.near.insert(node.to_owned(), (near_epoch, ids.clone()));
+                ids
+            }
+            (None, _) => Vec::new(),
+        };
         let mut foreign: Vec<(u64, &ProbePeer)> = self
             .foreign
             .iter()
@@ -126,7 +164,15 @@ impl Ldp {
         for (_, p) in foreign.iter().take(FOREIGN_PEERS) {
             push(p, &mut peers);
         }
-        for (_, p) in same.iter().take(SAME_CLUSTER_PEERS) {
+        let before = peers.len();
+        for (_, p) in same.iter().filter(|(_, p)| near.contains(&p.id)) {
+            push(p, &mut peers);
+        }
+        let limit = peers.len().max(before + SAME_CLUSTER_PEERS);
+        for (_, p) in &same {
+            if peers.len() >= limit {
+                break;
+            }
             push(p, &mut peers);
         }
         peers.sort();
@@ -143,6 +189,7 @@ impl Ldp {
     /// A worker went: forget what it was sent.
     pub fn forget(&mut self, node: &str) {
         self.sent_peers.remove(node);
+        self.near.remove(node);
     }
 
     /// The workers other clusters probe: a stable choice of [`LANDMARKS`] among those with a
@@ -257,8 +304,51 @@ impl Ldp {
             if let Some(l) = self.users.get_mut(u) {
                 l.located = f64::MIN;
                 l.asked = f64::MIN;
+                l.refine_asked.clear();
             }
         }
+    }
+
+    /// Before an instance is placed near `user`: the [`REFINERS`] workers predicted nearest to
+    /// it measure it directly (a measurement stands instead of a prediction, and coordinates
+    /// over-predict short RTTs). Returns the requests to send, and whether to wait for answers
+    /// (at most [`REFINE_WAIT_S`]; a worker that does not answer is not waited for again).
+    pub fn refine<'a>(
+        &mut self,
+        user: IpAddr,
+        workers: impl Iterator<Item = &'a WorkerRec>,
+        now: f64,
+    ) -> (Vec<Out>, bool) {
+        let Some(u) = self.users.get(&user) else { return (Vec::new(), false) };
+        let Some(uc) = u.coord else { return (Vec::new(), false) };
+        let mut near: Vec<(f64, &str)> = workers
+            .filter_map(|w| Some((coord_of(w)?.rtt(&uc), w.id.as_str())))
+            .filter(|(d, _)| d.is_finite())
+            .collect();
+        near.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        let missing: Vec<String> = near
+            .iter()
+            .take(REFINERS)
+            .map(|(_, id)| *id)
+            .filter(|id| !u.obs.contains_key(*id))
+            .map(str::to_owned)
+            .collect();
+        let pending =
+            missing.iter().any(|w| u.refine_asked.get(w).is_some_and(|t| now - t < REFINE_WAIT_S && now >= *t));
+        let fresh: Vec<String> = missing.into_iter().filter(|w| !u.refine_asked.contains_key(w)).collect();
+        if fresh.is_empty() || u.refine_asked.len() >= MAX_REFINE_ASKS {
+            return (Vec::new(), pending);
+        }
+        let mut outs = Vec::new();
+        for w in fresh.iter().take(MAX_REFINE_ASKS - u.refine_asked.len()) {
+            outs.extend(self.measure_request(w, vec![user]));
+        }
+        if let Some(u) = self.users.get_mut(&user) {
+            for w in fresh {
+                u.refine_asked.insert(w, now);
+            }
+        }
+        (outs, true)
     }
 
     /// Whether any of `users` is being located again (after [`refresh`](Self::refresh)).
@@ -389,5 +479,70 @@ mod tests {
         let u = place_user(&[(c, 12.0)]).unwrap();
         assert!((u.rtt(&c) - 12.0).abs() < 1e-9);
         assert_eq!(place_user(&[]), None);
+    }
+
+    #[test]
+    fn half_the_peers_are_the_nearest_by_coordinates() {
+        // w00 at the origin; w01..w08 within 5 ms of it; 30 more far away.
+        let mut ws: Vec<WorkerRec> = Vec::new();
+        for i in 0..39u16 {
+            let c = match i {
+                0 => Coord::new(0.0, 0.0, 1.0, 0.1),
+                1..=8 => Coord::new(f64::from(i) * 0.5, 0.0, 1.0, 0.1),
+                _ => Coord::new(100.0 + f64::from(i), 50.0, 1.0, 0.1),
+            };
+            ws.push(worker(&format!("w{i:02}"), Some(c), 1000 + i));
+        }
+        let mut l = Ldp::default();
+        let o = l.peers_for("w00", ws.iter(), &[], 0.0).unwrap();
+        let p: ProbePeers = serde_json::from_slice(&o.payload).unwrap();
+        assert_eq!(p.peers.len(), SAME_CLUSTER_PEERS);
+        let near = p
+            .peers
+            .iter()
+            .filter(|x| ["w01", "w02", "w03", "w04", "w05", "w06", "w07", "w08"].contains(&x.id.as_str()))
+            .count();
+        assert_eq!(near, NEAR_PEERS, "{:?}", p.peers);
+        // Coordinates drift: the near set stays for its epoch, so nothing is resent.
+        ws[3].info.as_mut().unwrap().coord = Some(Coord::new(300.0, 0.0, 1.0, 0.1));
+        assert!(l.peers_for("w00", ws.iter(), &[], 10.0).is_none());
+    }
+
+    #[test]
+    fn the_workers_predicted_nearest_measure_a_user_before_placement() {
+        let coords: Vec<Coord> = (0..8).map(|i| Coord::new(f64::from(i) * 10.0, 0.0, 1.0, 0.1)).collect();
+        let ws: Vec<WorkerRec> =
+            coords.iter().enumerate().map(|(i, c)| worker(&format!("w{i}"), Some(*c), 1000 + i as u16)).collect();
+        let user: IpAddr = "192.0.2.9".parse().unwrap();
+        let mut l = Ldp::default();
+        assert_eq!(l.refine(user, ws.iter(), 0.0), (Vec::new(), false), "not located: nothing to refine");
+        l.locate(&[user], ws.iter(), 0.0);
+        // Located from w0 and w7 (far apart) at 71 and 1 ms... near w7.
+        for (w, ms) in [("w0", 72.0), ("w7", 3.0), ("w3", 42.0)] {
+            let c = coords[w[1..].parse::<usize>().unwrap()];
+            let r = MeasureReply {
+                request_id: "m".into(),
+                results: vec![oak_api::ldp::Measured { addr: user, ms: Some(ms), how: "icmp".into() }],
+            };
+            l.on_measured(w, Some(c), &r, 0.5);
+        }
+        let (asks, wait) = l.refine(user, ws.iter(), 1.0);
+        assert!(wait);
+        let mut to: Vec<String> = asks.iter().map(|o| o.topic.clone()).collect();
+        to.sort();
+        assert_eq!(
+            to,
+            ["nodes/w4/control/measure", "nodes/w5/control/measure", "nodes/w6/control/measure"],
+            "the nearest not yet measured"
+        );
+        assert_eq!(l.refine(user, ws.iter(), 2.0), (Vec::new(), true), "waits for them");
+        assert_eq!(l.refine(user, ws.iter(), 4.5), (Vec::new(), false), "but not for ever");
+        let r = MeasureReply {
+            request_id: "m".into(),
+            results: vec![oak_api::ldp::Measured { addr: user, ms: Some(13.0), how: "icmp".into() }],
+        };
+        l.on_measured("w6", Some(coords[6]), &r, 5.0);
+        let (_, m) = l.user_with_measurements(user).unwrap();
+        assert!(m.contains(&("w6".to_owned(), 13.0)));
     }
 }

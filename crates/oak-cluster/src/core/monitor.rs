@@ -116,7 +116,7 @@ fn value(core: &Core, w: &WorkerRec, q: &Requirement, ctx: Option<&oak_api::ldp:
 }
 
 /// The user addresses a requirement is about.
-fn users_of(q: &Requirement, ctx: Option<&oak_api::ldp::LdpContext>) -> Vec<IpAddr> {
+pub(super) fn users_of(q: &Requirement, ctx: Option<&oak_api::ldp::LdpContext>) -> Vec<IpAddr> {
     match &q.need {
         Need::Users { users, .. } => users.clone(),
         Need::Area { area, .. } => ctx.and_then(|c| c.areas.get(area)).map(|a| a.users.clone()).unwrap_or_default(),
