@@ -133,6 +133,20 @@ pub struct LdpSummary {
     pub space: Vec<CoordCircle>,
 }
 
+/// Whether a worker can be asked to measure `addr`: not unspecified, loopback (it would
+/// measure itself), link-local, multicast or broadcast. Private ranges are fine: edge users
+/// often are on private networks.
+pub fn measurable(addr: IpAddr) -> bool {
+    match addr.to_canonical() {
+        IpAddr::V4(a) => {
+            !(a.is_unspecified() || a.is_loopback() || a.is_link_local() || a.is_multicast() || a.is_broadcast())
+        }
+        IpAddr::V6(a) => {
+            !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || (a.segments()[0] & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
 impl LdpSummary {
     pub fn is_empty(&self) -> bool {
         self.area.is_empty() && self.space.is_empty()
@@ -308,7 +322,11 @@ impl MicroserviceSpec {
                 "latency" => {
                     let ms = num(f, "threshold").unwrap_or(0.0);
                     if let Some(users) = f.get("users").and_then(Value::as_array) {
-                        let users = users.iter().filter_map(|u| u.as_str()?.parse().ok()).collect();
+                        let users = users
+                            .iter()
+                            .filter_map(|u| u.as_str()?.parse::<IpAddr>().ok())
+                            .map(|u| u.to_canonical())
+                            .collect();
                         Need::Users { users, ms }
                     } else if let Some(area) = f.get("area").and_then(Value::as_str) {
                         Need::Area { area: area.to_owned(), ms }

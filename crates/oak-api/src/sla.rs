@@ -983,10 +983,18 @@ impl Validator {
                         }
                         for (i, u) in list.iter().enumerate() {
                             let f = format!("{field}[{i}]");
-                            if let Some(s) = self.text(u, &f, MAX_TEXT_BYTES)
-                                && s.parse::<std::net::IpAddr>().is_err()
-                            {
-                                self.push(f, format!("must be an IP address, got {s:?}"));
+                            if let Some(s) = self.text(u, &f, MAX_TEXT_BYTES) {
+                                match s.parse::<std::net::IpAddr>() {
+                                    Err(_) => self.push(f, format!("must be an IP address, got {s:?}")),
+                                    Ok(a) if !crate::ldp::measurable(a) => self.push(
+                                        f,
+                                        format!(
+                                            "{a} cannot be measured: it is an unspecified, loopback, link-local, \
+                                             multicast or broadcast address"
+                                        ),
+                                    ),
+                                    Ok(_) => {}
+                                }
                             }
                         }
                     }

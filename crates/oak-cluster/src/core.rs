@@ -274,6 +274,10 @@ impl oak_sched::objectives::Lookups for Core {
         self.workers
             .values()
             .filter_map(|w| {
+                // A worker that hosts a target is 0 ms from it.
+                if targets.contains(&w.id.as_str()) {
+                    return Some((w.id.clone(), 0.0));
+                }
                 let rtts = &w.info.as_ref()?.rtts;
                 let best = rtts.iter().filter(|r| targets.contains(&r.peer.as_str())).map(|r| r.ms).reduce(f64::min)?;
                 Some((w.id.clone(), best))
@@ -475,7 +479,45 @@ impl Core {
     fn place(&mut self, k: &Key, now: f64, outs: &mut Vec<Out>, pass: &mut Pass) {
         let Some(d) = self.desired.get(k) else { return };
         let mut req = request_of(d);
-        let reqs = d.spec.requirements();
+        let mut reqs = d.spec.requirements();
+        // Users no worker could measure: a soft requirement about them is relaxed; a hard one
+        // is refused, so that the root tries another cluster.
+        let unreachable: Vec<std::net::IpAddr> = reqs
+            .iter()
+            .flat_map(|q| monitor::users_of(q, d.ldp.as_ref()))
+            .filter(|u| self.ldp.unreachable(*u, now))
+            .collect();
+        if !unreachable.is_empty() {
+            let about = |q: &oak_api::ldp::Requirement| {
+                monitor::users_of(q, d.ldp.as_ref()).iter().any(|u| unreachable.contains(u))
+            };
+            if let Some(q) = reqs.iter().find(|q| q.is_hard() && about(q)) {
+                let list: Vec<String> = unreachable.iter().map(ToString::to_string).collect();
+                let why = format!(
+                    "no worker can take it: no worker of this cluster could measure the RTT to users {} \
+                     (no answer to ICMP echo nor TCP 443/80 in {} s), so \"{}\" ({}) cannot be judged",
+                    list.join(", "),
+                    crate::ldp::UNREACHABLE_AFTER_S,
+                    q.need,
+                    q.field
+                );
+                self.set(k, None, Status::NoWorkerCapacity, why, now);
+                if let Some(a) = self.slot(k) {
+                    a.next_try = now + crate::ldp::UNREACHABLE_AFTER_S;
+                }
+                // Keep asking: should an answer come, the user counts again.
+                let hb = self.timing.heartbeat_timeout;
+                outs.extend(self.ldp.locate(
+                    &unreachable,
+                    self.workers.values().filter(|w| now - w.last_seen <= hb),
+                    now,
+                ));
+                return;
+            }
+            reqs.retain(|q| !about(q));
+            let hb = self.timing.heartbeat_timeout;
+            outs.extend(self.ldp.locate(&unreachable, self.workers.values().filter(|w| now - w.last_seen <= hb), now));
+        }
         if !reqs.is_empty() {
             let r = oak_sched::objectives::resolve(&reqs, d.ldp.as_ref(), Some(self));
             if !r.unknown_users.is_empty() {
@@ -650,6 +692,36 @@ impl Core {
                 Status::Dead | Status::Failed => {}
                 s if s.is_negative_scheduling() && now >= a.next_try => self.place(k, now, &mut outs, &mut pass),
                 Status::Requested if now >= a.next_try => self.place(k, now, &mut outs, &mut pass),
+                // Its worker went while a migration was under way: the new copy takes over.
+                s if live(s)
+                    && !worker_active
+                    && self
+                        .monitor
+                        .moving
+                        .get(k)
+                        .is_some_and(|m| self.workers.get(&m.to).is_some_and(|w| self.active(w, now))) =>
+                {
+                    if let Some(m) = self.monitor.moving.remove(k) {
+                        let (from, to) = (
+                            a.worker
+                                .as_ref()
+                                .and_then(|w| self.workers.get(w))
+                                .map(|w| w.reg.name.clone())
+                                .unwrap_or_default(),
+                            self.workers.get(&m.to).map(|w| w.reg.name.clone()).unwrap_or_default(),
+                        );
+                        let why = format!(
+                            "worker {from} stopped reporting during a migration; the copy on worker {to} takes over"
+                        );
+                        self.set(k, Some(m.to.clone()), Status::Creating, why, now);
+                        if let Some(x) = self.slot(k) {
+                            x.sent = now;
+                        }
+                        if let Some(w) = &a.worker {
+                            outs.extend(Self::delete(k, w));
+                        }
+                    }
+                }
                 s if live(s) && !worker_active => {
                     let name = a
                         .worker

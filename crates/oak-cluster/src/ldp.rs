@@ -57,10 +57,13 @@ fn fnv(parts: &[&[u8]]) -> u64 {
 #[derive(Clone, Debug, Default)]
 struct UserLoc {
     coord: Option<Coord>,
-    /// The latest RTT from each worker that measured it, with that worker's coordinate then.
-    obs: BTreeMap<String, (Coord, f64)>,
+    /// The latest RTT from each worker that measured it, with that worker's coordinate then
+    /// and when it answered.
+    obs: BTreeMap<String, (Coord, f64, f64)>,
     asked: f64,
     located: f64,
+    /// When this round of locating it began (first ask, or the last refresh).
+    round: f64,
     /// Workers predicted near it that were asked to measure it directly, and when.
     refine_asked: BTreeMap<String, f64>,
 }
@@ -71,6 +74,13 @@ pub const REFINERS: usize = 4;
 const REFINE_WAIT_S: f64 = 3.0;
 /// Most workers asked to refine one user's location.
 const MAX_REFINE_ASKS: usize = 3 * REFINERS;
+/// Measurements kept per user (the oldest go first).
+const MAX_OBS: usize = 2 * MEASURERS + MAX_REFINE_ASKS;
+/// A user no worker could measure for this long is unreachable (seconds): its constraint is
+/// relaxed when soft and refused (so that the root tries another cluster) when hard.
+pub const UNREACHABLE_AFTER_S: f64 = 10.0;
+/// Measurement requests awaiting an answer, at most; answers to no request are ignored.
+const MAX_PENDING: usize = 4096;
 
 #[derive(Debug, Default)]
 pub struct Ldp {
@@ -81,6 +91,8 @@ pub struct Ldp {
     near: HashMap<String, (i64, Vec<String>)>,
     users: HashMap<IpAddr, UserLoc>,
     next_request: u64,
+    /// Requests sent and not answered yet: number → (worker, targets).
+    pending: BTreeMap<u64, (String, Vec<IpAddr>)>,
     summary: LdpSummary,
     summary_at: Option<f64>,
 }
@@ -209,12 +221,12 @@ impl Ldp {
     /// Where `user` is, and the RTTs workers measured to it (by worker id).
     pub fn user_with_measurements(&self, user: IpAddr) -> Option<(Coord, Vec<(String, f64)>)> {
         let u = self.users.get(&user)?;
-        Some((u.coord?, u.obs.iter().map(|(w, (_, ms))| (w.clone(), *ms)).collect()))
+        Some((u.coord?, u.obs.iter().map(|(w, (_, ms, _))| (w.clone(), *ms)).collect()))
     }
 
     /// The RTT `worker` itself measured to `user`, if it did.
     pub fn measured(&self, user: IpAddr, worker: &str) -> Option<f64> {
-        self.users.get(&user).and_then(|u| u.obs.get(worker)).map(|(_, ms)| *ms)
+        self.users.get(&user).and_then(|u| u.obs.get(worker)).map(|(_, ms, _)| *ms)
     }
 
     /// Asks a few workers, spread over the coordinate space, to measure the users not located
@@ -254,7 +266,11 @@ impl Ldp {
         }
         self.evict(due.len());
         for u in &due {
-            self.users.entry(*u).or_default().asked = now;
+            let l = self.users.entry(*u).or_default();
+            l.asked = now;
+            if l.round == f64::MIN || (l.round == 0.0 && l.obs.is_empty() && l.coord.is_none()) {
+                l.round = now;
+            }
         }
         chosen.iter().filter_map(|(w, _)| self.measure_request(&w.id, due.clone())).collect()
     }
@@ -263,8 +279,19 @@ impl Ldp {
     /// instances).
     pub fn measure_request(&mut self, worker: &str, targets: Vec<IpAddr>) -> Option<Out> {
         self.next_request += 1;
+        while self.pending.len() >= MAX_PENDING {
+            self.pending.pop_first();
+        }
+        self.pending.insert(self.next_request, (worker.to_owned(), targets.clone()));
         let req = MeasureRequest { request_id: format!("m{}", self.next_request), targets };
         out(oak_api::node::topic_measure(worker), &req)
+    }
+
+    /// Whether no worker could measure `user` for [`UNREACHABLE_AFTER_S`].
+    pub fn unreachable(&self, user: IpAddr, now: f64) -> bool {
+        self.users
+            .get(&user)
+            .is_some_and(|l| l.obs.is_empty() && l.round > f64::MIN && now - l.round >= UNREACHABLE_AFTER_S)
     }
 
     fn evict(&mut self, room: usize) {
@@ -279,22 +306,42 @@ impl Ldp {
     /// A worker's measurements: users it was asked about are located again. Addresses this
     /// cluster never asked about are ignored (a worker cannot fill the table).
     pub fn on_measured(&mut self, node: &str, node_coord: Option<Coord>, reply: &MeasureReply, now: f64) {
+        // Only the answer to a request this cluster sent to this worker, once, and only
+        // about the addresses it asked for.
+        let Some(n) = reply.request_id.strip_prefix('m').and_then(|n| n.parse::<u64>().ok()) else { return };
+        let Some((worker, _)) = self.pending.get(&n) else { return };
+        if worker != node {
+            return;
+        }
+        let Some((_, targets)) = self.pending.remove(&n) else { return };
         let Some(wc) = node_coord else { return };
+        let mut changed: Vec<IpAddr> = Vec::new();
         for m in reply.results.iter().take(MAX_MEASURE_TARGETS) {
-            let (Some(ms), Some(u)) = (m.ms, self.users.get_mut(&m.addr)) else { continue };
+            let addr = m.addr.to_canonical();
+            let (Some(ms), true, Some(u)) = (m.ms, targets.contains(&addr), self.users.get_mut(&addr)) else {
+                continue;
+            };
             if !(ms.is_finite() && ms > 0.0 && ms <= oak_api::ldp::MAX_COORD_MS) {
                 continue;
             }
-            u.obs.insert(node.to_owned(), (wc, ms));
-            if u.obs.len() > 2 * MEASURERS
-                && let Some(k) = u.obs.keys().next().cloned()
-            {
-                u.obs.remove(&k);
+            u.obs.insert(node.to_owned(), (wc, ms, now));
+            while u.obs.len() > MAX_OBS {
+                let Some(oldest) = u.obs.iter().min_by(|a, b| a.1.2.total_cmp(&b.1.2)).map(|(k, _)| k.clone()) else {
+                    break;
+                };
+                u.obs.remove(&oldest);
             }
-            let obs: Vec<(Coord, f64)> = u.obs.values().copied().collect();
+            if !changed.contains(&addr) {
+                changed.push(addr);
+            }
+        }
+        // Each user placed once per answer.
+        for addr in changed {
+            let Some(u) = self.users.get_mut(&addr) else { continue };
+            let obs: Vec<(Coord, f64)> = u.obs.values().map(|(c, ms, _)| (*c, *ms)).collect();
             u.coord = place_user(&obs);
             u.located = now;
-            tracing::debug!(user = %m.addr, measurements = obs.len(), coord = ?u.coord, "user located");
+            tracing::debug!(user = %addr, measurements = obs.len(), coord = ?u.coord, "user located");
         }
     }
 
@@ -304,7 +351,11 @@ impl Ldp {
             if let Some(l) = self.users.get_mut(u) {
                 l.located = f64::MIN;
                 l.asked = f64::MIN;
+                l.round = f64::MIN;
                 l.refine_asked.clear();
+                // What was measured before the change no longer holds (the coordinate stays
+                // until new answers come).
+                l.obs.clear();
             }
         }
     }
@@ -352,8 +403,8 @@ impl Ldp {
     }
 
     /// Whether any of `users` is being located again (after [`refresh`](Self::refresh)).
-    pub fn relocating(&self, users: &[IpAddr]) -> bool {
-        users.iter().any(|u| self.users.get(u).is_some_and(|l| l.located == f64::MIN))
+    pub fn relocating(&self, users: &[IpAddr], now: f64) -> bool {
+        users.iter().any(|u| self.users.get(u).is_some_and(|l| l.located == f64::MIN) && !self.unreachable(*u, now))
     }
 
     /// Whether any of `users` was asked about (and so is being measured).
@@ -413,6 +464,22 @@ mod tests {
         w
     }
 
+    /// The answer of `worker` to the request it got in `outs`, with `ms` for `user`.
+    fn answer(outs: &[Out], worker: &str, user: IpAddr, ms: f64) -> MeasureReply {
+        let o = outs.iter().find(|o| o.topic == format!("nodes/{worker}/control/measure")).unwrap();
+        let req: MeasureRequest = serde_json::from_slice(&o.payload).unwrap();
+        MeasureReply {
+            request_id: req.request_id,
+            results: vec![oak_api::ldp::Measured { addr: user, ms: Some(ms), how: "icmp".into() }],
+        }
+    }
+
+    fn asked(outs: &[Out]) -> Vec<String> {
+        outs.iter()
+            .filter_map(|o| Some(o.topic.strip_prefix("nodes/")?.strip_suffix("/control/measure")?.to_owned()))
+            .collect()
+    }
+
     #[test]
     fn peers_are_bounded_deterministic_and_sent_only_on_change() {
         let ws: Vec<WorkerRec> = (0..40).map(|i| worker(&format!("w{i:02}"), None, 1000 + i)).collect();
@@ -450,20 +517,22 @@ mod tests {
         let asks = l.locate(&[user], ws.iter(), 0.0);
         assert_eq!(asks.len(), 4, "every worker with a coordinate (up to {MEASURERS}) is asked");
         assert!(l.locate(&[user], ws.iter(), 1.0).is_empty(), "not asked again at once");
-        // A worker answering about an address nobody asked for changes nothing.
+        // A worker answering about an address nobody asked for, to a request it did not get,
+        // or twice, changes nothing.
         let stranger: IpAddr = "198.51.100.1".parse().unwrap();
-        let r = MeasureReply {
-            request_id: "x".into(),
-            results: vec![oak_api::ldp::Measured { addr: stranger, ms: Some(5.0), how: "icmp".into() }],
-        };
+        let mut r = answer(&asks, "w0", stranger, 5.0);
         l.on_measured("w0", Some(coords[0]), &r, 1.0);
-        assert!(l.user_coord(stranger).is_none());
+        assert!(l.user_coord(stranger).is_none() && l.user_coord(user).is_none());
+        r.request_id = "m999".into();
+        r.results[0].addr = user;
+        l.on_measured("w0", Some(coords[0]), &r, 1.0);
+        assert!(l.user_coord(user).is_none());
+        let asks = l.locate(&[user], ws.iter(), 6.0);
         for (i, c) in coords.iter().enumerate() {
-            let r = MeasureReply {
-                request_id: "m".into(),
-                results: vec![oak_api::ldp::Measured { addr: user, ms: Some(c.rtt(&truth)), how: "icmp".into() }],
-            };
-            l.on_measured(&format!("w{i}"), Some(*c), &r, 2.0);
+            let w = format!("w{i}");
+            l.on_measured(&w, Some(*c), &answer(&asks, &w, user, c.rtt(&truth)), 7.0);
+            // The same answer again is ignored.
+            l.on_measured(&w, Some(*c), &answer(&asks, &w, user, 0.01), 7.0);
         }
         let got = l.user_coord(user).unwrap();
         for c in &coords {
@@ -471,6 +540,28 @@ mod tests {
             assert!((p - t).abs() / t < 0.2, "predicted {p}, true {t}");
         }
         assert_eq!(l.measured(user, "w1"), Some(coords[1].rtt(&truth)));
+    }
+
+    #[test]
+    fn a_user_no_worker_can_measure_is_unreachable_after_a_while() {
+        let ws: Vec<WorkerRec> = (0..3)
+            .map(|i| worker(&format!("w{i}"), Some(Coord::new(f64::from(i) * 10.0, 0.0, 1.0, 0.1)), 1000 + i as u16))
+            .collect();
+        let user: IpAddr = "192.0.2.9".parse().unwrap();
+        let mut l = Ldp::default();
+        let asks = l.locate(&[user], ws.iter(), 100.0);
+        for w in asked(&asks) {
+            let mut r = answer(&asks, &w, user, 1.0);
+            r.results[0].ms = None;
+            l.on_measured(&w, Some(Coord::default()), &r, 100.5);
+        }
+        assert!(!l.unreachable(user, 105.0));
+        assert!(l.unreachable(user, 100.0 + UNREACHABLE_AFTER_S));
+        // An answer at last: reachable again.
+        let asks = l.locate(&[user], ws.iter(), 111.0);
+        let w = asked(&asks)[0].clone();
+        l.on_measured(&w, Some(Coord::default()), &answer(&asks, &w, user, 4.0), 111.5);
+        assert!(!l.unreachable(user, 112.0));
     }
 
     #[test]
@@ -516,33 +607,32 @@ mod tests {
         let user: IpAddr = "192.0.2.9".parse().unwrap();
         let mut l = Ldp::default();
         assert_eq!(l.refine(user, ws.iter(), 0.0), (Vec::new(), false), "not located: nothing to refine");
-        l.locate(&[user], ws.iter(), 0.0);
-        // Located from w0 and w7 (far apart) at 71 and 1 ms... near w7.
-        for (w, ms) in [("w0", 72.0), ("w7", 3.0), ("w3", 42.0)] {
-            let c = coords[w[1..].parse::<usize>().unwrap()];
-            let r = MeasureReply {
-                request_id: "m".into(),
-                results: vec![oak_api::ldp::Measured { addr: user, ms: Some(ms), how: "icmp".into() }],
-            };
-            l.on_measured(w, Some(c), &r, 0.5);
+        let asks = l.locate(&[user], ws.iter(), 0.0);
+        // The user is next to w6 (3 ms), 10 ms further per worker away from it.
+        let truth = |i: usize| 3.0 + 10.0 * (i as f64 - 6.0).abs();
+        let first = asked(&asks);
+        for w in &first {
+            let i: usize = w[1..].parse().unwrap();
+            l.on_measured(w, Some(coords[i]), &answer(&asks, w, user, truth(i)), 0.5);
         }
         let (asks, wait) = l.refine(user, ws.iter(), 1.0);
-        assert!(wait);
-        let mut to: Vec<String> = asks.iter().map(|o| o.topic.clone()).collect();
-        to.sort();
-        assert_eq!(
-            to,
-            ["nodes/w4/control/measure", "nodes/w5/control/measure", "nodes/w6/control/measure"],
-            "the nearest not yet measured"
-        );
-        assert_eq!(l.refine(user, ws.iter(), 2.0), (Vec::new(), true), "waits for them");
-        assert_eq!(l.refine(user, ws.iter(), 4.5), (Vec::new(), false), "but not for ever");
-        let r = MeasureReply {
-            request_id: "m".into(),
-            results: vec![oak_api::ldp::Measured { addr: user, ms: Some(13.0), how: "icmp".into() }],
-        };
-        l.on_measured("w6", Some(coords[6]), &r, 5.0);
+        assert!(wait || asks.is_empty());
+        let refiners = asked(&asks);
+        for w in &refiners {
+            assert!(!first.contains(w), "{w} had measured already");
+            let i: usize = w[1..].parse().unwrap();
+            assert!((4..=7).contains(&i), "{w} is not among the nearest");
+        }
+        if !refiners.is_empty() {
+            assert_eq!(l.refine(user, ws.iter(), 2.0), (Vec::new(), true), "waits for them");
+            assert_eq!(l.refine(user, ws.iter(), 4.5), (Vec::new(), false), "but not for ever");
+        }
+        for w in &refiners {
+            let i: usize = w[1..].parse().unwrap();
+            l.on_measured(w, Some(coords[i]), &answer(&asks, w, user, truth(i)), 5.0);
+        }
+        // Unless w6 measured before, it was a refiner; either way its measurement is known.
         let (_, m) = l.user_with_measurements(user).unwrap();
-        assert!(m.contains(&("w6".to_owned(), 13.0)));
+        assert!(m.contains(&("w6".to_owned(), 3.0)), "{m:?}");
     }
 }

@@ -165,7 +165,8 @@ pub struct Objective {
     pub rigidness: f64,
     /// RTTs measured from some candidates to the point (candidate id, ms): for those, the
     /// measurement stands instead of the prediction (a user's link can break the triangle
-    /// inequality that coordinates assume).
+    /// inequality that coordinates assume). With several points, the least of the measurement
+    /// and the predictions counts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub measured: Vec<(String, f64)>,
 }
@@ -269,7 +270,12 @@ impl Objective {
         if self.max_ms.is_some()
             && let Some((_, ms)) = self.measured.iter().find(|(id, ms)| *id == c.id && ms.is_finite() && *ms >= 0.0)
         {
-            v.ms = Some(*ms);
+            // With one point the measurement is to it and stands. With several, it is to one
+            // of them (which is not said): another may still be nearer, so the least counts.
+            v.ms = match (self.points.len(), v.ms) {
+                (n, Some(p)) if n > 1 => Some(p.min(*ms)),
+                _ => Some(*ms),
+            };
         }
         v
     }

@@ -131,8 +131,8 @@ async fn s2s_and_s2u_follow_measured_latency() {
     if !common::can_run_containers("ldp") || !can_emulate("ldp") {
         return;
     }
-    let (h, user, _lat) = world("ldpa", &[]).await;
-    let tag = "ldpa";
+    let (h, user, _lat) = world("ldaa", &[]).await;
+    let tag = "ldaa";
     let ids = create(
         &h,
         "sites",
@@ -184,7 +184,7 @@ async fn geo_and_addons_constraints() {
         return;
     }
     let h = Hierarchy::start_with_workers(
-        "ldpg",
+        "ldab",
         vec![
             vec!["--location".into(), "48.14,11.58".into()],
             vec!["--location".into(), "52.52,13.40".into(), "--addons".into(), "camera,gpu-driver".into()],
@@ -207,11 +207,11 @@ async fn geo_and_addons_constraints() {
         h.admin.request_instance(id).await.unwrap();
     }
     let m = h.wait_for(&ids[0], 60, "munich RUNNING", running(1)).await;
-    assert_eq!(worker_of(&m.instance_list[0]), "ldpg-w0");
+    assert_eq!(worker_of(&m.instance_list[0]), "ldab-w0");
     let b = h.wait_for(&ids[1], 60, "berlin RUNNING", running(1)).await;
-    assert_eq!(worker_of(&b.instance_list[0]), "ldpg-w1");
+    assert_eq!(worker_of(&b.instance_list[0]), "ldab-w1");
     let c = h.wait_for(&ids[2], 60, "cam RUNNING", running(1)).await;
-    assert_eq!(worker_of(&c.instance_list[0]), "ldpg-w1");
+    assert_eq!(worker_of(&c.instance_list[0]), "ldab-w1");
     let s =
         h.wait_for(&ids[3], 30, "madrid refused", |is| is.len() == 1 && is[0].status.is_negative_scheduling()).await;
     let d = &s.instance_list[0].status_detail;
@@ -254,7 +254,7 @@ async fn closest_by_latency_and_migration_without_a_gap() {
     if !common::can_run_containers("ldp") || !can_emulate("ldp") {
         return;
     }
-    let tag = "ldpc";
+    let tag = "ldac";
     let (h, user, lat) = world(tag, &[]).await;
     let on = |w: &str| json!({"constraints": [{"type": "direct", "node": format!("{tag}-{w}")}]});
     let ids = create(
@@ -377,7 +377,7 @@ async fn coordinates_predict_the_emulated_rtts() {
     if !common::can_run_containers("ldp") || !can_emulate("ldp") {
         return;
     }
-    let h = Hierarchy::start_with_workers("ldpe", fast_probes(6, &[]), 500).await;
+    let h = Hierarchy::start_with_workers("ldad", fast_probes(6, &[]), 500).await;
     let hosts: Vec<(String, std::net::Ipv4Addr)> = (0..6).map(|i| (h.host(i).0, h.host_ip(i))).collect();
     let _lat = LatencyEmulator::start(&hosts, three_sites).unwrap();
     let truth = |a: usize, b: usize| three_sites(a, b) + three_sites(b, a);

@@ -532,6 +532,10 @@ fn ldp_constraints_are_validated_and_typed() {
             "constraints[0].users[0]: must be an IP address, got \"nope\"",
         ),
         (
+            json!({"constraints": [{"type": "latency", "users": ["127.0.0.1"], "threshold": 10}]}),
+            "constraints[0].users[0]: 127.0.0.1 cannot be measured: it is an unspecified, loopback, link-local, multicast or broadcast address",
+        ),
+        (
             json!({"constraints": [{"type": "latency", "users": [], "threshold": 10}]}),
             "constraints[0].users: must name at least one user address",
         ),

@@ -27,7 +27,8 @@ pub const RETIRE_AFTER_S: f64 = 3.0;
 
 #[derive(Clone, Debug)]
 struct Violation {
-    since: f64,
+    /// Since when each broken requirement (by its field) has been broken.
+    since: BTreeMap<String, f64>,
     reported: bool,
 }
 
@@ -43,6 +44,9 @@ pub struct Move {
 pub struct Monitor {
     violating: HashMap<Key, Violation>,
     pub(super) moving: HashMap<Key, Move>,
+    /// Migrations given up, per instance: how many, and when the next may start (a back-off:
+    /// 30 s, 60 s, … 10 min), with the worker where the copy failed (not tried again then).
+    failed_moves: HashMap<Key, (u32, f64, String)>,
     /// Old instances of finished migrations: removed from their worker at the time given.
     pub(super) retiring: Vec<(Key, String, f64)>,
     last_check: f64,
@@ -243,7 +247,7 @@ impl Core {
             let (Some(d), Some(a)) = (self.desired.get(&k), self.assignments.get(&k)) else { continue };
             let Some(w) = a.worker.as_ref().and_then(|w| self.workers.get(w)) else { continue };
             let ctx = d.ldp.as_ref();
-            let mut broken: Vec<(String, f64)> = Vec::new();
+            let mut broken: Vec<(String, f64, String)> = Vec::new();
             for q in d.spec.requirements() {
                 let Some((v, measured)) = value(self, w, &q, ctx) else { continue };
                 let t = threshold(&q);
@@ -258,6 +262,7 @@ impl Core {
                     broken.push((
                         format!("{how} {v:.1} {u} for \"{}\" ({}; threshold {t} {u})", q.need, q.field),
                         q.convergence_time,
+                        q.field.clone(),
                     ));
                 }
             }
@@ -270,13 +275,29 @@ impl Core {
                 }
                 continue;
             }
-            let wait = broken.iter().map(|b| b.1).fold(f64::INFINITY, f64::min);
-            let what: Vec<String> = broken.into_iter().map(|b| b.0).collect();
-            let v = self.monitor.violating.entry(k.clone()).or_insert(Violation { since: now, reported: false });
-            let lasted = now - v.since;
-            if lasted < wait {
+            // Each requirement converges on its own: one that broke a moment ago does not ride
+            // on another's long violation.
+            let v = self
+                .monitor
+                .violating
+                .entry(k.clone())
+                .or_insert(Violation { since: BTreeMap::new(), reported: false });
+            v.since.retain(|f, _| broken.iter().any(|b| b.2 == *f));
+            for b in &broken {
+                v.since.entry(b.2.clone()).or_insert(now);
+            }
+            let lasting: Vec<(String, f64)> = broken
+                .into_iter()
+                .filter_map(|(what, wait, field)| {
+                    let lasted = now - v.since.get(&field).copied().unwrap_or(now);
+                    (lasted >= wait).then_some((what, lasted))
+                })
+                .collect();
+            if lasting.is_empty() {
                 continue;
             }
+            let lasted = lasting.iter().map(|l| l.1).fold(0.0, f64::max);
+            let what: Vec<String> = lasting.into_iter().map(|l| l.0).collect();
             let first = !v.reported;
             v.reported = true;
             let strategy = d.spec.violation_strategy();
@@ -285,7 +306,8 @@ impl Core {
             if first {
                 tracing::warn!(service = %k.0, instance = k.1, worker = %name, "{detail}");
             }
-            if strategy == ViolationStrategy::Migrate && !self.monitor.moving.contains_key(&k) {
+            let backed_off = self.monitor.failed_moves.get(&k).is_some_and(|f| now < f.1);
+            if strategy == ViolationStrategy::Migrate && !self.monitor.moving.contains_key(&k) && !backed_off {
                 match self.migrate(&k, &detail, now, &mut outs) {
                     Ok(()) => continue,
                     Err(why) => {
@@ -305,6 +327,7 @@ impl Core {
             }
         }
         self.monitor.violating.retain(|k, _| seen.contains(k));
+        self.monitor.failed_moves.retain(|k, _| self.desired.contains_key(k));
         if !relocate.is_empty() {
             relocate.sort();
             relocate.dedup();
@@ -325,7 +348,7 @@ impl Core {
             .map(|(k, _)| k.clone())
             .collect();
         for k in stale {
-            outs.extend(self.abort_move(&k, "it did not start in time".into()));
+            outs.extend(self.abort_move(&k, "it did not start in time".into(), now));
         }
         outs
     }
@@ -338,7 +361,7 @@ impl Core {
         let mut req = request_of(d);
         let reqs = d.spec.requirements();
         let users: Vec<IpAddr> = reqs.iter().flat_map(|q| users_of(q, d.ldp.as_ref())).collect();
-        if self.ldp.relocating(&users) {
+        if self.ldp.relocating(&users, now) {
             return Err("its users are being located again".into());
         }
         let r = oak_sched::objectives::resolve(&reqs, d.ldp.as_ref(), Some(self));
@@ -347,6 +370,9 @@ impl Core {
         }
         req.objectives = r.objectives;
         req.exclude = vec![from.clone()];
+        if let Some((_, _, failed_on)) = self.monitor.failed_moves.get(k) {
+            req.exclude.push(failed_on.clone());
+        }
         // Every objective must hold at the new place: a move must make things better.
         for o in &mut req.objectives {
             o.rigidness = 1.0;
@@ -370,10 +396,18 @@ impl Core {
     }
 
     /// Gives a migration up: the new copy goes, the instance stays where it runs.
-    fn abort_move(&mut self, k: &Key, why: String) -> Vec<Out> {
+    fn abort_move(&mut self, k: &Key, why: String, now: f64) -> Vec<Out> {
         let Some(m) = self.monitor.moving.remove(k) else { return Vec::new() };
+        // The copy became the instance (its old worker went): nothing to give up.
+        if self.assignments.get(k).and_then(|a| a.worker.as_deref()) == Some(m.to.as_str()) {
+            return Vec::new();
+        }
         let name = self.workers.get(&m.to).map(|w| w.reg.name.clone()).unwrap_or_default();
         tracing::warn!(service = %k.0, instance = k.1, to = %name, "migration given up: {why}");
+        let f = self.monitor.failed_moves.entry(k.clone()).or_insert((0, 0.0, String::new()));
+        f.0 += 1;
+        f.1 = now + (30.0 * 2f64.powi(f.0.min(5) as i32 - 1)).min(600.0);
+        f.2 = m.to.clone();
         if let Some(a) = self.slot(k)
             && a.status == Status::Running
         {
@@ -404,12 +438,14 @@ impl Core {
                 if let Some(a) = self.slot(k) {
                     a.ns_ip = ev.ns_ip;
                 }
-                if let Some(o) = old {
+                if let Some(o) = old.filter(|o| o != node) {
                     self.monitor.retiring.push((k.clone(), o, now + RETIRE_AFTER_S));
                 }
                 Vec::new()
             }
-            Status::Dead | Status::Failed => self.abort_move(k, format!("the new copy failed: {}", ev.status_detail)),
+            Status::Dead | Status::Failed => {
+                self.abort_move(k, format!("the new copy failed: {}", ev.status_detail), now)
+            }
             _ => Vec::new(),
         }
     }

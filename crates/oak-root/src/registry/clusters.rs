@@ -60,11 +60,17 @@ pub(super) fn service_status(s: &ServiceRecord) -> (Option<Status>, Option<Strin
     (worst.map(|i| i.status), detail)
 }
 
-fn request_of(spec: &MicroserviceSpec, exclude: &[ClusterId]) -> Request {
+fn request_of(spec: &MicroserviceSpec, exclude: &[ClusterId], canon: &dyn Fn(&str) -> String) -> Request {
     let mut direct = spec.direct_targets(oak_api::sla::DirectTier::Cluster);
-    // A `clusters` constraint narrows the clusters a `direct` one names, or names them.
+    // A `clusters` constraint narrows the clusters a `direct` one names, or names them; either
+    // may name a cluster by name or by id.
     if let Some(allowed) = spec.allowed_clusters() {
-        direct = if direct.is_empty() { allowed } else { direct.into_iter().filter(|d| allowed.contains(d)).collect() };
+        let allowed: Vec<String> = allowed.iter().map(|a| canon(a)).collect();
+        direct = if direct.is_empty() {
+            allowed
+        } else {
+            direct.into_iter().map(|d| canon(&d)).filter(|d| allowed.contains(d)).collect()
+        };
         if direct.is_empty() {
             // Nothing is both named and allowed: no cluster may take it.
             direct = vec![String::new()];
@@ -210,6 +216,7 @@ impl Registry {
         };
         rec.last_seen = now;
         rec.aggregate = report.aggregate;
+        ldp::sanitize(&mut rec.aggregate);
         let mut b = Batch::new();
         b.put(CLUSTERS, cluster.as_str(), encode(&rec)?);
         let mut rescheduled = false;
@@ -257,7 +264,7 @@ impl Registry {
                             // Drift below the threshold keeps the stored coordinate: tables
                             // go to every cluster when it changes.
                             coord: if ldp::coord_moved(old_coord.as_ref(), coord.as_ref()) { coord } else { old_coord },
-                            probe: st.probe,
+                            probe: st.probe.filter(ldp::probe_ok),
                         })
                     }
                     _ => None,
@@ -304,13 +311,16 @@ impl Registry {
             all.into_iter().filter(|c| now - c.last_seen <= self.cluster_timeout).collect();
         let active: std::collections::BTreeSet<ClusterId> = clusters.iter().map(|c| c.id.clone()).collect();
         let mut snap = Snapshot::new(clusters.iter().map(candidate_of).collect());
+        // A cluster named by name or by id: its id.
+        let by_name: BTreeMap<&str, &ClusterId> = names.iter().map(|(id, n)| (n.as_str(), id)).collect();
+        let canon = |x: &str| by_name.get(x).map_or_else(|| x.to_owned(), |id| id.to_string());
         let services: Vec<ServiceRecord> = self.load_all(SERVICES, "")?;
         let (by_name, by_id) = ldp::index(&services);
         let points = ldp::points(&services);
         // Instances a cluster has not yet acknowledged still take room in its report: reserve
         // them on the slot they would take there (the first one, if none fits any more).
         for s in &services {
-            let req = request_of(&s.spec, &[]);
+            let req = request_of(&s.spec, &[], &canon);
             for i in s.instances.iter().filter(|i| i.status == Status::ClusterScheduled) {
                 let Some(c) = &i.cluster_id else { continue };
                 let Some(idx) = snap.find(c.as_str()) else { continue };
@@ -366,7 +376,7 @@ impl Registry {
                 if !unplaced && !refused_here {
                     continue;
                 }
-                let mut req = request_of(&s.spec, &refused);
+                let mut req = request_of(&s.spec, &refused, &canon);
                 let ctx = self.context(&s, &by_name, &by_id, &points);
                 if ctx.is_some() {
                     let r = oak_sched::objectives::resolve(&s.spec.requirements(), ctx.as_ref(), None);

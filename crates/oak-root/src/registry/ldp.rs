@@ -59,6 +59,33 @@ pub(super) fn target_of(
     if by_id.get(&id) == Some(app) { vec![id] } else { Vec::new() }
 }
 
+/// A cluster's report of where its workers are, bounded before it is stored: at most
+/// [`oak_api::ldp::MAX_SUMMARY_CIRCLES`] valid circles of each kind, a few valid landmarks,
+/// a bounded list of addons. A cluster is authenticated, but one bad report must not steer
+/// every placement (a huge radius would make it "near" everything).
+pub(super) fn sanitize(agg: &mut oak_api::link::ClusterAggregate) {
+    use oak_api::ldp::{MAX_COORD_MS, MAX_SUMMARY_CIRCLES};
+    agg.ldp
+        .space
+        .retain(|c| c.coord.is_valid() && c.radius_ms.is_finite() && (0.0..=MAX_COORD_MS).contains(&c.radius_ms));
+    agg.ldp.space.truncate(MAX_SUMMARY_CIRCLES);
+    agg.ldp.area.retain(|c| {
+        (-90.0..=90.0).contains(&c.lat) && (-180.0..=180.0).contains(&c.lon) && (0.0..=20_040.0).contains(&c.radius_km)
+    });
+    agg.ldp.area.truncate(MAX_SUMMARY_CIRCLES);
+    agg.landmarks.retain(|p| probe_ok(&p.addr) && !p.id.is_empty() && p.id.len() <= 64);
+    agg.landmarks.truncate(16);
+    agg.addons.retain(|a| !a.is_empty() && a.len() <= 64 && !a.chars().any(char::is_control));
+    agg.addons.truncate(4 * oak_api::node::MAX_ADDONS);
+}
+
+/// A probe address other workers may be sent to: not unspecified, multicast or broadcast,
+/// and not port 0.
+pub(super) fn probe_ok(a: &std::net::SocketAddrV4) -> bool {
+    let ip = a.ip();
+    a.port() != 0 && !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast())
+}
+
 impl Registry {
     /// Named areas for `latency` constraints (`oak root --areas FILE`).
     pub fn with_areas(mut self, areas: BTreeMap<String, AreaDef>) -> Self {
@@ -99,7 +126,11 @@ impl Registry {
             let field = format!("{path}.connectivity[{i}].target_microservice_id");
             let by_name = names.iter().filter(|(n, _)| n == t).count();
             let by_id = names.iter().any(|(_, id)| id.as_ref().is_some_and(|id| id.as_str() == t));
-            if *t == spec.microservice_name {
+            let itself = *t == spec.microservice_name
+                || names
+                    .iter()
+                    .any(|(n, id)| *n == spec.microservice_name && id.as_ref().is_some_and(|id| id.as_str() == t));
+            if itself {
                 v.push(Violation { field, message: format!("{t:?} is this service itself") });
             } else if by_name > 1 {
                 v.push(Violation {
@@ -451,6 +482,42 @@ mod registry_tests {
         let i = r.get_service(&admin.id, &s).unwrap().instance_list[0].clone();
         assert_eq!((i.status, i.cluster_id.as_ref()), (Status::Requested, Some(&c)));
         assert_eq!(r.desired_for(&c).unwrap().len(), 1);
+    }
+
+    /// `direct` by name and `clusters` by id name the same cluster: it qualifies. A service
+    /// may not name itself by id; a cluster's summary is bounded before it is stored.
+    #[test]
+    fn names_and_ids_of_clusters_and_services_mean_the_same() {
+        let (r, admin) = registry("{}");
+        let c = r.join_cluster("edge", None, None).unwrap();
+        let ids = r
+            .create_applications(
+                &admin,
+                sla(json!([svc(
+                    "a",
+                    json!({"constraints": [
+                    {"type": "direct", "cluster": "edge"}, {"type": "clusters", "allowed": [c.to_string()]}]})
+                )])),
+            )
+            .unwrap();
+        let s = r.get_app(&admin.id, &ids[0]).unwrap().microservices[0].clone();
+        let mut rep = report("edge", None, None, vec![]);
+        rep.aggregate.ldp.space = vec![CoordCircle { coord: Coord::new(0.0, 0.0, 1.0, 0.1), radius_ms: f64::MAX }; 40];
+        rep.aggregate.addons = (0..1000).map(|i| format!("a{i}")).collect();
+        r.apply_report(&c, rep).unwrap();
+        let stored = r.clusters().unwrap()[0].aggregate.clone();
+        assert!(stored.ldp.space.is_empty(), "an impossible radius is dropped");
+        assert!(stored.addons.len() <= 4 * oak_api::node::MAX_ADDONS);
+        r.request_instance(&admin.id, &s).unwrap();
+        r.schedule_pending().unwrap();
+        assert_eq!(r.get_service(&admin.id, &s).unwrap().instance_list[0].cluster_id.as_ref(), Some(&c));
+        let mut spec = r.get_service(&admin.id, &s).unwrap();
+        let body = json!({"microservice_name": "a", "microservice_namespace": "n", "virtualization": "container",
+            "code": "x", "connectivity": [{"target_microservice_id": spec.id.to_string(), "con_constraints": []}]});
+        let e =
+            r.update_service(&admin.id, &spec.id, oak_api::sla::parse_microservice(&body, "").unwrap()).unwrap_err();
+        assert!(invalid(e)[0].ends_with("is this service itself"));
+        spec.instance_list.clear();
     }
 
     #[test]

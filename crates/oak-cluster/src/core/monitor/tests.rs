@@ -150,11 +150,14 @@ fn users_are_measured_then_the_nearest_worker_is_chosen() {
     // The user sits near w3.
     let truth = Coord::new(38.0, 36.0, 2.0, 0.0);
     for (i, wc) in coords.iter().enumerate() {
+        let w = format!("w{i}");
+        let o = outs.iter().find(|o| o.topic == format!("nodes/{w}/control/measure")).unwrap_or_else(|| panic!("{w}"));
+        let req: oak_api::ldp::MeasureRequest = serde_json::from_slice(&o.payload).unwrap_or_else(|e| panic!("{e}"));
         let r = MeasureReply {
-            request_id: "m".into(),
+            request_id: req.request_id,
             results: vec![Measured { addr: user, ms: Some(wc.rtt(&truth)), how: "icmp".into() }],
         };
-        c.measured(&format!("w{i}"), r, T0 + 0.5);
+        c.measured(&w, r, T0 + 0.5);
     }
     let outs = c.reconcile(T0 + 2.0);
     assert_eq!(deploys(&outs), ["nodes/w3/control/deploy"]);
