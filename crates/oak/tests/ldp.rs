@@ -12,11 +12,10 @@
 mod common;
 
 use common::latency::{LatencyEmulator, can_emulate};
-use common::{Hierarchy, app};
+use common::{Hierarchy, app, fetch_from};
 use oak_api::Status;
 use oak_api::ldp::CoordCircle;
 use serde_json::{Value, json};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Workers probe every 200 ms (the default is 2 s) so that coordinates settle in seconds.
@@ -216,19 +215,6 @@ async fn geo_and_addons_constraints() {
         h.wait_for(&ids[3], 30, "madrid refused", |is| is.len() == 1 && is[0].status.is_negative_scheduling()).await;
     let d = &s.instance_list[0].status_detail;
     assert!(d.contains("within 100 km of 40.4,-3.7"), "{d}");
-}
-
-/// `wget` inside an instance's network namespace.
-fn fetch_from(container: &str, url: &str) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &format!("oak-{container}"), "timeout", "5", "busybox", "wget", "-q", "-O", "-", url])
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
 }
 
 /// What a worker on this machine reports as its memory.

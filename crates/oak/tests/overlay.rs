@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Hierarchy, app};
+use common::{Hierarchy, app, fetch_from};
 use oak_api::Status;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -28,20 +28,6 @@ fn on(worker: &str) -> Value {
 
 fn running(n: usize) -> impl Fn(&[oak_api::model::Instance]) -> bool {
     move |is| is.len() == n && is.iter().all(|i| i.status == Status::Running)
-}
-
-/// `wget` run inside an instance's network namespace (with the host's busybox): what a
-/// client in that instance gets.
-fn fetch_from(container: &str, url: &str) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &format!("oak-{container}"), "timeout", "5", "busybox", "wget", "-q", "-O", "-", url])
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
 }
 
 fn container_of(h: &Hierarchy, service: &str, n: u32) -> String {

@@ -622,6 +622,20 @@ pub fn app(name: &str, services: Vec<serde_json::Value>) -> serde_json::Value {
            "applications": [{"application_name": name, "application_namespace": "e2e", "application_desc": "", "microservices": services}]})
 }
 
+/// `wget` run inside an instance's network namespace (with the host's busybox): what a
+/// client in that instance gets.
+pub fn fetch_from(container: &str, url: &str) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &format!("oak-{container}"), "timeout", "5", "busybox", "wget", "-q", "-O", "-", url])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
 /// An HTTP client (TLS through the ring provider).
 pub fn http() -> reqwest::Client {
     oak_tls::http_client()
