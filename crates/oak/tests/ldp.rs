@@ -423,3 +423,69 @@ async fn coordinates_predict_the_emulated_rtts() {
     );
     assert!(last <= 0.25, "median relative error {:.1} %", last * 100.0);
 }
+
+/// One coordinate space across clusters: cluster A has w0 (site X) and w1 (site Z); cluster B
+/// has w2 (site X) and w3 (site Z). A service that must stay within 10 ms of a database on
+/// w0, and may run only in cluster B, lands on w2: its workers probe A's landmarks, so their
+/// coordinates and A's are comparable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s2s_across_clusters_in_one_coordinate_space() {
+    if !common::can_run_containers("ldp") || !can_emulate("ldp") {
+        return;
+    }
+    let tag = "ldae";
+    let mut h = Hierarchy::start_with_workers(tag, fast_probes(2, &[]), 500).await;
+    let (port, mqtt) = (common::free_port(), common::free_port());
+    let (_b, token) = h.spawn_cluster("cl-ldae-b", port, mqtt, 500).await;
+    h.worker_args.extend(fast_probes(2, &[]));
+    for i in 2..4 {
+        let w = h.spawn_worker_to(i, port, &token);
+        h.workers.push(w);
+        h.worker_names.push(format!("{tag}-w{i}"));
+    }
+    let hosts: Vec<(String, std::net::Ipv4Addr)> = (0..4).map(|i| (h.host(i).0, h.host_ip(i))).collect();
+    // Sites: X = {w0, w2}, Z = {w1, w3}; 1 ms within a site, 15 ms across (one way).
+    let _lat = LatencyEmulator::start(&hosts, |a, b| if a % 2 == b % 2 { 1.0 } else { 15.0 }).unwrap();
+    // Both clusters report coordinates that put the sites 30 ms apart.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let cs = h.admin.clusters(true).await.unwrap();
+        let ready = cs.len() == 2 && cs.iter().all(|c| c.active_nodes == 2 && c.space.len() == 2);
+        if ready {
+            let all: Vec<CoordCircle> = cs.iter().flat_map(|c| c.space.clone()).collect();
+            let mut d: Vec<f64> = Vec::new();
+            for i in 0..4 {
+                for j in i + 1..4 {
+                    d.push(all[i].coord.rtt(&all[j].coord));
+                }
+            }
+            d.sort_by(f64::total_cmp);
+            // Two pairs near (one per site, across clusters), four far.
+            if d[1] <= 8.0 && d[2] >= 20.0 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "one coordinate space did not form in 90 s: {cs:#?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ids = create(
+        &h,
+        "across",
+        vec![
+            svc("db", json!({"constraints": [{"type": "direct", "cluster": format!("cl-{tag}"), "node": format!("{tag}-w0")}]})),
+            svc(
+                "web",
+                json!({"constraints": [{"type": "clusters", "allowed": ["cl-ldae-b"]}],
+                       "connectivity": [{"target_microservice_id": "db", "con_constraints": [
+                    {"type": "latency", "threshold": 10, "rigidness": 1, "convergence_time": 30}]}]}),
+            ),
+        ],
+    )
+    .await;
+    h.admin.request_instance(&ids[0]).await.unwrap();
+    h.admin.request_instance(&ids[1]).await.unwrap();
+    let db = h.wait_for(&ids[0], 60, "db RUNNING", running(1)).await;
+    assert_eq!(worker_of(&db.instance_list[0]), format!("{tag}-w0"));
+    let web = h.wait_for(&ids[1], 90, "web RUNNING", running(1)).await;
+    assert_eq!(worker_of(&web.instance_list[0]), format!("{tag}-w2"), "{:?}", web.instance_list);
+}
