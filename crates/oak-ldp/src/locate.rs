@@ -93,7 +93,17 @@ pub fn geometric_median(points: &[Coord]) -> Option<Coord> {
             break;
         }
     }
-    let c = Coord::new(x, y, h, error);
+    // Weiszfeld can stall short of the optimum when it starts near an input point (it moves
+    // by ever smaller steps there): an input point that is better wins.
+    let total = |px: f64, py: f64| pts.iter().map(|c| (c.x - px).hypot(c.y - py)).sum::<f64>();
+    let mut best = (total(x, y), x, y);
+    for c in &pts {
+        let t = total(c.x, c.y);
+        if t < best.0 {
+            best = (t, c.x, c.y);
+        }
+    }
+    let c = Coord::new(best.1, best.2, h, error);
     c.is_valid().then_some(c)
 }
 

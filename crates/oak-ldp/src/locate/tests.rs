@@ -142,3 +142,19 @@ proptest! {
         }
     }
 }
+
+/// A case proptest found (CI, 2026-12-02): Weiszfeld stalled above an input point's total.
+#[test]
+fn the_geometric_median_of_a_found_case_is_no_worse_than_its_points() {
+    let points = [
+        at(-370.15790290183, 242.9251646152659, 0.0),
+        at(-388.6367884329069, 490.2852781387852, 0.0),
+        at(-281.4591081606221, -433.06182038353535, 0.0),
+        at(-381.5643484497569, 0.0, 0.0),
+    ];
+    let total = |p: &Coord| points.iter().map(|c| (c.x - p.x).hypot(c.y - p.y)).sum::<f64>();
+    let m = geometric_median(&points).unwrap();
+    for p in &points {
+        assert!(total(&m) <= total(p) + 1e-6 * (1.0 + total(p)), "{} > {}", total(&m), total(p));
+    }
+}
