@@ -266,9 +266,10 @@ impl Ldp {
         }
         self.evict(due.len());
         for u in &due {
-            let l = self.users.entry(*u).or_default();
+            let l = self.users.entry(*u).or_insert_with(|| UserLoc { round: f64::MIN, ..UserLoc::default() });
             l.asked = now;
-            if l.round == f64::MIN || (l.round == 0.0 && l.obs.is_empty() && l.coord.is_none()) {
+            // A new round (first ask, or after a refresh) starts the unreachable clock.
+            if l.round == f64::MIN {
                 l.round = now;
             }
         }
@@ -631,7 +632,11 @@ mod tests {
             let i: usize = w[1..].parse().unwrap();
             l.on_measured(w, Some(coords[i]), &answer(&asks, w, user, truth(i)), 5.0);
         }
-        // Unless w6 measured before, it was a refiner; either way its measurement is known.
+        // Whoever measured first, the four workers nearest to the user have measured it now.
+        let (_, m) = l.user_with_measurements(user).unwrap();
+        for w in ["w4", "w5", "w6", "w7"] {
+            assert!(m.iter().any(|(id, _)| id == w), "{w} never measured: {m:?}");
+        }
         let (_, m) = l.user_with_measurements(user).unwrap();
         assert!(m.contains(&("w6".to_owned(), 3.0)), "{m:?}");
     }

@@ -155,7 +155,6 @@ async fn s2s_and_s2u_follow_measured_latency() {
     for i in &web_s.instance_list {
         let w = worker_of(i);
         assert!(w == format!("{tag}-w0") || w == format!("{tag}-w1"), "web in db's site: {w}; {}", i.status_detail);
-        assert!(i.status_detail.contains("ms to service db") || i.status == Status::Running, "{}", i.status_detail);
     }
     let cam_s = h.wait_for(cam, 60, "cam RUNNING", running(1)).await;
     assert_eq!(worker_of(&cam_s.instance_list[0]), format!("{tag}-w3"), "next to the user: {:?}", cam_s.instance_list);
@@ -284,7 +283,6 @@ async fn closest_by_latency_and_migration_without_a_gap() {
     assert_eq!(answers.len(), 1, "every request to the same replica: {answers:?}");
     let host = answers.keys().next().unwrap().clone();
     assert_eq!(host, format!("from-instance-{near_n}"), "the replica 2 ms away, not the one 30 ms away");
-    drop(s);
 
     // Migration: `cam` must stay within 5 ms of the user; it runs next to it, on w3.
     let ids = create(
