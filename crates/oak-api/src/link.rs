@@ -173,6 +173,9 @@ pub struct InstanceState {
     /// Its worker's probe address (for SLA monitoring from other workers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<std::net::SocketAddrV4>,
+    /// Its worker's tunnel public key (X25519, base64), when the tunnel is encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
 }
 
 /// A report relative to the previous one on the same connection: the aggregate, the

@@ -52,6 +52,9 @@ pub struct TableInstance {
     /// Its worker's network coordinate, for the closest policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coord: Option<crate::ldp::Coord>,
+    /// Its worker's tunnel public key (X25519, base64), when the tunnel is encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
 }
 
 /// Cluster → worker (`nodes/<id>/control/tables`): the tables of every address the worker
@@ -149,6 +152,7 @@ mod tests {
                 host_port: TUNNEL_PORT,
                 location: None,
                 coord: None,
+                host_key: None,
             }],
         };
         let fnv = |bytes: &[u8]| {

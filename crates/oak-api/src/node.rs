@@ -157,6 +157,11 @@ impl RegisterRequest {
         check_u64("gpus", u64::from(self.gpus), u64::from(MAX_GPUS))?;
         check_location("location", self.location.as_deref())?;
         check_words("addons", &self.addons, MAX_ADDONS, 64)?;
+        if let Some(k) = &self.tunnel_key
+            && !valid_tunnel_key(k)
+        {
+            return bad("tunnel_key", "must be an X25519 public key: 32 bytes in standard base64 (44 characters)");
+        }
         check_text("session", &self.session, 128)
     }
 }
@@ -286,6 +291,10 @@ pub struct RegisterRequest {
     /// (from before a restart) is told apart.
     #[serde(default)]
     pub session: String,
+    /// The worker's tunnel public key (X25519, 32 bytes, standard base64), when its tunnel is
+    /// encrypted. Other workers get it with the tables, so no key is configured by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_key: Option<String>,
 }
 
 /// The cluster's answer: who the worker is and how to reach the broker.
@@ -450,9 +459,14 @@ mod tests {
             (RegisterRequest { node_id: Some("oak-cluster".into()), ..reg() }, "node_id"),
             (RegisterRequest { name: "a\nb".into(), ..reg() }, "name"),
             (RegisterRequest { location: Some("0,181".into()), ..reg() }, "location"),
+            (RegisterRequest { tunnel_key: Some("short".into()), ..reg() }, "tunnel_key"),
+            // 44 characters, but the last data character carries bits beyond 32 bytes.
+            (RegisterRequest { tunnel_key: Some(format!("{}B=", "A".repeat(42))), ..reg() }, "tunnel_key"),
         ] {
             assert_eq!(r.validate().map_err(|e| e.field), Err(field.to_owned()));
         }
+        let key = Some(format!("{}A=", "A".repeat(42)));
+        assert_eq!(RegisterRequest { tunnel_key: key, ..reg() }.validate().map_err(|e| e.field), Ok(()));
         let info = NodeInfo { cpu_percent: f64::INFINITY, ..Default::default() };
         assert_eq!(info.validate().map_err(|e| e.field), Err("cpu_percent".to_owned()));
         let usage = |memory_mb| InstanceUsage {
@@ -487,4 +501,15 @@ mod tests {
             truncate_detail(&mut d);
         }
     }
+}
+
+/// True when `key` is 32 bytes in standard base64 with padding (44 characters), the form
+/// WireGuard tools print.
+pub fn valid_tunnel_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 44
+        && b[43] == b'='
+        && b[..43].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+        // 32 bytes leave 4 spare bits in the 43rd character: they must be zero.
+        && b"AEIMQUYcgkosw048".contains(&b[42])
 }

@@ -1140,6 +1140,7 @@ impl Core {
                     location: w.and_then(|w| w.reg.location.clone()),
                     coord: w.and_then(|w| w.info.as_ref()).and_then(|i| i.coord),
                     probe: w.and_then(|w| w.info.as_ref()).and_then(|i| i.probe),
+                    host_key: w.and_then(|w| w.reg.tunnel_key.clone()),
                 }
             })
             .collect();

@@ -232,6 +232,7 @@ fn same_state(a: &InstanceState, b: &InstanceState) -> bool {
         // Coordinates drift a little with every measurement: they go up with the usage.
         coord: _,
         probe,
+        host_key,
     } = a;
     (service_id, instance_number, status, status_detail, worker_id, worker_name, host_ip, ns_ip, host_port, location)
         == (
@@ -247,6 +248,7 @@ fn same_state(a: &InstanceState, b: &InstanceState) -> bool {
             &b.location,
         )
         && probe == &b.probe
+        && host_key == &b.host_key
 }
 
 impl Sent {
@@ -366,6 +368,7 @@ mod tests {
             location: None,
             coord: None,
             probe: None,
+            host_key: None,
         }
     }
 

@@ -95,6 +95,7 @@ fn main() {
             location: None,
             coord: None,
             probe: None,
+            host_key: None,
         };
         let full = ClusterReport {
             aggregate: aggregate(),

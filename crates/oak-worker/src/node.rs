@@ -185,6 +185,7 @@ impl<R: Runtime> Worker<R> {
                 std::process::id(),
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
             ),
+            tunnel_key: None,
         };
         let mut req = req;
         let session = req.session.clone();

@@ -32,6 +32,7 @@ fn inst(n: u32, iip: &str, ns: &str, host: &str) -> TableInstance {
         host_port: 50103,
         location: None,
         coord: None,
+        host_key: None,
     }
 }
 

@@ -265,6 +265,7 @@ impl Registry {
                             // go to every cluster when it changes.
                             coord: if ldp::coord_moved(old_coord.as_ref(), coord.as_ref()) { coord } else { old_coord },
                             probe: st.probe.filter(ldp::probe_ok),
+                            host_key: st.host_key.clone().filter(|k| oak_api::node::valid_tunnel_key(k)),
                         })
                     }
                     _ => None,

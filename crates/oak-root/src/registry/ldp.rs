@@ -409,6 +409,7 @@ mod registry_tests {
             location: None,
             coord: Some(coord),
             probe: Some("10.0.0.9:50104".parse().unwrap()),
+            host_key: None,
         }
     }
 

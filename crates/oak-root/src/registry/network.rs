@@ -22,6 +22,9 @@ pub(super) struct InstanceNet {
     pub coord: Option<oak_api::ldp::Coord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<std::net::SocketAddrV4>,
+    /// Its worker's tunnel public key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -182,6 +185,7 @@ impl Registry {
                         host_port: net.host_port,
                         location: net.location.clone(),
                         coord: net.coord,
+                        host_key: net.host_key.clone(),
                     })
                 })
                 .collect();

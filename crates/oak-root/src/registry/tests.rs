@@ -179,6 +179,7 @@ fn state(svc: &ServiceId, status: Status) -> oak_api::link::InstanceState {
         location: None,
         coord: None,
         probe: None,
+        host_key: None,
     }
 }
 
