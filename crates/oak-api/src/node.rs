@@ -313,6 +313,10 @@ pub struct RegisterResponse {
     /// the same node again. `None` when the worker proved an id it already holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_secret: Option<String>,
+    /// Whether the broker port speaks MQTT over TLS (the cluster's guard), with the same CA
+    /// as the registration.
+    #[serde(default)]
+    pub mqtt_tls: bool,
 }
 
 /// One instance as a worker sees it.
@@ -433,6 +437,17 @@ impl LogsReply {
     }
 }
 
+/// True when `key` is 32 bytes in standard base64 with padding (44 characters), the form
+/// WireGuard tools print.
+pub fn valid_tunnel_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 44
+        && b[43] == b'='
+        && b[..43].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+        // 32 bytes leave 4 spare bits in the 43rd character: they must be zero.
+        && b"AEIMQUYcgkosw048".contains(&b[42])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,15 +516,4 @@ mod tests {
             truncate_detail(&mut d);
         }
     }
-}
-
-/// True when `key` is 32 bytes in standard base64 with padding (44 characters), the form
-/// WireGuard tools print.
-pub fn valid_tunnel_key(key: &str) -> bool {
-    let b = key.as_bytes();
-    b.len() == 44
-        && b[43] == b'='
-        && b[..43].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
-        // 32 bytes leave 4 spare bits in the 43rd character: they must be zero.
-        && b"AEIMQUYcgkosw048".contains(&b[42])
 }

@@ -11,6 +11,22 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+/// An error with its causes ("error sending request: … : invalid peer certificate: …"), so a
+/// TLS refusal says why.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server answered with an error body.
@@ -19,7 +35,7 @@ pub enum ClientError {
     /// The server answered with something that is not our error shape.
     #[error("unexpected HTTP {status} from {url}: {body}")]
     Unexpected { status: u16, url: String, body: String },
-    #[error("cannot reach the root at {url}: {source}")]
+    #[error("cannot reach the root at {url}: {}", chain(source))]
     Transport { url: String, source: reqwest::Error },
     #[error("cannot decode the answer of {url}: {reason}")]
     Decode { url: String, reason: String },
@@ -54,6 +70,17 @@ impl RootClient {
     /// A client that trusts only the CA certificates in `ca_pem` for an `https://` root.
     pub fn with_ca(base: &str, ca_pem: &[u8]) -> Result<Self, ClientError> {
         let tls = oak_tls::client_config(ca_pem).map_err(ClientError::Tls)?;
+        let http = oak_tls::http_client_builder()
+            .use_preconfigured_tls((*tls).clone())
+            .build()
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), token: None })
+    }
+
+    /// A client that trusts only a root whose chain holds the CA with sha256 `ca_hash` (what
+    /// the root's K10 tokens pin; printed at its start, and in `<data dir>/ca.pem`).
+    pub fn with_ca_hash(base: &str, ca_hash: [u8; 32]) -> Result<Self, ClientError> {
+        let tls = oak_tls::pki::pinned_client_config(ca_hash).map_err(ClientError::Tls)?;
         let http = oak_tls::http_client_builder()
             .use_preconfigured_tls((*tls).clone())
             .build()

@@ -197,7 +197,15 @@ pub fn check(node: &str, first: u8, body: &[u8]) -> Verdict {
 /// Accepts worker connections on `listener` and relays them to the broker at `upstream`.
 /// Beyond [`MAX_CONNECTIONS`], or [`MAX_PENDING_LOGINS`] not yet logged in, a new connection
 /// is closed at once.
-pub async fn serve(listener: TcpListener, upstream: SocketAddr, creds: crate::broker::Credentials) {
+/// With `tls`, workers speak MQTT over TLS: the guard terminates it (the handshake, like the
+/// login, within [`LOGIN_TIMEOUT`]) and the broker stays plain on loopback.
+pub async fn serve(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    creds: crate::broker::Credentials,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     // Each relayed connection holds three descriptors here (the worker's, ours to the broker
     // and the broker's end): stay well below the file limit.
     // (The cluster raised its soft limit at start; this only reads it.)
@@ -246,8 +254,18 @@ pub async fn serve(listener: TcpListener, upstream: SocketAddr, creds: crate::br
         }
         let login = (permit, slot);
         let creds = creds.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            if let Err(e) = relay(client, upstream, login, creds).await {
+            let _ = client.set_nodelay(true);
+            let r = match acceptor {
+                None => relay(client, upstream, login, creds).await,
+                Some(a) => match tokio::time::timeout(LOGIN_TIMEOUT, a.accept(client)).await {
+                    Ok(Ok(tls)) => relay(tls, upstream, login, creds).await,
+                    Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+                    Err(_) => Err(format!("no TLS handshake within {} s", LOGIN_TIMEOUT.as_secs())),
+                },
+            };
+            if let Err(e) = r {
                 tracing::info!(peer = %peer, reason = %e, "MQTT connection closed by the guard");
             }
             drop(conn);
@@ -279,20 +297,22 @@ impl Drop for PendingLogin {
 /// CONNACK, return code 4: bad user name or password (MQTT 3.1.1 §3.2.2.3).
 pub const REFUSED_LOGIN: [u8; 4] = [0x20, 0x02, 0x00, 0x04];
 
-async fn relay(
-    client: TcpStream,
+async fn relay<S>(
+    client: S,
     upstream: SocketAddr,
     login: impl Send + 'static,
     creds: crate::broker::Credentials,
-) -> Result<(), String> {
-    let _ = client.set_nodelay(true);
+) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let deadline = tokio::time::Instant::now() + LOGIN_TIMEOUT;
     let broker = tokio::time::timeout_at(deadline, TcpStream::connect(upstream))
         .await
         .map_err(|_| "the broker did not answer".to_owned())?
         .map_err(|e| format!("cannot reach the broker: {e}"))?;
     let _ = broker.set_nodelay(true);
-    let (mut from_client, client_w) = client.into_split();
+    let (mut from_client, client_w) = tokio::io::split(client);
     let (mut from_broker, mut to_broker) = broker.into_split();
     let client_w = std::sync::Arc::new(tokio::sync::Mutex::new(client_w));
     let down_w = client_w.clone();

@@ -90,8 +90,15 @@ pub struct ClusterConfig {
     pub timing: Timing,
     /// How workers are ranked among those that fit.
     pub policy: oak_sched::Policy,
-    /// For an `https://` root: the CA (PEM) its certificate must chain to.
+    /// For an `https://` root: the CA (PEM) its certificate must chain to. Not needed with a
+    /// `K10` token, which pins the root's CA.
     pub root_ca: Option<PathBuf>,
+    /// Serve worker registration over plain HTTP instead of HTTPS (`--insecure-plain-http`).
+    pub insecure_plain_http: bool,
+    /// Let workers speak plain MQTT instead of MQTT over TLS (`--insecure-plain-mqtt`).
+    pub insecure_plain_mqtt: bool,
+    /// Extra names for the cluster's serving certificate (`--tls-san`).
+    pub tls_san: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +158,8 @@ pub struct Cluster {
     worker_token: String,
     cluster_id: Option<String>,
     external_mqtt: Option<MqttUrl>,
+    /// The cluster's own CA, when registration or MQTT is served over TLS.
+    ca: Option<Arc<oak_tls::pki::Authority>>,
 }
 
 /// An external broker's address and credentials.
@@ -189,9 +198,28 @@ impl Cluster {
             path: config.data_dir.display().to_string(),
             reason: e.to_string(),
         })?;
+        let ca = if config.insecure_plain_http && (config.insecure_plain_mqtt || config.mqtt_url.is_some()) {
+            None
+        } else {
+            let ca = oak_tls::pki::Authority::load_or_create(&config.data_dir, &format!("oak cluster {}", config.name))
+                .map_err(|reason| ClusterError::DataDir { path: config.data_dir.display().to_string(), reason })?;
+            Some(Arc::new(ca))
+        };
+        let pin = ca.as_ref().map(|c| c.hash());
         let worker_token = match &config.worker_token {
-            Some(t) => t.clone(),
-            None => oak_store::secret::read_or_create(&config.data_dir.join("worker-token")).map_err(dd)?,
+            Some(t) => oak_tls::pki::JoinToken::parse(t).map(|t| t.secret).unwrap_or(t.clone()),
+            None => {
+                // The file holds the whole token (K10 form when the cluster serves TLS); its
+                // secret is kept across restarts.
+                let path = config.data_dir.join("worker-token");
+                let text = oak_store::secret::read_or_create(&path).map_err(dd)?;
+                let secret = oak_tls::pki::JoinToken::parse(&text).map(|t| t.secret).unwrap_or(text.clone());
+                let rendered = oak_tls::pki::JoinToken { ca_hash: pin, secret: secret.clone() }.render();
+                if rendered != text {
+                    oak_store::datadir::write_private(&path, rendered.as_bytes()).map_err(dd)?;
+                }
+                secret
+            }
         };
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("cluster.redb"), TABLES)?);
         let mut core = Core::default();
@@ -219,12 +247,22 @@ impl Cluster {
             }
         }
         let cluster_id = store.get(META, "cluster_id")?.map(|b| String::from_utf8_lossy(&b).into_owned());
-        Ok(Self { config, store, core, worker_token, cluster_id, external_mqtt: None })
+        Ok(Self { config, store, core, worker_token, cluster_id, external_mqtt: None, ca })
     }
 
-    /// The token workers register with.
-    pub fn worker_token(&self) -> &str {
-        &self.worker_token
+    /// The token workers register with: `K10<ca-hash>::<secret>` when the cluster serves TLS.
+    pub fn worker_token(&self) -> String {
+        oak_tls::pki::JoinToken { ca_hash: self.ca.as_ref().map(|c| c.hash()), secret: self.worker_token.clone() }
+            .render()
+    }
+
+    /// A server configuration with a fresh certificate of the cluster's CA, for `listen`.
+    fn tls_for(&self, listen: SocketAddr) -> Result<Option<Arc<oak_tls::ServerConfig>>, ClusterError> {
+        self.ca
+            .as_ref()
+            .map(|ca| ca.server_config(&oak_tls::pki::default_names(listen, &self.config.tls_san)))
+            .transpose()
+            .map_err(ClusterError::Broker)
     }
 
     /// Runs until `shutdown`. `listener` serves worker registration.
@@ -259,7 +297,13 @@ impl Cluster {
                 .and_then(|l| l.local_addr())
                 .map_err(|e| ClusterError::Broker(format!("cannot find a loopback port for the broker: {e}")))?;
             broker::start(internal, creds.clone()).map_err(ClusterError::Broker)?;
-            tokio::spawn(guard::serve(guard_listener, internal, creds.clone()));
+            let tls = if self.config.insecure_plain_mqtt {
+                tracing::warn!(listen = %self.config.mqtt_listen, "workers speak plain MQTT (--insecure-plain-mqtt): their credentials cross the network in clear");
+                None
+            } else {
+                self.tls_for(self.config.mqtt_listen)?
+            };
+            tokio::spawn(guard::serve(guard_listener, internal, creds.clone(), tls));
             internal_broker = Some(internal);
         }
         self.external_mqtt = external.clone();
@@ -374,11 +418,17 @@ impl Cluster {
             ..Default::default()
         }
         .with_env();
+        let registration_tls = if self.config.insecure_plain_http {
+            tracing::warn!(listen = %self.config.listen, "worker registration over plain HTTP (--insecure-plain-http): the worker token crosses the network in clear");
+            None
+        } else {
+            self.tls_for(self.config.listen)?
+        };
         let http = tokio::spawn(async move {
             let stop = async move {
                 let _ = http_stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = oak_tls::serve::serve(listener, app, None, limits, stop).await {
+            if let Err(e) = oak_tls::serve::serve(listener, app, registration_tls, limits, stop).await {
                 tracing::warn!(error = %e, "the worker registration server failed");
             }
         });
@@ -551,6 +601,7 @@ impl Cluster {
             mqtt_password: password,
             report_interval_ms: self.config.report_interval.as_millis() as u64,
             node_secret,
+            mqtt_tls: self.external_mqtt.is_none() && !self.config.insecure_plain_mqtt,
         })
     }
 
@@ -735,6 +786,8 @@ fn token_ok(headers: &HeaderMap, expected: &str) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
+    // A K10 token is checked by its secret (the CA hash is the worker's business).
+    let got = oak_tls::pki::JoinToken::parse(got).map(|t| t.secret).unwrap_or_default();
     oak_store::secret::constant_time_eq(got.as_bytes(), expected.as_bytes())
 }
 

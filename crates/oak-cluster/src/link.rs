@@ -75,13 +75,18 @@ async fn session(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let mut req = ws_url(&cfg.root_url).into_client_request().map_err(|e| e.to_string())?;
-    let auth = format!("Bearer {}", cfg.token)
+    let token = oak_tls::pki::JoinToken::parse(&cfg.token).map_err(|e| format!("the cluster token: {e}"))?;
+    let auth = format!("Bearer {}", token.secret)
         .parse()
         .map_err(|_| "the cluster token is not a valid header value".to_owned())?;
     req.headers_mut().insert("authorization", auth);
-    let connector = match (req.uri().scheme_str(), &cfg.root_ca) {
-        (Some("wss"), Some(ca)) => Some(tokio_tungstenite::Connector::Rustls(oak_tls::client_config_file(ca)?)),
-        (Some("wss"), None) => return Err("the root is https: give --root-ca FILE (the CA of its certificate)".into()),
+    let connector = match (req.uri().scheme_str(), oak_tls::pki::client_config_for(&token, cfg.root_ca.as_deref())?) {
+        (Some("wss"), Some(tls)) => Some(tokio_tungstenite::Connector::Rustls(tls)),
+        (Some("wss"), None) => {
+            return Err(
+                "the root is https and the token pins no CA: use the root's K10 token, or give --root-ca FILE".into()
+            );
+        }
         _ => None,
     };
     let limits = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()

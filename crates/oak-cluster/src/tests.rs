@@ -30,6 +30,9 @@ fn cluster(dir: &std::path::Path) -> Cluster {
         timing: Timing::default(),
         policy: Policy::default(),
         root_ca: None,
+        insecure_plain_http: false,
+        insecure_plain_mqtt: false,
+        tls_san: Vec::new(),
     })
     .unwrap_or_else(|e| panic!("{e}"))
 }

@@ -46,6 +46,10 @@ pub struct RootConfig {
     /// Named areas for `latency` constraints (`--areas FILE`, read with
     /// [`registry::parse_areas`]).
     pub areas: std::collections::BTreeMap<String, oak_api::ldp::AreaDef>,
+    /// The hash of the CA the root serves with (its own, or the last certificate of an
+    /// operator's chain): cluster tokens carry it (`K10<hash>::<secret>`), so a joining
+    /// cluster can check the root with no CA file. `None` when the root serves plain HTTP.
+    pub tls_pin: Option<oak_tls::pki::CaHash>,
 }
 
 impl RootConfig {
@@ -60,6 +64,7 @@ impl RootConfig {
             cluster_token: None,
             cluster_timeout_secs: registry::DEFAULT_CLUSTER_TIMEOUT_SECS,
             areas: std::collections::BTreeMap::new(),
+            tls_pin: None,
         }
     }
 }
@@ -135,19 +140,33 @@ impl Root {
         if created {
             tracing::info!("created the bootstrap user Admin and organization root");
         }
+        let dd = |source| RootError::DataDir { path: config.data_dir.display().to_string(), source };
         let cluster_token = match &config.cluster_token {
             Some(t) if !t.is_empty() => t.clone(),
-            _ => oak_store::secret::read_or_create(&config.data_dir.join("cluster-token"))
-                .map_err(|source| RootError::DataDir { path: config.data_dir.display().to_string(), source })?,
+            _ => {
+                // The file holds the whole token, K10 form included; its secret is kept across
+                // restarts, its CA hash follows the certificate the root serves with now.
+                let path = config.data_dir.join("cluster-token");
+                let text = oak_store::secret::read_or_create(&path).map_err(dd)?;
+                let secret = oak_tls::pki::JoinToken::parse(&text).map(|t| t.secret).unwrap_or(text.clone());
+                let rendered = oak_tls::pki::JoinToken { ca_hash: config.tls_pin, secret: secret.clone() }.render();
+                if rendered != text {
+                    oak_store::datadir::write_private(&path, rendered.as_bytes()).map_err(dd)?;
+                }
+                secret
+            }
         };
+        // A token given with its K10 prefix is checked by its secret.
+        let cluster_token = oak_tls::pki::JoinToken::parse(&cluster_token).map(|t| t.secret).unwrap_or(cluster_token);
         let state =
-            http::AppState::new(registry, Arc::new(tokens), hasher, clock, cluster_token, config.max_body_bytes);
+            http::AppState::new(registry, Arc::new(tokens), hasher, clock, cluster_token, config.max_body_bytes)
+                .with_tls_pin(config.tls_pin);
         Ok(Self { state })
     }
 
-    /// The token clusters join with.
-    pub fn cluster_token(&self) -> &str {
-        &self.state.cluster_token
+    /// The token clusters join with: `K10<ca-hash>::<secret>` when the root serves TLS.
+    pub fn cluster_token(&self) -> String {
+        self.state.join_token(&self.state.cluster_token)
     }
 
     /// Serves the API and the cluster link on `listener` until `shutdown` completes, then

@@ -8,6 +8,7 @@
 //! crowd of clients from holding the process's file descriptors.
 
 mod handshake;
+pub mod pki;
 pub mod serve;
 
 use rustls::crypto::ring::default_provider;
@@ -73,6 +74,13 @@ pub fn client_config(ca_pem: &[u8]) -> Result<Arc<ClientConfig>, String> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(cfg))
+}
+
+/// What a join token pins for a server that serves `chain_pem` (an operator's certificate
+/// chain): its last certificate (the CA, when the chain holds it; else the leaf itself).
+pub fn chain_pin(chain_pem: &[u8]) -> Result<Option<pki::CaHash>, String> {
+    let chain = certs(chain_pem, "certificate")?;
+    Ok(chain.last().map(|c| pki::cert_hash(c)))
 }
 
 /// [`client_config`] from a file.

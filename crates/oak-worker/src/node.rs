@@ -21,7 +21,11 @@ use tokio::sync::mpsc;
 pub struct WorkerConfig {
     /// Base URL of the cluster's registration endpoint, e.g. `http://10.0.0.1:10100`.
     pub cluster_url: String,
+    /// The cluster's worker token (`K10<ca-hash>::<secret>` or a bare secret).
     pub token: String,
+    /// How the worker trusts the cluster's registration and MQTT ports (the CA the token
+    /// pins, or a CA file; see [`oak_tls::pki::client_config_for`]). `None`: plain only.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub data_dir: PathBuf,
     pub name: String,
     pub location: Option<String>,
@@ -189,11 +193,25 @@ impl<R: Runtime> Worker<R> {
         };
         let mut req = req;
         let session = req.session.clone();
-        let http = oak_tls::http_client();
+        let http = match &config.tls {
+            Some(tls) => oak_tls::http_client_builder()
+                .use_preconfigured_tls((**tls).clone())
+                .build()
+                .map_err(|e| WorkerError::Refused(format!("cannot build an HTTPS client: {e}")))?,
+            None if config.cluster_url.starts_with("https://") => {
+                return Err(WorkerError::Refused(
+                    "the cluster URL is https and the token pins no CA: use the cluster's K10 worker token, or give --cluster-ca FILE".into(),
+                ));
+            }
+            None => oak_tls::http_client(),
+        };
+        let secret = oak_tls::pki::JoinToken::parse(&config.token)
+            .map_err(|e| WorkerError::Refused(format!("the worker token: {e}")))?
+            .secret;
         let url = format!("{}/api/node/register", config.cluster_url.trim_end_matches('/'));
         let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
         let reg: RegisterResponse = loop {
-            match http.post(&url).bearer_auth(&config.token).json(&req).send().await {
+            match http.post(&url).bearer_auth(&secret).json(&req).send().await {
                 Ok(r) if r.status().is_success() => match r.json().await {
                     Ok(reg) => break reg,
                     Err(e) => tracing::warn!(error = %e, "bad registration answer; retrying"),
@@ -218,6 +236,11 @@ impl<R: Runtime> Worker<R> {
             }
             tokio::time::sleep(backoff.next(rand::random())).await;
         };
+        if reg.mqtt_tls && config.tls.is_none() {
+            return Err(WorkerError::Refused(
+                "the cluster's MQTT port speaks TLS, and this worker has no CA to check it with (a K10 token or --cluster-ca)".into(),
+            ));
+        }
         // The secret first: an id without its secret could not be proved again.
         if let Some(secret) = &reg.node_secret {
             oak_store::datadir::write_private(&secret_file, secret.as_bytes()).map_err(dd)?;
@@ -244,6 +267,15 @@ impl<R: Runtime> Worker<R> {
         }
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+        if self.reg.mqtt_tls {
+            // Checked at registration: a TLS broker port comes with the registration's CA.
+            if let Some(tls) = &self.config.tls {
+                opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls.clone())));
+            } else {
+                tracing::error!("the cluster's MQTT port speaks TLS but this worker has no CA to check it with");
+                return RunEnd::Refused;
+            }
+        }
         opts.set_last_will(rumqttc::LastWill::new(
             node::topic_lost(&id),
             self.session.clone(),

@@ -20,17 +20,46 @@ pub struct Global {
     /// For an `https://` root: the CA certificate (PEM) its certificate must chain to.
     #[arg(long, env = "OAK_CA", global = true)]
     pub ca: Option<std::path::PathBuf>,
+    /// For an `https://` root with its own CA: that CA's sha256 (64 hex digits, as the root
+    /// logs it and its K10 tokens carry). Kept with the login.
+    #[arg(long, env = "OAK_CA_HASH", global = true)]
+    pub ca_hash: Option<String>,
 }
 
-/// A client for `root`, trusting `ca` when given.
-fn root_client(root: &str, ca: Option<&std::path::Path>) -> anyhow::Result<RootClient> {
-    match ca {
-        Some(path) => {
-            let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;
-            Ok(RootClient::with_ca(root, &pem)?)
+/// How the client trusts a root: a CA file, or the hash of its CA.
+#[derive(Clone, Debug, Default)]
+struct Trust {
+    ca: Option<std::path::PathBuf>,
+    ca_hash: Option<String>,
+}
+
+impl Trust {
+    fn of(global: &Global, creds: Option<&Credentials>) -> Self {
+        if global.ca.is_some() || global.ca_hash.is_some() {
+            return Self { ca: global.ca.clone(), ca_hash: global.ca_hash.clone() };
         }
-        None => Ok(RootClient::new(root)),
+        creds.map(|c| Self { ca: c.ca.clone(), ca_hash: c.ca_hash.clone() }).unwrap_or_default()
     }
+}
+
+/// A client for `root`, trusting what `trust` names.
+fn root_client(root: &str, trust: &Trust) -> anyhow::Result<RootClient> {
+    if let Some(path) = &trust.ca {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;
+        return Ok(RootClient::with_ca(root, &pem)?);
+    }
+    if let Some(h) = &trust.ca_hash {
+        let t = oak_tls::pki::JoinToken::parse(&format!("{}{}::x", oak_tls::pki::TOKEN_PREFIX, h.trim()))
+            .map_err(|_| anyhow::anyhow!("--ca-hash must be 64 hex digits (got {:?})", h))?;
+        return Ok(RootClient::with_ca_hash(root, t.ca_hash.unwrap_or_default())?);
+    }
+    if root.starts_with("https://") {
+        anyhow::bail!(
+            "{root} serves HTTPS: say which CA to trust with --ca FILE (the root's <data dir>/ca.pem) or --ca-hash HASH \
+             (the ca_hash the root logs at start)"
+        );
+    }
+    Ok(RootClient::new(root))
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +180,7 @@ pub enum ClusterCommand {
 struct Session {
     root: String,
     creds: Option<Credentials>,
-    ca: Option<std::path::PathBuf>,
+    trust: Trust,
 }
 
 impl Session {
@@ -162,11 +191,12 @@ impl Session {
             .filter(|t| !t.is_empty())
             .map(|token| Credentials { root: root.clone(), token, ..Credentials::default() })
             .or_else(|| settings::read_credentials().filter(|c| c.root == root));
-        Ok(Self { root, creds, ca: global.ca.clone() })
+        let trust = Trust::of(global, settings::read_credentials().filter(|c| c.root == root).as_ref());
+        Ok(Self { root, creds, trust })
     }
 
     fn client(&self) -> anyhow::Result<RootClient> {
-        let c = root_client(&self.root, self.ca.as_deref())?;
+        let c = root_client(&self.root, &self.trust)?;
         Ok(match &self.creds {
             Some(cr) => c.with_token(cr.token.clone()),
             None => c,
@@ -184,7 +214,7 @@ impl Session {
                 let Some(cr) = self.creds.clone().filter(|c| !c.refresh_token.is_empty()) else {
                     return Err(anyhow::anyhow!("{e}; run `oak login --root {}`", self.root));
                 };
-                let fresh = root_client(&self.root, self.ca.as_deref())?
+                let fresh = root_client(&self.root, &self.trust)?
                     .refresh(&cr.refresh_token)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}; run `oak login --root {}`", self.root))?;
@@ -216,12 +246,15 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         None => rpassword::prompt_password(format!("password for {} at {root}: ", args.username))
             .context("cannot read the password")?,
     };
-    let resp = root_client(&root, args.global.ca.as_deref())?.login(&args.username, &password).await?;
+    let trust = Trust::of(&args.global, None);
+    let resp = root_client(&root, &trust)?.login(&args.username, &password).await?;
     settings::write_credentials(&Credentials {
         root: root.clone(),
         username: args.username.clone(),
         token: resp.token,
         refresh_token: resp.refresh_token,
+        ca: trust.ca.map(|p| std::path::absolute(&p).unwrap_or(p)),
+        ca_hash: trust.ca_hash,
     })?;
     if args.global.output == Output::Json {
         print_json(&serde_json::json!({"root": root, "username": args.username}))

@@ -106,14 +106,20 @@ struct RootArgs {
     /// {"location": "LAT,LONG", "radius_km": KM} and/or {"users": ["ADDRESS", ...]}.
     #[arg(long, env = "OAK_AREAS")]
     areas: Option<PathBuf>,
-    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key. Without it the root
+    /// serves HTTPS with a certificate of its own CA (made on first start in the data dir);
+    /// cluster tokens carry that CA's hash.
     #[arg(long, env = "OAK_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// Private key of --tls-cert (PEM).
     #[arg(long, env = "OAK_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Serve plain HTTP on a non-loopback address (e.g. behind a TLS-terminating proxy, or for
-    /// the original oak-cli on a trusted network). Without it, plain HTTP is for loopback only.
+    /// Extra names (DNS or IP) for the root's own serving certificate, for clients that check
+    /// names with `--ca` (clusters joining with a K10 token check the CA only).
+    #[arg(long, value_delimiter = ',')]
+    tls_san: Vec<String>,
+    /// Serve plain HTTP instead of HTTPS (behind a TLS-terminating proxy, or for the original
+    /// oak-cli, which speaks plain HTTP). Passwords and tokens then cross the network in clear.
     #[arg(long)]
     insecure_plain_http: bool,
     /// Most connections open at once (default: the open-file limit less 128, at most 16384).
@@ -171,19 +177,40 @@ async fn run_root(args: RootArgs) -> anyhow::Result<()> {
         tracing::info!(areas = config.areas.len(), "named areas loaded");
     }
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(oak_tls::server_config(cert, key).map_err(anyhow::Error::msg)?),
-        _ => None,
-    };
-    if tls.is_none() && !config.listen.ip().is_loopback() {
-        if !args.insecure_plain_http {
-            anyhow::bail!(
-                "refusing to serve plain HTTP on {}: give --tls-cert and --tls-key (PEM), listen on a loopback \
-                 address, or pass --insecure-plain-http",
-                config.listen
-            );
+        _ if args.insecure_plain_http => {
+            if args.tls_cert.is_some() {
+                anyhow::bail!("--insecure-plain-http and --tls-cert contradict each other: choose one");
+            }
+            if config.listen.ip().is_loopback() {
+                tracing::info!(listen = %config.listen, "serving plain HTTP on loopback (--insecure-plain-http)");
+            } else {
+                tracing::warn!(listen = %config.listen, "serving plain HTTP (--insecure-plain-http): passwords and tokens cross the network in clear");
+            }
+            None
         }
-        tracing::warn!(listen = %config.listen, "serving plain HTTP on a non-loopback address (--insecure-plain-http): passwords and tokens cross the network in clear");
-    }
+        (Some(cert), Some(key)) => {
+            let chain =
+                std::fs::read(cert).map_err(|e| anyhow::anyhow!("cannot read --tls-cert {}: {e}", cert.display()))?;
+            config.tls_pin = oak_tls::chain_pin(&chain).map_err(anyhow::Error::msg)?;
+            Some(oak_tls::server_config(cert, key).map_err(anyhow::Error::msg)?)
+        }
+        _ => {
+            // Zero configuration: the root's own CA, kept in its data dir.
+            oak_store::datadir::prepare(&config.data_dir)?;
+            let ca =
+                oak_tls::pki::Authority::load_or_create(&config.data_dir, "oak root").map_err(anyhow::Error::msg)?;
+            config.tls_pin = Some(ca.hash());
+            tracing::info!(
+                ca = %config.data_dir.join(oak_tls::pki::CA_CERT_FILE).display(),
+                ca_hash = %oak_tls::pki::hex(&ca.hash()),
+                "serving HTTPS with the root's own CA"
+            );
+            Some(
+                ca.server_config(&oak_tls::pki::default_names(config.listen, &args.tls_san))
+                    .map_err(anyhow::Error::msg)?,
+            )
+        }
+    };
     match oak_root::raise_file_limit() {
         Ok(limit) => tracing::info!(open_files = limit, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
@@ -240,7 +267,7 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             }
             Command::Cluster(ClusterCmd { sub: Some(client_cmd::ClusterCommand::List { active, output }), run }) => {
-                let global = client_cmd::Global { root: run.root, output, ca: run.root_ca };
+                let global = client_cmd::Global { root: run.root, output, ca: run.root_ca, ca_hash: None };
                 client_cmd::cluster(global, active).await
             }
             Command::Cluster(ClusterCmd { sub: None, run }) => serve::cluster(run).await,

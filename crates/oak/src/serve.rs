@@ -46,9 +46,22 @@ pub struct ClusterArgs {
     /// register again); the root frees its overlay subnet.
     #[arg(long, default_value_t = 86400)]
     pub forget_worker_after: u64,
-    /// For an `https://` root: the CA certificate (PEM) its certificate must chain to.
+    /// For an `https://` root whose token pins no CA (a bare secret, or an operator's own
+    /// certificates): the CA certificate (PEM) its certificate must chain to. A `K10` token
+    /// needs none.
     #[arg(long, env = "OAK_ROOT_CA")]
     pub root_ca: Option<PathBuf>,
+    /// Serve worker registration over plain HTTP instead of HTTPS: the worker token then
+    /// crosses the network in clear (for a trusted network only).
+    #[arg(long)]
+    pub insecure_plain_http: bool,
+    /// Let workers speak plain MQTT instead of MQTT over TLS: their credentials then cross
+    /// the network in clear (for a trusted network only).
+    #[arg(long)]
+    pub insecure_plain_mqtt: bool,
+    /// Extra names (DNS or IP) for the cluster's own serving certificate.
+    #[arg(long, value_delimiter = ',')]
+    pub tls_san: Vec<String>,
     /// How workers are chosen among those that fit: `best-fit` packs them (keeps room for
     /// large requests), `spread` uses the one with the most free memory.
     #[arg(long, default_value = "best-fit", value_parser = ["best-fit", "spread"])]
@@ -57,12 +70,22 @@ pub struct ClusterArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct WorkerArgs {
-    /// URL of the cluster's worker registration endpoint.
+    /// URL of the cluster's worker registration endpoint (`https://HOST:10100`; a bare
+    /// `HOST:PORT` means https).
     #[arg(long, env = "OAK_CLUSTER_URL")]
     pub cluster: String,
-    /// The cluster's worker token.
+    /// The cluster's worker token: `K10<ca-hash>::<secret>` pins the cluster's CA, so no CA
+    /// file is needed.
     #[arg(long, env = "OAK_WORKER_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// The CA certificate (PEM) the cluster's certificate must chain to, for a token that
+    /// pins none.
+    #[arg(long, env = "OAK_CLUSTER_CA")]
+    pub cluster_ca: Option<PathBuf>,
+    /// Register over plain HTTP (an `http://` cluster URL): the worker token then crosses the
+    /// network in clear (for a trusted network only).
+    #[arg(long)]
+    pub insecure_plain_http: bool,
     #[arg(long, default_value = "/var/lib/oak/worker")]
     pub data_dir: PathBuf,
     /// Name of this worker (default: the host name).
@@ -127,6 +150,9 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         worker_token: args.worker_token,
         report_interval: Duration::from_millis(args.report_interval_ms.max(100)),
         root_ca: args.root_ca,
+        insecure_plain_http: args.insecure_plain_http,
+        insecure_plain_mqtt: args.insecure_plain_mqtt,
+        tls_san: args.tls_san,
         policy: if args.placement == "spread" { oak_cluster::Policy::Spread } else { oak_cluster::Policy::BestFit },
         timing: oak_cluster::core::Timing {
             heartbeat_timeout: args.heartbeat_timeout_ms as f64 / 1000.0,
@@ -161,9 +187,24 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         oak_runtime::containerd::ContainerdRuntime::connect(&args.containerd_socket, &args.containerd_namespace)
             .await?
             .with_pull_timeout(Duration::from_secs(args.pull_timeout));
+    let cluster_url = crate::settings::normalize(&args.cluster);
+    let token = oak_tls::pki::JoinToken::parse(&args.token).map_err(|e| anyhow::anyhow!("--token: {e}"))?;
+    let tls = oak_tls::pki::client_config_for(&token, args.cluster_ca.as_deref()).map_err(anyhow::Error::msg)?;
+    if cluster_url.starts_with("http://") && !args.insecure_plain_http {
+        anyhow::bail!(
+            "refusing to register over plain HTTP ({cluster_url}): the worker token would cross the network in clear; \
+             use https:// (the default), or pass --insecure-plain-http on a trusted network"
+        );
+    }
+    if cluster_url.starts_with("https://") && tls.is_none() {
+        anyhow::bail!(
+            "the worker token pins no CA: use the cluster's K10 token (<cluster data dir>/worker-token), or give --cluster-ca FILE"
+        );
+    }
     let config = oak_worker::WorkerConfig {
-        cluster_url: crate::settings::normalize(&args.cluster),
+        cluster_url,
         token: args.token,
+        tls,
         data_dir: args.data_dir,
         name: args.name.unwrap_or_else(hostname),
         location: args.location,

@@ -2,14 +2,14 @@
 //!
 //! The root URL comes from `--root`, else `OAK_ROOT`, else `root = "..."` in the config file
 //! (`$OAK_CONFIG`, else `$XDG_CONFIG_HOME/oak/config.toml`, else `~/.config/oak/config.toml`),
-//! else the URL of the last login, else `http://127.0.0.1:10000`. Tokens are kept in
+//! else the URL of the last login, else `https://127.0.0.1:10000`. Tokens are kept in
 //! `credentials.json` next to the config file, readable by the owner only.
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-pub const DEFAULT_ROOT: &str = "http://127.0.0.1:10000";
+pub const DEFAULT_ROOT: &str = "https://127.0.0.1:10000";
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ConfigFile {
@@ -22,6 +22,11 @@ pub struct Credentials {
     pub username: String,
     pub token: String,
     pub refresh_token: String,
+    /// How the root was trusted at login (`--ca`, `--ca-hash`), for the commands after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_hash: Option<String>,
 }
 
 pub fn config_dir() -> PathBuf {
@@ -98,8 +103,8 @@ pub fn resolve_root(flag: Option<&str>) -> anyhow::Result<String> {
     Ok(DEFAULT_ROOT.to_owned())
 }
 
-/// Accepts `host:port` as well as a URL.
+/// Accepts `host:port` (meaning https) as well as a URL.
 pub fn normalize(root: &str) -> String {
     let r = root.trim().trim_end_matches('/');
-    if r.starts_with("http://") || r.starts_with("https://") { r.to_owned() } else { format!("http://{r}") }
+    if r.starts_with("http://") || r.starts_with("https://") { r.to_owned() } else { format!("https://{r}") }
 }

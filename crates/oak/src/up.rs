@@ -106,11 +106,11 @@ impl Drop for Hierarchy {
     }
 }
 
-async fn wait_ready(url: &str) -> anyhow::Result<()> {
+async fn wait_ready(url: &str, ca_hash: [u8; 32]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
-    let http = oak_tls::http_client();
+    let client = RootClient::with_ca_hash(url, ca_hash)?;
     while Instant::now() < deadline {
-        if http.get(format!("{url}/docs/openapi.json")).send().await.is_ok_and(|r| r.status().is_success()) {
+        if client.request::<serde_json::Value>(reqwest::Method::GET, "/docs/openapi.json", None::<&()>).await.is_ok() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -142,7 +142,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     oak_store::datadir::prepare(&dir)?;
     let mut h = Hierarchy { children: Vec::new(), hosts: Vec::new(), dir: dir.clone(), remove_dir };
     let password = crate::admin_password_from_env().unwrap_or_else(|| oak_root::DEFAULT_ADMIN_PASSWORD.to_owned());
-    let url = format!("http://{}", args.listen);
+    let url = format!("https://{}", args.listen);
 
     println!(
         "starting a root, {} cluster(s) and {} worker(s) per cluster (logs in {})",
@@ -161,8 +161,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ],
         &[],
     )?;
-    wait_ready(&url).await?;
+    // The root writes its token (K10<ca-hash>::<secret>) before it serves: the hash is how
+    // everything here trusts it, with no CA file passed around.
     let cluster_token = read_secret(&dir.join("root").join("cluster-token"))?;
+    let ca_hash = oak_tls::pki::JoinToken::parse(&cluster_token)
+        .ok()
+        .and_then(|t| t.ca_hash)
+        .ok_or_else(|| anyhow::anyhow!("the root's cluster token pins no CA"))?;
+    wait_ready(&url, ca_hash).await?;
     if is_root {
         oak_runtime::testimage::import("oak").map_err(anyhow::Error::msg).context("cannot load the sample image")?;
     } else {
@@ -209,12 +215,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 let (ns, veth) = (format!("oak-up-{name}"), format!("oakup{c}x{w}"));
                 let host = oak_runtime::netns::create_host(&ns, &veth, 213, c * 16 + w).map_err(anyhow::Error::msg)?;
                 h.hosts.push((ns.clone(), veth));
-                wargs.extend(["--netns".into(), ns, "--cluster".into(), format!("http://{}:{port}", host.gateway)]);
+                wargs.extend(["--netns".into(), ns, "--cluster".into(), format!("https://{}:{port}", host.gateway)]);
             } else {
                 // One network for all: each worker's latency probes on a port of its own.
                 wargs.extend([
                     "--cluster".into(),
-                    format!("http://127.0.0.1:{port}"),
+                    format!("https://127.0.0.1:{port}"),
                     "--probe-port".into(),
                     "0".into(),
                 ]);
@@ -223,7 +229,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
 
-    let result = demo(&url, &password, &args).await;
+    let result = demo(&url, ca_hash, &password, &args).await;
     match &result {
         Ok(()) => {
             println!("\npress Ctrl-C to stop and remove everything");
@@ -237,15 +243,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn demo(url: &str, password: &str, args: &UpArgs) -> anyhow::Result<()> {
-    let login = RootClient::new(url).login("Admin", password).await?;
+async fn demo(url: &str, ca_hash: [u8; 32], password: &str, args: &UpArgs) -> anyhow::Result<()> {
+    let login = RootClient::with_ca_hash(url, ca_hash)?.login("Admin", password).await?;
     settings::write_credentials(&Credentials {
         root: url.to_owned(),
         username: "Admin".into(),
         token: login.token.clone(),
         refresh_token: login.refresh_token,
+        ca: None,
+        ca_hash: Some(oak_tls::pki::hex(&ca_hash)),
     })?;
-    let client = RootClient::new(url).with_token(login.token);
+    let client = RootClient::with_ca_hash(url, ca_hash)?.with_token(login.token);
     // Wait for the clusters and their workers to join.
     let want = u32::from(args.workers) * u32::from(args.clusters);
     let deadline = Instant::now() + Duration::from_secs(30);

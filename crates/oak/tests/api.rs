@@ -461,8 +461,9 @@ async fn bad_requests_get_clear_4xx_answers() {
     }
     // An oversized body is refused from its Content-Length, before it is read. The server may
     // close the connection before the client finishes sending, so speak raw HTTP.
-    let addr = root.url.trim_start_matches("http://").to_owned();
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let addr = root.addr();
+    let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let mut stream = common::tls_connect(port, root.ca_hash.unwrap()).await;
     let size = 2 * 1024 * 1024;
     let head = format!(
         "POST /api/application HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
@@ -525,12 +526,12 @@ async fn openapi_and_swagger_ui_are_served() {
     ] {
         assert!(paths.contains_key(p), "openapi lacks {p}");
     }
-    let html = reqwest::get(format!("{}/api/docs/", root.url)).await.unwrap();
+    let html = root.http().get(format!("{}/api/docs/", root.url)).send().await.unwrap();
     assert_eq!(html.status(), 200);
     let text = html.text().await.unwrap();
     assert!(text.contains("swagger-ui"), "{text}");
     assert!(!text.contains("https://"), "Swagger UI must work offline");
-    let js = reqwest::get(format!("{}/api/docs/swagger-ui-bundle.js", root.url)).await.unwrap();
+    let js = root.http().get(format!("{}/api/docs/swagger-ui-bundle.js", root.url)).send().await.unwrap();
     assert_eq!(js.status(), 200);
 }
 
@@ -636,7 +637,7 @@ async fn repeated_failed_logins_are_throttled() {
 
 /// Opens the cluster link by hand: 101 when the token is accepted, 401 when not.
 async fn link_status(root: &RootProcess, token: &str) -> u16 {
-    common::http()
+    root.http()
         .get(format!("{}/api/cluster/link", root.url))
         .header("authorization", format!("Bearer {token}"))
         .header("connection", "Upgrade")

@@ -10,11 +10,14 @@ use std::process::Command;
 
 struct Cli {
     config: tempfile::TempDir,
+    /// `OAK_CA_HASH` for every command: the root's own CA, as its log and tokens show it.
+    ca_hash: String,
 }
 
 impl Cli {
-    fn new() -> Self {
-        Self { config: common::tempdir() }
+    /// A CLI that trusts `root` (by its CA hash, given in the environment).
+    fn trusting(root: &RootProcess) -> Self {
+        Self { config: common::tempdir(), ca_hash: hash_of(root) }
     }
 
     fn run(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
@@ -24,7 +27,8 @@ impl Cli {
             .env_remove("OAK_ROOT")
             .env_remove("OAK_TOKEN")
             .env_remove("OAK_CONFIG")
-            .env_remove("OAK_PASSWORD");
+            .env_remove("OAK_PASSWORD")
+            .env("OAK_CA_HASH", &self.ca_hash);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -43,6 +47,10 @@ impl Cli {
     }
 }
 
+fn hash_of(root: &RootProcess) -> String {
+    oak_tls::pki::hex(&root.ca_hash.unwrap())
+}
+
 fn fixture(rel: &str) -> String {
     common::shared_sla(rel).to_string_lossy().into_owned()
 }
@@ -50,7 +58,7 @@ fn fixture(rel: &str) -> String {
 #[tokio::test]
 async fn login_create_list_show_delete() {
     let root = RootProcess::start().await;
-    let cli = Cli::new();
+    let cli = Cli::trusting(&root);
     let url = root.url.clone();
 
     // Not logged in: a clear error that says what to do.
@@ -99,7 +107,7 @@ async fn login_create_list_show_delete() {
 async fn root_address_from_env_and_config_file() {
     let root = RootProcess::start().await;
     let other = RootProcess::start().await;
-    let cli = Cli::new();
+    let cli = Cli::trusting(&root);
     let token = root.client().login("Admin", "Admin").await.unwrap().token;
 
     // OAK_ROOT + OAK_TOKEN, no stored login at all.
@@ -110,7 +118,7 @@ async fn root_address_from_env_and_config_file() {
     let cfg = cli.config.path().join("oak/config.toml");
     std::fs::create_dir_all(cfg.parent().unwrap()).unwrap();
     std::fs::write(&cfg, format!("root = \"{}\"\n", other.url.trim_start_matches("http://"))).unwrap();
-    cli.ok(&["login"], &[("OAK_PASSWORD", "Admin")]);
+    cli.ok(&["login"], &[("OAK_PASSWORD", "Admin"), ("OAK_CA_HASH", &hash_of(&other))]);
     let creds: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cli.config.path().join("oak/credentials.json")).unwrap())
             .unwrap();
@@ -126,7 +134,7 @@ async fn root_address_from_env_and_config_file() {
 #[tokio::test]
 async fn quotas_from_the_command_line() {
     let root = RootProcess::start().await;
-    let cli = Cli::new();
+    let cli = Cli::trusting(&root);
     let url = root.url.clone();
     cli.ok(&["login", "--root", &url, "-u", "Admin"], &[("OAK_PASSWORD", "Admin")]);
     let admin = root.admin().await;

@@ -44,6 +44,9 @@ async fn start_cluster(tmp: &Path, ulimit: Option<u32>, env: &[(&str, &str)]) ->
         .arg(format!("{limit}exec \"$0\" \"$@\""))
         .arg(OAK)
         .args(["cluster", "--root", &root.url, "--name", "c1"])
+        // The registration server's own bounds, with raw HTTP; the TLS accept path is the
+        // same loop (oak_tls::serve), tested over TLS in connections.rs.
+        .arg("--insecure-plain-http")
         .args(["--listen", &format!("127.0.0.1:{port}"), "--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
         .arg("--data-dir")
         .arg(&dir)

@@ -38,8 +38,13 @@ fn crowded_root(dir: &Path, port: u16, tls: Option<&Path>) -> (Proc, Arc<parking
         .env_remove("OAK_ADMIN_PASSWORD")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    if let Some(pki) = tls {
-        cmd.arg("--tls-cert").arg(pki.join("root-cert.pem")).arg("--tls-key").arg(pki.join("root-key.pem"));
+    match tls {
+        Some(pki) => {
+            cmd.arg("--tls-cert").arg(pki.join("root-cert.pem")).arg("--tls-key").arg(pki.join("root-key.pem"));
+        }
+        None => {
+            cmd.arg("--insecure-plain-http");
+        }
     }
     let mut child = cmd.spawn().unwrap();
     let log = common::conns::collect_log(&mut child);
@@ -146,7 +151,8 @@ async fn read_head(conn: &mut TcpStream) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickled_heads_and_silent_connections_are_cut_after_the_header_timeout() {
     // The idle timeout is far off: only the header timeout (2 s) can end these.
-    let root = RootProcess::start_env(&[("OAK_HEADER_TIMEOUT_MS", "2000"), ("OAK_IDLE_TIMEOUT_MS", "60000")]).await;
+    let root =
+        RootProcess::start_plain_env(&[("OAK_HEADER_TIMEOUT_MS", "2000"), ("OAK_IDLE_TIMEOUT_MS", "60000")]).await;
     let addr = root.url.trim_start_matches("http://").to_owned();
 
     let trickle = {
@@ -217,7 +223,7 @@ async fn open_link(addr: &str, token: &str) -> TcpStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_idle_timeout_ends_a_silent_cluster_link_but_not_one_with_traffic() {
     let token = "connections-test-token";
-    let root = RootProcess::start_env(&[("OAK_CLUSTER_TOKEN", token), ("OAK_IDLE_TIMEOUT_MS", "2000")]).await;
+    let root = RootProcess::start_plain_env(&[("OAK_CLUSTER_TOKEN", token), ("OAK_IDLE_TIMEOUT_MS", "2000")]).await;
     let addr = root.url.trim_start_matches("http://").to_owned();
 
     // Silent after the upgrade: closed by the idle timeout (2 s), long before the link's own

@@ -45,6 +45,7 @@ async fn deploy_two_services_then_delete_leaves_nothing() {
             .args(args)
             .env("OAK_ROOT", &h.root.url)
             .env("OAK_TOKEN", h.admin.token().unwrap())
+            .env("OAK_CA_HASH", oak_tls::pki::hex(&h.root.ca_hash.unwrap()))
             .env("XDG_CONFIG_HOME", h.worker_dir(0))
             .output()
             .unwrap();
@@ -262,8 +263,10 @@ async fn a_restarted_worker_is_the_same_node_and_cleans_up() {
 }
 
 /// Connects to the broker and returns how the connection attempt ended.
-async fn mqtt_connect(port: u16, client_id: &str, creds: Option<(&str, &str)>) -> Result<(), String> {
+async fn mqtt_connect(port: u16, pin: [u8; 32], client_id: &str, creds: Option<(&str, &str)>) -> Result<(), String> {
     let mut opts = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+    let tls = oak_tls::pki::pinned_client_config(pin).unwrap();
+    opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
     if let Some((u, p)) = creds {
         opts.set_credentials(u, p);
     }
@@ -285,18 +288,18 @@ async fn the_broker_refuses_anonymous_and_foreign_clients() {
         return;
     }
     let h = Hierarchy::start("mqt", 1).await;
-    assert!(mqtt_connect(h.mqtt_port, "anon", None).await.is_err(), "anonymous");
-    assert!(mqtt_connect(h.mqtt_port, "x-ne", Some(("x", "guess"))).await.is_err(), "unknown user");
+    assert!(mqtt_connect(h.mqtt_port, h.cluster_pin(), "anon", None).await.is_err(), "anonymous");
+    assert!(mqtt_connect(h.mqtt_port, h.cluster_pin(), "x-ne", Some(("x", "guess"))).await.is_err(), "unknown user");
     // A worker's own credentials work only with its own client id.
     let token = std::fs::read_to_string(h.worker_dir(0).join("node-id")).unwrap();
     assert!(
-        mqtt_connect(h.mqtt_port, &format!("{token}-ne"), Some((&token, "wrong"))).await.is_err(),
+        mqtt_connect(h.mqtt_port, h.cluster_pin(), &format!("{token}-ne"), Some((&token, "wrong"))).await.is_err(),
         "wrong password"
     );
     // Registration needs the worker token.
     let register = |token: String| {
-        common::http()
-            .post(format!("http://127.0.0.1:{}/api/node/register", h.cluster_port()))
+        common::pinned_http(h.cluster_pin())
+            .post(format!("https://127.0.0.1:{}/api/node/register", h.cluster_port()))
             .bearer_auth(token)
             .json(&json!({"name": "nosy", "ip": "1.2.3.4", "arch": "amd64", "runtimes": [], "cpu_cores": 1.0, "memory_mb": 1, "session": "s"}))
             .send()
@@ -307,8 +310,11 @@ async fn the_broker_refuses_anonymous_and_foreign_clients() {
     // can subscribe and publish only under its own nodes/<id>/ (the cluster's guard).
     let reg: serde_json::Value = register(h.worker_token().to_owned()).await.unwrap().json().await.unwrap();
     let (id, pw) = (reg["id"].as_str().unwrap().to_owned(), reg["mqtt_password"].as_str().unwrap().to_owned());
+    assert_eq!(reg["mqtt_tls"], true, "{reg}");
     let mut opts = rumqttc::MqttOptions::new(format!("{id}-ne"), "127.0.0.1", h.mqtt_port);
     opts.set_credentials(id.clone(), pw);
+    let tls = oak_tls::pki::pinned_client_config(h.cluster_pin()).unwrap();
+    opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
     let (c, mut ev) = rumqttc::AsyncClient::new(opts, 10);
     let other = token.trim().to_owned();
     c.subscribe(format!("nodes/{id}/control/#"), rumqttc::QoS::AtLeastOnce).await.unwrap();

@@ -92,12 +92,13 @@ async fn root_and_cluster(tmp: &Path) -> (RootProcess, Proc, String, u16, String
             .spawn()
             .unwrap(),
     ));
-    let url = format!("http://127.0.0.1:{port}/api/node/register");
+    let url = format!("https://127.0.0.1:{port}/api/node/register");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         assert!(Instant::now() < deadline, "the cluster did not start");
         if let Ok(t) = std::fs::read_to_string(dir.join("worker-token"))
-            && reqwest::Client::new().post(&url).send().await.is_ok()
+            && t.starts_with("K10")
+            && common::pinned_http(common::token_pin(&t)).post(&url).send().await.is_ok()
         {
             return (root, p, url, mqtt, t.trim().to_owned());
         }
@@ -117,20 +118,21 @@ fn registration(extra: serde_json::Value) -> serde_json::Value {
 }
 
 async fn register(url: &str, token: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-    let r = reqwest::Client::new().post(url).bearer_auth(token).json(&body).send().await.unwrap();
+    let r =
+        common::pinned_http(common::token_pin(token)).post(url).bearer_auth(token).json(&body).send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or_default())
 }
 
 /// An MQTT 3.1.1 CONNECT as `user`; what the guard answers (empty: it closed).
-async fn mqtt_login(port: u16, client_id: &str, user: &str, password: &str) -> Vec<u8> {
+async fn mqtt_login(port: u16, pin: [u8; 32], client_id: &str, user: &str, password: &str) -> Vec<u8> {
     let s = |x: &str| [(x.len() as u16).to_be_bytes().to_vec(), x.as_bytes().to_vec()].concat();
     let mut body = s("MQTT");
     body.extend([4, 0xc2, 0, 5]);
     body.extend(s(client_id));
     body.extend(s(user));
     body.extend(s(password));
-    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut c = common::tls_connect(port, pin).await;
     let mut packet = vec![0x10];
     let mut len = body.len();
     loop {
@@ -176,9 +178,16 @@ async fn the_worker_token_does_not_make_a_worker_the_cluster_or_another_worker()
         assert_eq!(body["code"], "forbidden");
     }
     // The victim's credentials still log in; the cluster's own name never does.
-    let ok = mqtt_login(mqtt, &format!("{id}-ne"), &id, victim["mqtt_password"].as_str().unwrap()).await;
+    let ok = mqtt_login(
+        mqtt,
+        common::token_pin(&token),
+        &format!("{id}-ne"),
+        &id,
+        victim["mqtt_password"].as_str().unwrap(),
+    )
+    .await;
     assert_eq!(ok, [0x20, 2, 0, 0], "the victim's login");
-    let refused = mqtt_login(mqtt, "oak-cluster", "oak-cluster", "anything").await;
+    let refused = mqtt_login(mqtt, common::token_pin(&token), "oak-cluster", "oak-cluster", "anything").await;
     assert_ne!(refused.get(3), Some(&0), "logged in as the cluster: {refused:?}");
 
     // The worker itself, with its secret, is the same node again (and keeps its secret).
@@ -221,7 +230,7 @@ async fn registrations_with_impossible_numbers_or_duplicate_keys_are_refused_by_
         assert_eq!(body["violations"][0]["field"], field, "{extra}: {body}");
     }
     let dup = r#"{"name":"w","name":"x","ip":"127.0.0.1","arch":"amd64","runtimes":[],"cpu_cores":1,"memory_mb":1}"#;
-    let r = reqwest::Client::new()
+    let r = common::pinned_http(common::token_pin(&token))
         .post(&url)
         .bearer_auth(&token)
         .header("content-type", "application/json")
@@ -233,7 +242,13 @@ async fn registrations_with_impossible_numbers_or_duplicate_keys_are_refused_by_
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["violations"][0]["field"], "name", "{body}");
     // Too big: the error shape, not plain text.
-    let r = reqwest::Client::new().post(&url).bearer_auth(&token).body(vec![b' '; 32 * 1024]).send().await.unwrap();
+    let r = common::pinned_http(common::token_pin(&token))
+        .post(&url)
+        .bearer_auth(&token)
+        .body(vec![b' '; 32 * 1024])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 413);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["code"], "payload_too_large");
@@ -245,7 +260,12 @@ fn body(v: &serde_json::Value) -> Option<Vec<u8>> {
 
 /// A login from `from` (any 127.0.0.0/8 address reaches a root on 127.0.0.1).
 async fn login_from(root: &RootProcess, from: [u8; 4], user: &str, password: &str) -> u16 {
-    let c = reqwest::Client::builder().local_address(std::net::IpAddr::from(from)).build().unwrap();
+    let tls = oak_tls::pki::pinned_client_config(root.ca_hash.unwrap()).unwrap();
+    let c = oak_tls::http_client_builder()
+        .use_preconfigured_tls((*tls).clone())
+        .local_address(std::net::IpAddr::from(from))
+        .build()
+        .unwrap();
     let r = c
         .post(format!("{}/api/auth/login", root.url))
         .json(&serde_json::json!({"username": user, "password": password}))
@@ -294,7 +314,9 @@ async fn logins_are_bounded_and_an_attacker_elsewhere_cannot_lock_out_admin() {
     }
     assert_eq!(login_from(&root, [127, 0, 0, 2], "Admin", "Admin").await, 429);
     assert_eq!(login_from(&root, [127, 0, 0, 1], "Admin", "Admin").await, 200, "the owner, elsewhere");
-    let r = reqwest::Client::builder()
+    let tls = oak_tls::pki::pinned_client_config(root.ca_hash.unwrap()).unwrap();
+    let r = oak_tls::http_client_builder()
+        .use_preconfigured_tls((*tls).clone())
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
         .build()
         .unwrap()

@@ -41,7 +41,7 @@ async fn the_original_cli_works_against_our_root() {
     let mut root = None;
     for _ in 0..50 {
         if std::net::TcpListener::bind("127.0.0.1:10000").is_ok() {
-            root = Some(RootProcess::start_on_port(dir.path(), 10000).await);
+            root = Some(RootProcess::start_plain_on_port(dir.path(), 10000).await);
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -167,7 +167,7 @@ async fn silent_guard_with(creds: crate::broker::Credentials) -> std::net::Socke
     });
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
     let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    tokio::spawn(serve(l, up, creds));
+    tokio::spawn(serve(l, up, creds, None));
     addr
 }
 

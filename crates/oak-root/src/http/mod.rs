@@ -31,6 +31,8 @@ pub struct AppState {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) hub: Arc<link::Hub>,
     pub(crate) cluster_token: Arc<String>,
+    /// The CA hash join tokens carry (see `RootConfig::tls_pin`).
+    pub(crate) tls_pin: Option<oak_tls::pki::CaHash>,
     max_body_bytes: usize,
 }
 
@@ -51,8 +53,19 @@ impl AppState {
             clock,
             hub: Arc::default(),
             cluster_token: Arc::new(cluster_token),
+            tls_pin: None,
             max_body_bytes,
         }
+    }
+
+    pub fn with_tls_pin(mut self, pin: Option<oak_tls::pki::CaHash>) -> Self {
+        self.tls_pin = pin;
+        self
+    }
+
+    /// A join token's text for `secret`: with the CA hash when the root serves TLS.
+    pub(crate) fn join_token(&self, secret: &str) -> String {
+        oak_tls::pki::JoinToken { ca_hash: self.tls_pin, secret: secret.to_owned() }.render()
     }
 
     /// Runs a blocking registry operation (it fsyncs) off the async executor.

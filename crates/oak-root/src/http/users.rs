@@ -407,7 +407,9 @@ pub(super) async fn create_token(
     JsonBody(req): JsonBody<TokenRequest>,
 ) -> Result<Json<crate::registry::NewJoinToken>, ApiError> {
     caller.require_admin()?;
-    state.blocking(move |r| Ok(Json(r.create_join_token(&req.name)?))).await
+    let mut t = state.blocking(move |r| Ok(r.create_join_token(&req.name)?)).await?;
+    t.secret = state.join_token(&t.secret);
+    Ok(Json(t))
 }
 
 /// List join tokens, without their secrets (Admin only).

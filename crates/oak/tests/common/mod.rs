@@ -33,9 +33,14 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A running `oak root` process. Killed when dropped.
+/// A running `oak root` process. Killed when dropped. It serves HTTPS with its own CA (as
+/// by default), trusted here through the hash its cluster token carries; or plain HTTP when
+/// started with [`RootProcess::start_plain_on_port`].
 pub struct RootProcess {
     child: Option<Child>,
+    /// The root's CA hash (from its K10 cluster token); `None` for a plain-HTTP root.
+    pub ca_hash: Option<[u8; 32]>,
+    plain: bool,
     pub url: String,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -57,6 +62,17 @@ impl RootProcess {
         Self::start_on(dir, admin_password, None, &[]).await
     }
 
+    /// A plain-HTTP root (`--insecure-plain-http`) with a fresh data dir and extra environment:
+    /// for tests of the HTTP server's own limits with raw requests (the TLS accept path has
+    /// its tests in tls.rs and connections.rs).
+    pub async fn start_plain_env(env: &[(&str, &str)]) -> Self {
+        let tmp = tempdir();
+        let dir = tmp.path().to_path_buf();
+        let mut r = Self::start_opts(&dir, None, None, env, true).await;
+        r._tmp = Some(tmp);
+        r
+    }
+
     /// A root with a fresh data dir and extra environment (e.g. OAK_CLUSTER_TIMEOUT_MS).
     pub async fn start_env(env: &[(&str, &str)]) -> Self {
         let tmp = tempdir();
@@ -71,13 +87,29 @@ impl RootProcess {
         Self::start_on(dir, None, Some(port), &[]).await
     }
 
+    /// A root serving plain HTTP (`--insecure-plain-http`), as the original oak-cli needs.
+    pub async fn start_plain_on_port(dir: &Path, port: u16) -> Self {
+        Self::start_opts(dir, None, Some(port), &[], true).await
+    }
+
     /// Like [`start_in`], on a given port (a restart keeps its address).
     async fn start_on(dir: &Path, admin_password: Option<&str>, port: Option<u16>, env: &[(&str, &str)]) -> Self {
+        Self::start_opts(dir, admin_password, port, env, false).await
+    }
+
+    async fn start_opts(
+        dir: &Path,
+        admin_password: Option<&str>,
+        port: Option<u16>,
+        env: &[(&str, &str)],
+        plain: bool,
+    ) -> Self {
         for _ in 0..5 {
             let port = port.unwrap_or_else(free_port);
             let mut cmd = Command::new(OAK);
             cmd.args(["root", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
                 .arg(dir)
+                .args(plain.then_some("--insecure-plain-http"))
                 .env("RUST_LOG", log_level())
                 .env_remove("OAK_ADMIN_PASSWORD")
                 .stdout(Stdio::null())
@@ -91,7 +123,9 @@ impl RootProcess {
             let child = cmd.spawn().unwrap();
             let mut r = RootProcess {
                 child: Some(child),
-                url: format!("http://127.0.0.1:{port}"),
+                ca_hash: None,
+                plain,
+                url: format!("{}://127.0.0.1:{port}", if plain { "http" } else { "https" }),
                 data_dir: dir.to_path_buf(),
                 _tmp: None,
                 admin_password: admin_password.map(str::to_owned),
@@ -106,7 +140,18 @@ impl RootProcess {
 
     async fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let http = http();
+        // The root writes its K10 cluster token before it serves.
+        while !self.plain && self.ca_hash.is_none() && Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
+                return false;
+            }
+            self.ca_hash = std::fs::read_to_string(self.data_dir.join("cluster-token"))
+                .ok()
+                .and_then(|t| oak_tls::pki::JoinToken::parse(&t).ok())
+                .and_then(|t| t.ca_hash);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let http = self.http();
         while Instant::now() < deadline {
             if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
                 return false;
@@ -137,7 +182,8 @@ impl RootProcess {
     pub async fn restart_in_place(&mut self) {
         self.kill();
         let port = self.url.rsplit(':').next().and_then(|p| p.parse().ok());
-        let mut fresh = Self::start_on(&self.data_dir.clone(), self.admin_password.as_deref(), port, &[]).await;
+        let mut fresh =
+            Self::start_opts(&self.data_dir.clone(), self.admin_password.as_deref(), port, &[], self.plain).await;
         self.child = fresh.child.take();
     }
 
@@ -146,13 +192,30 @@ impl RootProcess {
         self.kill();
         let tmp = self._tmp.take();
         let port = self.url.rsplit(':').next().and_then(|p| p.parse().ok());
-        let mut r = Self::start_on(&self.data_dir.clone(), self.admin_password.as_deref(), port, &[]).await;
+        let mut r =
+            Self::start_opts(&self.data_dir.clone(), self.admin_password.as_deref(), port, &[], self.plain).await;
         r._tmp = tmp;
         r
     }
 
     pub fn client(&self) -> RootClient {
-        RootClient::new(&self.url)
+        match self.ca_hash {
+            Some(h) => RootClient::with_ca_hash(&self.url, h).unwrap(),
+            None => RootClient::new(&self.url),
+        }
+    }
+
+    /// An HTTP client that trusts this root (its CA by hash), and only it.
+    pub fn http(&self) -> reqwest::Client {
+        match self.ca_hash {
+            Some(h) => pinned_http(h),
+            None => http(),
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        self.url.rsplit("://").next().unwrap_or_default().to_owned()
     }
 
     /// Logs in and returns a client holding the access token.
@@ -187,7 +250,7 @@ impl RootProcess {
         token: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> (u16, serde_json::Value) {
-        let mut req = http().request(method, format!("{}{path}", self.url));
+        let mut req = self.http().request(method, format!("{}{path}", self.url));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -494,7 +557,7 @@ impl Hierarchy {
         };
         Proc(Some(
             Command::new(OAK)
-                .args(["worker", "--netns", &netns, "--cluster", &format!("http://{gateway}:{port}")])
+                .args(["worker", "--netns", &netns, "--cluster", &format!("https://{gateway}:{port}")])
                 .args(["--token", token, "--name", &format!("{}-w{i}", self.prefix)])
                 .args(["--containerd-namespace", &self.ns, "--stop-grace", "1"])
                 .args(self.worker_args.get(i).into_iter().flatten())
@@ -530,6 +593,11 @@ impl Hierarchy {
 
     pub fn cluster_port(&self) -> u16 {
         self.cluster_port
+    }
+
+    /// The hash of the cluster's CA, which its K10 worker token pins.
+    pub fn cluster_pin(&self) -> [u8; 32] {
+        token_pin(&self.worker_token)
     }
 
     /// The token workers register with at the first cluster.
@@ -637,8 +705,28 @@ pub fn fetch_from(container: &str, url: &str) -> Result<String, String> {
 }
 
 /// An HTTP client (TLS through the ring provider).
+/// A client for plain HTTP (or a server whose certificate nothing here trusts: it fails).
 pub fn http() -> reqwest::Client {
     oak_tls::http_client()
+}
+
+/// A client that trusts only a server proving itself with the CA whose hash is `ca_hash`.
+pub fn pinned_http(ca_hash: [u8; 32]) -> reqwest::Client {
+    let tls = oak_tls::pki::pinned_client_config(ca_hash).unwrap();
+    oak_tls::http_client_builder().use_preconfigured_tls((*tls).clone()).build().unwrap()
+}
+
+/// A TLS connection to `127.0.0.1:port`, trusting only the CA whose hash is `ca_hash`.
+pub async fn tls_connect(port: u16, ca_hash: [u8; 32]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tls = oak_tls::pki::pinned_client_config(ca_hash).unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.unwrap()
+}
+
+/// The CA hash a K10 token pins.
+pub fn token_pin(token: &str) -> [u8; 32] {
+    oak_tls::pki::JoinToken::parse(token).unwrap().ca_hash.expect("a K10 token")
 }
 
 pub fn openssl(dir: &Path, args: &[&str]) {
