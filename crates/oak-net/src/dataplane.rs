@@ -320,31 +320,51 @@ fn ingress_loop(proxy: &Proxy, tunnel: Option<&Tunnel>, tun: &Tun, sock: &UdpSoc
         for i in 0..n {
             let Some(from) = gro.source(i) else { continue };
             let Some((buf, seg)) = gro.datagram_mut(i) else { break };
-            let seg = seg.max(1);
-            let (plain, seg) = match tunnel {
-                Some(t) => {
-                    let (slot, total) = t.open(from, buf, seg, &mut opened, &mut ok);
-                    let plain = &mut opened[..total];
-                    for (pkt, ok) in plain.chunks_mut(slot.max(1)).zip(ok.iter_mut()) {
-                        *ok = *ok && proxy.ingress(pkt);
-                    }
-                    (plain, slot.max(1))
-                }
-                None => {
-                    ok.clear();
-                    ok.extend(buf.chunks_mut(seg).map(|pkt| {
-                        if tunnel::looks_encrypted(pkt) {
-                            proxy.stats.tunnel.count(Reject::Encrypted);
-                            return false;
-                        }
-                        proxy.ingress(pkt)
-                    }));
-                    (buf, seg)
-                }
-            };
-            offload::coalesce(plain, seg, &ok, |parts| {
+            ingress_datagram(proxy, tunnel, from, buf, seg, &mut opened, &mut ok, |parts| {
                 let _ = tun.write_parts(parts);
             });
         }
     }
 }
+
+/// One datagram of a GRO read (segments of `seg` bytes) from `from`: opened when the tunnel
+/// is encrypted (into `opened`), each packet translated, consecutive segments glued; `write`
+/// gets the parts of each packet for the TUN.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn ingress_datagram(
+    proxy: &Proxy,
+    tunnel: Option<&Tunnel>,
+    from: SocketAddrV4,
+    buf: &mut [u8],
+    seg: usize,
+    opened: &mut [u8],
+    ok: &mut Vec<bool>,
+    write: impl FnMut(&[std::io::IoSlice<'_>]),
+) {
+    let seg = seg.max(1);
+    let (plain, seg) = match tunnel {
+        Some(t) => {
+            let (slot, total) = t.open(from, buf, seg, opened, ok);
+            let plain = &mut opened[..total];
+            for (pkt, ok) in plain.chunks_mut(slot.max(1)).zip(ok.iter_mut()) {
+                *ok = *ok && proxy.ingress(pkt);
+            }
+            (plain, slot.max(1))
+        }
+        None => {
+            ok.clear();
+            ok.extend(buf.chunks_mut(seg).map(|pkt| {
+                if tunnel::looks_encrypted(pkt) {
+                    proxy.stats.tunnel.count(Reject::Encrypted);
+                    return false;
+                }
+                proxy.ingress(pkt)
+            }));
+            (buf, seg)
+        }
+    };
+    offload::coalesce(plain, seg, ok, write);
+}
+
+#[cfg(test)]
+mod tests;
