@@ -555,7 +555,8 @@ impl Tunnel {
         out
     }
 
-    /// The peer that packets for `host` (an underlay address from the tables) go to.
+    /// The peer that packets for `host` (an underlay address from the tables) go to; `None`
+    /// (counted as [`Reject::NoKey`]) when no key is known for it.
     pub fn peer_for(&self, host: SocketAddrV4) -> Option<Arc<Peer>> {
         let p = self.peers.read().by_host.get(&host).cloned();
         if p.is_none() {

@@ -95,6 +95,36 @@ impl End {
     }
 }
 
+fn hex32(s: &str) -> [u8; 32] {
+    let v: Vec<u8> = (0..64).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect();
+    v.try_into().unwrap()
+}
+
+#[test]
+fn keys_round_trip_in_the_form_wg_prints_and_never_show_the_secret() {
+    // RFC 7748 §6.1: Alice's key pair.
+    let secret = hex32("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a");
+    let public = hex32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a");
+    let key = TunnelKey::from_bytes(secret);
+    assert_eq!(key.public_key(), PublicKey::from_bytes(public));
+    assert_eq!(key.to_bytes(), secret);
+    let b64 = key.to_base64();
+    assert!(oak_api::node::valid_tunnel_key(&b64));
+    assert_eq!(TunnelKey::from_base64(&b64).unwrap().to_bytes(), secret);
+    let pb64 = key.public_key().to_base64();
+    assert_eq!(pb64.parse::<PublicKey>().unwrap(), key.public_key());
+    assert!(!format!("{key:?}").contains(&b64), "Debug shows the public half only");
+    assert!(format!("{key:?}").contains(&pb64));
+    for bad in ["", "short", &pb64[..43], &format!("{}B=", &pb64[..42]), &format!("{pb64}=")] {
+        assert!(PublicKey::from_base64(bad).is_err(), "{bad:?}");
+        assert!(TunnelKey::from_base64(bad).is_err(), "{bad:?}");
+    }
+    assert!(!TunnelKey::from_base64("short").unwrap_err().to_string().contains("short"), "a secret is never echoed");
+    let g = TunnelKey::generate().unwrap();
+    assert_ne!(g.to_bytes(), TunnelKey::generate().unwrap().to_bytes());
+    assert_eq!((g.to_bytes()[0] & 7, g.to_bytes()[31] & 0xc0), (0, 0x40), "clamped as wg genkey does");
+}
+
 /// An IPv4/UDP packet of `len` bytes whose payload is `tag`.
 fn ipv4(len: usize, tag: u8) -> Vec<u8> {
     let mut p = vec![tag; len];
