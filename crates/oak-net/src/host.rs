@@ -8,7 +8,13 @@ use std::process::Command;
 
 pub const BRIDGE: &str = "oak0";
 pub const TUN: &str = "oaktun0";
+/// MTU of the TUN, the bridge and the instances' veths: room for the outer IPv4 and UDP
+/// headers (28 bytes) and some underlay encapsulation below a 1500-byte underlay.
 pub const MTU: u16 = 1450;
+/// The same with the encrypted tunnel, whose data messages add 32 bytes: WireGuard's usual
+/// 1420, which also leaves room for an IPv6 underlay. (UDP GSO refuses segments larger than the
+/// underlay's MTU, so this must hold.)
+pub const MTU_ENCRYPTED: u16 = 1420;
 const PORTS_CHAIN: &str = "OAK-PORTS";
 const FWD_CHAIN: &str = "OAK-FWD";
 const NAT_POST_CHAIN: &str = "OAK-POST";
@@ -108,7 +114,7 @@ pub fn teardown() {
 
 /// Bridge with the gateway address, forwarding on, semantic subnet routed to the TUN
 /// (`tun` must already be open), netfilter chains. Called after [`teardown`].
-pub fn setup(subnet: Subnet, tun: &str) -> Result<(), String> {
+pub fn setup(subnet: Subnet, tun: &str, mtu: u16) -> Result<(), String> {
     let cidr = format!("{}/{}", subnet.base, Subnet::PREFIX);
     // A fixed address: otherwise the bridge takes the lowest address of its ports, which
     // changes as instances come and go, and every instance's ARP entry for its gateway goes
@@ -116,10 +122,10 @@ pub fn setup(subnet: Subnet, tun: &str) -> Result<(), String> {
     let o = subnet.base.octets();
     let mac = format!("02:6f:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
     ip(&["link", "add", BRIDGE, "address", &mac, "type", "bridge"])?;
-    ip(&["link", "set", BRIDGE, "mtu", &MTU.to_string()])?;
+    ip(&["link", "set", BRIDGE, "mtu", &mtu.to_string()])?;
     ip(&["addr", "add", &format!("{}/{}", subnet.gateway(), Subnet::PREFIX), "dev", BRIDGE])?;
     ip(&["link", "set", BRIDGE, "up"])?;
-    ip(&["link", "set", tun, "mtu", &MTU.to_string(), "up"])?;
+    ip(&["link", "set", tun, "mtu", &mtu.to_string(), "up"])?;
     let (net, len) = oak_api::net::SERVICE_NET;
     ip(&["route", "replace", &format!("{net}/{len}"), "dev", tun])?;
     run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
@@ -146,10 +152,10 @@ pub fn veth_name(ns_ip: Ipv4Addr) -> String {
 }
 
 /// A veth from the bridge into `netns` (named `eth0` there) with `ns_ip`, default route via
-/// the bridge. On failure nothing is left.
-pub fn attach(netns: &str, subnet: Subnet, ns_ip: Ipv4Addr) -> Result<(), String> {
+/// the bridge, `mtu` as [`setup`] was given. On failure nothing is left.
+pub fn attach(netns: &str, subnet: Subnet, ns_ip: Ipv4Addr, mtu: u16) -> Result<(), String> {
     let host = veth_name(ns_ip);
-    let mtu = MTU.to_string();
+    let mtu = mtu.to_string();
     let r = (|| {
         ip_batch(
             None,

@@ -128,6 +128,9 @@ pub struct Stats {
     pub ingress: AtomicU64,
     pub dropped: AtomicU64,
     pub misses: AtomicU64,
+    /// Tunnel datagrams rejected, by reason, and handshakes (shared with the
+    /// [`crate::tunnel::Tunnel`], which counts most of them).
+    pub tunnel: Arc<crate::tunnel::TunnelStats>,
 }
 
 const MAX_WAITING: usize = 32;

@@ -193,6 +193,25 @@ impl Batch {
         true
     }
 
+    /// Queues a datagram that `fill` writes in place (e.g. encrypts straight into the buffer):
+    /// `fill` gets the next free buffer and returns the length it wrote and where the datagram
+    /// goes. False, and nothing queued, when the batch is full, `fill` returns `None`, or the
+    /// length it returns exceeds the buffer.
+    #[must_use]
+    pub fn push_with(&mut self, fill: impl FnOnce(&mut [u8]) -> Option<(usize, SocketAddrV4)>) -> bool {
+        let i = self.queued;
+        let Some(buf) = self.bufs.get_mut(i) else { return false };
+        let room = buf.len();
+        let Some((len, to)) = fill(buf) else { return false };
+        if len > room {
+            return false;
+        }
+        self.lens[i] = len;
+        self.addrs[i] = to;
+        self.queued += 1;
+        true
+    }
+
     /// Forgets the queued datagrams.
     pub fn clear(&mut self) {
         self.queued = 0;
@@ -431,6 +450,18 @@ impl GroBatch {
         Ok(n)
     }
 
+    /// The source address of datagram `i` of the last [`recv`](Self::recv).
+    pub fn source(&self, i: usize) -> Option<SocketAddrV4> {
+        if i >= self.received {
+            return None;
+        }
+        let a = &self.raw_addrs[i];
+        if a.sin_family != libc::AF_INET as libc::sa_family_t {
+            return None;
+        }
+        Some(SocketAddrV4::new(Ipv4Addr::from(a.sin_addr.s_addr.to_ne_bytes()), u16::from_be(a.sin_port)))
+    }
+
     /// Datagram `i` of the last [`recv`](Self::recv) (with the headroom in front) and the size
     /// of the datagrams coalesced in it; `None` past what was received.
     pub fn datagram_mut(&mut self, i: usize) -> Option<(&mut [u8], usize)> {
@@ -502,6 +533,36 @@ mod tests {
             })
             .collect();
         assert_eq!(got, (0..8).map(|i| (i as u8, 1 + i as usize)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn datagrams_written_in_place_are_sent_and_their_source_is_known() {
+        let (rx, to) = receiver();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let from = v4(tx.local_addr().unwrap());
+        let mut out = Batch::new(3, 8);
+        assert!(out.push_with(|b| {
+            b[..3].copy_from_slice(b"abc");
+            Some((3, to))
+        }));
+        assert!(!out.push_with(|_| None), "the writer declined");
+        assert!(!out.push_with(|_| Some((9, to))), "longer than the buffer");
+        assert!(out.push_with(|b| Some((b.len(), to))), "a full buffer fits");
+        assert_eq!(out.len(), 2);
+        assert_iovecs_within_buffers(&mut out);
+        assert_eq!(out.send(&tx), 2);
+        let mut inb = GroBatch::new(4, 64, 0);
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let n = inb.recv(&rx).unwrap();
+            assert!(n > 0, "both datagrams arrive");
+            for i in 0..n {
+                assert_eq!(inb.source(i), Some(from));
+                got.push(inb.datagram_mut(i).unwrap().0.to_vec());
+            }
+            assert_eq!(inb.source(n), None, "nothing past what was received");
+        }
+        assert_eq!(got, vec![b"abc".to_vec(), vec![0; 8]]);
     }
 
     #[test]
