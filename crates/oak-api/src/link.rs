@@ -45,6 +45,11 @@ pub enum ClusterToRoot {
     /// What changed since the previous report on this connection.
     Delta(ReportDelta),
     Logs(LogsReply),
+    /// Is this tunnel key a live worker's (of any cluster)? Asked for a worker that heard a
+    /// handshake from a key it did not know.
+    KeyQuery {
+        key: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -83,6 +88,8 @@ pub enum RootToCluster {
     Landmarks {
         peers: Vec<crate::ldp::ProbePeer>,
     },
+    /// The answer to a [`ClusterToRoot::KeyQuery`].
+    KeyAnswer(crate::node::KeyAnswer),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -260,6 +260,30 @@ pub fn topic_measured(node: &str) -> String {
     format!("nodes/{node}/measured")
 }
 
+/// Worker → cluster: is this tunnel key a live worker's? Asked when a handshake comes from a
+/// key no table named ([`KeyQuery`]).
+pub fn topic_keys(node: &str) -> String {
+    format!("nodes/{node}/keys")
+}
+/// Cluster → worker: the answer ([`KeyAnswer`]).
+pub fn topic_key_answer(node: &str) -> String {
+    format!("nodes/{node}/control/keys")
+}
+
+/// A worker asks whether `key` (a tunnel public key) belongs to a live worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyQuery {
+    pub key: String,
+}
+
+/// The cluster's answer: `known` when some live worker (of this cluster, or of another one
+/// the root knows) registered `key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyAnswer {
+    pub key: String,
+    pub known: bool,
+}
+
 /// Static facts about a worker, sent at registration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RegisterRequest {

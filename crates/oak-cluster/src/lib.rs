@@ -147,6 +147,10 @@ pub(crate) enum Cmd {
     Measured(String, oak_api::ldp::MeasureReply),
     /// Landmark workers of the other clusters.
     Landmarks(Vec<oak_api::ldp::ProbePeer>),
+    /// A worker asks whether a tunnel key is a live worker's: (node, question).
+    KeyQuery(String, oak_api::node::KeyQuery),
+    /// The root's answer to a key this cluster did not know.
+    KeyAnswer(oak_api::node::KeyAnswer),
     Tick,
 }
 
@@ -160,7 +164,18 @@ pub struct Cluster {
     external_mqtt: Option<MqttUrl>,
     /// The cluster's own CA, when registration or MQTT is served over TLS.
     ca: Option<Arc<oak_tls::pki::Authority>>,
+    /// Tunnel keys asked about and not known here: the workers waiting for the root's answer,
+    /// and since when (bounded: [`MAX_PENDING_KEYS`], [`KEY_QUERY_TIMEOUT_S`]).
+    pending_keys: HashMap<String, (Vec<String>, f64)>,
+    /// Questions for the root (the link sends them).
+    key_queries: Option<mpsc::Sender<String>>,
 }
+
+/// Most tunnel keys waiting for the root's answer at once.
+const MAX_PENDING_KEYS: usize = 1024;
+/// A key question unanswered this long is dropped (the worker asks again at the next
+/// handshake, which WireGuard retries every 5 s).
+const KEY_QUERY_TIMEOUT_S: f64 = 10.0;
 
 /// An external broker's address and credentials.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -247,7 +262,17 @@ impl Cluster {
             }
         }
         let cluster_id = store.get(META, "cluster_id")?.map(|b| String::from_utf8_lossy(&b).into_owned());
-        Ok(Self { config, store, core, worker_token, cluster_id, external_mqtt: None, ca })
+        Ok(Self {
+            config,
+            store,
+            core,
+            worker_token,
+            cluster_id,
+            external_mqtt: None,
+            ca,
+            pending_keys: HashMap::new(),
+            key_queries: None,
+        })
     }
 
     /// The token workers register with: `K10<ca-hash>::<secret>` when the cluster serves TLS.
@@ -337,9 +362,14 @@ impl Cluster {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         backoff.reset();
-                        for t in
-                            ["nodes/+/information", "nodes/+/job", "nodes/+/logs", "nodes/+/lost", "nodes/+/measured"]
-                        {
+                        for t in [
+                            "nodes/+/information",
+                            "nodes/+/job",
+                            "nodes/+/logs",
+                            "nodes/+/lost",
+                            "nodes/+/measured",
+                            "nodes/+/keys",
+                        ] {
                             let _ = sub.subscribe(t, QoS::AtLeastOnce).await;
                         }
                     }
@@ -369,6 +399,7 @@ impl Cluster {
                             Some("logs") => serde_json::from_slice(&p.payload).map(|r| Cmd::LogsReply(node, r)).ok(),
                             Some("lost") => Some(Cmd::Lost(node, String::from_utf8_lossy(&p.payload).into_owned())),
                             Some("measured") => serde_json::from_slice(&p.payload).map(|r| Cmd::Measured(node, r)).ok(),
+                            Some("keys") => serde_json::from_slice(&p.payload).map(|q| Cmd::KeyQuery(node, q)).ok(),
                             _ => None,
                         };
                         match cmd {
@@ -433,7 +464,9 @@ impl Cluster {
             }
         });
 
-        // The link to the root.
+        // The link to the root (it also carries the tunnel keys this cluster does not know).
+        let (key_tx, key_rx) = mpsc::channel::<String>(256);
+        self.key_queries = Some(key_tx);
         let link = tokio::spawn(link::run(
             link::LinkConfig {
                 root_url: self.config.root_url.clone(),
@@ -449,6 +482,7 @@ impl Cluster {
                     .map(|b| String::from_utf8_lossy(&b).into_owned()),
                 report_interval: self.config.report_interval,
                 root_ca: self.config.root_ca.clone(),
+                key_queries: Arc::new(tokio::sync::Mutex::new(key_rx)),
             },
             tx.clone(),
             report_rx,
@@ -605,6 +639,34 @@ impl Cluster {
         })
     }
 
+    /// A worker heard a handshake from `key`: answered at once when a worker of this cluster
+    /// registered it, else asked of the root (which knows the keys of every cluster's
+    /// workers that run instances). Only registered workers may ask.
+    fn key_query(&mut self, node: String, key: String, t: f64) -> Vec<Out> {
+        if !self.core.workers.contains_key(&node) || !oak_api::node::valid_tunnel_key(&key) {
+            return Vec::new();
+        }
+        if self.core.workers.values().any(|w| w.reg.tunnel_key.as_deref() == Some(key.as_str())) {
+            return key_answer(&node, &key, true).into_iter().collect();
+        }
+        self.pending_keys.retain(|_, (_, since)| t - *since < KEY_QUERY_TIMEOUT_S);
+        if let Some((nodes, _)) = self.pending_keys.get_mut(&key) {
+            if !nodes.contains(&node) && nodes.len() < 64 {
+                nodes.push(node);
+            }
+            return Vec::new();
+        }
+        let asked = self.pending_keys.len() < MAX_PENDING_KEYS
+            && self.key_queries.as_ref().is_some_and(|q| q.try_send(key.clone()).is_ok());
+        if asked {
+            self.pending_keys.insert(key, (vec![node], t));
+            Vec::new()
+        } else {
+            // No root to ask (or too many questions at once): not known, for now.
+            key_answer(&node, &key, false).into_iter().collect()
+        }
+    }
+
     /// One input of the event loop; returns the messages to publish.
     fn handle(&mut self, cmd: Cmd, t: f64, creds: &broker::Credentials, pending_logs: &mut PendingLogs) -> Vec<Out> {
         match cmd {
@@ -731,6 +793,11 @@ impl Cluster {
                 outs.extend(self.core.ldp_tick(t));
                 outs
             }
+            Cmd::KeyQuery(node, q) => self.key_query(node, q.key, t),
+            Cmd::KeyAnswer(a) => match self.pending_keys.remove(&a.key) {
+                Some((nodes, _)) => nodes.into_iter().filter_map(|n| key_answer(&n, &a.key, a.known)).collect(),
+                None => Vec::new(),
+            },
             Cmd::Measured(node, reply) => {
                 tracing::debug!(node = %node, results = ?reply.results, "RTT measurements");
                 self.core.measured(&node, reply, t);
@@ -840,4 +907,10 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ClusterEr
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| ClusterError::Listen { addr: addr.to_string(), reason: e.to_string() })
+}
+
+/// The answer about `key` for `node`'s control topic.
+fn key_answer(node: &str, key: &str, known: bool) -> Option<Out> {
+    let payload = serde_json::to_vec(&oak_api::node::KeyAnswer { key: key.to_owned(), known }).ok()?;
+    Some(Out { topic: oak_api::node::topic_key_answer(node), payload })
 }

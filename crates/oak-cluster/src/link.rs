@@ -29,6 +29,8 @@ pub struct LinkConfig {
     pub report_interval: Duration,
     /// For an `https://` root: the CA (PEM) its certificate must chain to.
     pub root_ca: Option<std::path::PathBuf>,
+    /// Tunnel keys to ask the root about (see `Cluster::key_query`); kept across sessions.
+    pub key_queries: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<String>>>,
 }
 
 fn ws_url(root: &str) -> String {
@@ -155,6 +157,9 @@ async fn session(
                     Ok(RootToCluster::Landmarks { peers }) => {
                         let _ = core.send(Cmd::Landmarks(peers)).await;
                     }
+                    Ok(RootToCluster::KeyAnswer(a)) => {
+                        let _ = core.send(Cmd::KeyAnswer(a)).await;
+                    }
                     Ok(RootToCluster::Logs(req)) => {
                         let (tx, rx) = oneshot::channel();
                         let _ = core.send(Cmd::Logs(req.clone(), tx)).await;
@@ -172,6 +177,9 @@ async fn session(
                     }
                     Err(e) => tracing::warn!(error = %e, "ignoring a malformed message from the root"),
                 }
+            }
+            Some(key) = async { cfg.key_queries.lock().await.recv().await }, if welcomed => {
+                sink.send(send(&ClusterToRoot::KeyQuery { key })?).await.map_err(|e| e.to_string())?;
             }
             Some(reply) = logs_rx.recv() => {
                 sink.send(send(&ClusterToRoot::Logs(reply))?).await.map_err(|e| e.to_string())?;

@@ -74,6 +74,21 @@ pub struct OverlaySettings {
     /// Underlay address other workers reach this one at; default: the address this host
     /// uses towards its cluster.
     pub advertise: Option<std::net::Ipv4Addr>,
+    /// Encrypt and authenticate the tunnel (WireGuard); off: plaintext, for a trusted
+    /// underlay (`--tunnel-encryption off`).
+    pub encryption: bool,
+}
+
+/// The worker's tunnel key in its data dir (base64, 0600), made on first use.
+fn tunnel_key(dir: &std::path::Path) -> Result<oak_net::TunnelKey, WorkerError> {
+    let path = dir.join("tunnel-key");
+    let bad = |reason: String| WorkerError::DataDir { path: path.display().to_string(), reason };
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return oak_net::TunnelKey::from_base64(text.trim()).map_err(|e| bad(format!("not a tunnel key: {e}")));
+    }
+    let key = oak_net::TunnelKey::generate().map_err(|e| bad(e.to_string()))?;
+    oak_store::datadir::write_private(&path, key.to_base64().as_bytes()).map_err(|e| bad(e.to_string()))?;
+    Ok(key)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +116,8 @@ pub struct Worker<R: Runtime> {
     reg_ip: String,
     /// Held while this worker runs: its data dir, and (with the overlay on) the host's network.
     _host_lock: Option<HostLock>,
+    /// The tunnel's static key, when it is encrypted.
+    tunnel_key: Option<oak_net::TunnelKey>,
 }
 
 /// First and longest wait between attempts to register, and to reach the broker.
@@ -157,6 +174,10 @@ impl<R: Runtime> Worker<R> {
         };
         let node_id = read(&id_file);
         let node_secret = read(&secret_file);
+        let tunnel_key = match &config.overlay {
+            Some(o) if o.encryption => Some(tunnel_key(&config.data_dir)?),
+            _ => None,
+        };
         // Containers left by an earlier run of this node go first, before it can be given work.
         if let Some(id) = &node_id {
             let labels = BTreeMap::from([(NODE_LABEL.to_owned(), id.clone())]);
@@ -189,7 +210,7 @@ impl<R: Runtime> Worker<R> {
                 std::process::id(),
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
             ),
-            tunnel_key: None,
+            tunnel_key: tunnel_key.as_ref().map(|k| k.public_key().to_base64()),
         };
         let mut req = req;
         let session = req.session.clone();
@@ -249,7 +270,7 @@ impl<R: Runtime> Worker<R> {
         tracing::info!(node = %reg.id, name = %config.name, "registered with the cluster");
         let mqtt_host = reg.mqtt_host.clone().unwrap_or(host);
         let reg_ip = req.ip.clone();
-        Ok(Self { config, runtime, reg, mqtt_host, session, reg_ip, _host_lock: host_lock })
+        Ok(Self { config, runtime, reg, mqtt_host, session, reg_ip, _host_lock: host_lock, tunnel_key })
     }
 
     pub fn id(&self) -> &str {
@@ -310,6 +331,7 @@ impl<R: Runtime> Worker<R> {
             stop_grace: self.config.stop_grace,
             report_interval: Duration::from_millis(self.reg.report_interval_ms.max(100)),
             overlay: self.config.overlay.clone(),
+            tunnel_key: self.tunnel_key.clone(),
             advertise,
             ldp: Some(ldp.clone()),
         };
@@ -396,6 +418,7 @@ fn control_command(what: Option<&str>, payload: &[u8]) -> Result<Control, String
         Some("logs") => table(serde_json::from_slice(payload).map(Command::Logs)),
         Some("network") => table(serde_json::from_slice(payload).map(Command::Network)),
         Some("tables") => table(serde_json::from_slice(payload).map(Command::Tables)),
+        Some("keys") => table(serde_json::from_slice(payload).map(Command::KeyAnswer)),
         Some("peers") => serde_json::from_slice(payload).map(Control::Peers).map_err(bad),
         Some("measure") => serde_json::from_slice(payload).map(Control::Measure).map_err(bad),
         _ => Err("unknown topic".into()),
@@ -409,6 +432,7 @@ fn encode(node: &str, msg: &Outbound) -> Result<(String, Vec<u8>), serde_json::E
         Outbound::Report(info) => (node::topic_information(node), serde_json::to_vec(info)?),
         Outbound::Logs(reply) => (node::topic_logs(node), serde_json::to_vec(reply)?),
         Outbound::Measured(reply) => (node::topic_measured(node), serde_json::to_vec(reply)?),
+        Outbound::KeyQuery(q) => (node::topic_keys(node), serde_json::to_vec(q)?),
     })
 }
 

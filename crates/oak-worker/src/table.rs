@@ -62,6 +62,8 @@ pub(crate) struct TableConfig {
     pub advertise: Ipv4Addr,
     /// Latency probes and measurements (LDP), for the reports; `None`: none.
     pub ldp: Option<Ldp>,
+    /// The tunnel's key, when it is encrypted.
+    pub tunnel_key: Option<oak_net::TunnelKey>,
 }
 
 pub(crate) enum Command {
@@ -87,7 +89,14 @@ pub(crate) enum Command {
     OverlayReady(Result<Arc<Overlay>, String>),
     /// Packets wait for the table of a semantic address: report interests now.
     Miss,
+    /// A tunnel handshake from a key no table named: (key, where it came from).
+    UnknownPeer(String, std::net::SocketAddrV4),
+    /// The cluster's answer about such a key.
+    KeyAnswer(oak_api::node::KeyAnswer),
 }
+
+/// Most unknown tunnel keys asked about at once.
+const MAX_UNKNOWN_PEERS: usize = 64;
 
 /// What the table sends to its cluster.
 #[derive(Debug)]
@@ -100,6 +109,8 @@ pub(crate) enum Outbound {
     Logs(LogsReply),
     /// An answer to a measurement request (`nodes/<id>/measured`).
     Measured(MeasureReply),
+    /// Is this tunnel key a live worker's? (`nodes/<id>/keys`)
+    KeyQuery(oak_api::node::KeyQuery),
 }
 
 /// How [`crate::Worker::run`] ended.
@@ -166,6 +177,8 @@ pub(crate) struct Table<R: Runtime> {
     overlay_starting: bool,
     /// Digest of the overlay tables last applied (of none, at first).
     tables_digest: u64,
+    /// Tunnel keys asked about, with the address their handshake came from.
+    unknown_peers: HashMap<String, std::net::SocketAddrV4>,
 }
 
 impl<R: Runtime> Table<R> {
@@ -189,6 +202,7 @@ impl<R: Runtime> Table<R> {
             overlay: None,
             overlay_starting: false,
             tables_digest: oak_api::net::digest(&[]),
+            unknown_peers: HashMap::new(),
         };
         (table, rx)
     }
@@ -348,6 +362,26 @@ impl<R: Runtime> Table<R> {
                 self.event(&k, status, detail, code).await;
             }
             Command::Miss => self.report().await,
+            Command::UnknownPeer(key, from) => {
+                if self.unknown_peers.len() >= MAX_UNKNOWN_PEERS && !self.unknown_peers.contains_key(&key) {
+                    return;
+                }
+                self.unknown_peers.insert(key.clone(), from);
+                let _ = self.out.send(Outbound::KeyQuery(oak_api::node::KeyQuery { key })).await;
+            }
+            Command::KeyAnswer(a) => {
+                let Some(from) = self.unknown_peers.remove(&a.key) else { return };
+                match (&self.overlay, a.known) {
+                    (Some(ov), true) => {
+                        if let Err(e) = ov.trust_peer(&a.key, from) {
+                            tracing::warn!(key = %a.key, error = %e, "cannot admit a tunnel peer");
+                        }
+                    }
+                    _ => {
+                        tracing::warn!(key = %a.key, from = %from, "a tunnel handshake from a key no live worker has: dropped")
+                    }
+                }
+            }
             Command::Subscribed | Command::Refused => {}
             Command::Network(n) => self.network(n),
             Command::OverlayReady(r) => {
@@ -397,8 +431,15 @@ impl<R: Runtime> Table<R> {
         };
         let tx = self.tx.clone();
         let miss_tx = self.tx.clone();
+        let peer_tx = self.tx.clone();
+        let tunnel = self.config.tunnel_key.clone().map(|key| oak_net::TunnelConfig {
+            key,
+            unknown_peer: Box::new(move |k: &str, from| {
+                let _ = peer_tx.try_send(Command::UnknownPeer(k.to_owned(), from));
+            }),
+        });
         tokio::task::spawn_blocking(move || {
-            let r = Overlay::start(config, n.subnet, move |_| {
+            let r = Overlay::start_with_tunnel(config, n.subnet, tunnel, move |_| {
                 let _ = miss_tx.try_send(Command::Miss);
             })
             .map(Arc::new)

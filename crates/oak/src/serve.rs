@@ -116,6 +116,12 @@ pub struct WorkerArgs {
     /// Run instances without the semantic overlay (they get loopback only).
     #[arg(long)]
     pub no_overlay: bool,
+    /// Encrypt and authenticate the tunnel between workers (WireGuard, keys exchanged through
+    /// the cluster). `off`: plaintext, for a trusted underlay only; every worker of a
+    /// deployment must agree (an encrypted worker drops plaintext datagrams and the other
+    /// way round).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub tunnel_encryption: String,
     /// Addons this worker offers, comma-separated (for services' `addons` constraints): at
     /// most 32, each 1-64 characters of A-Z a-z 0-9 . _ -
     #[arg(long, value_delimiter = ',')]
@@ -212,8 +218,11 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         probe_port: args.probe_port,
         probe_interval: Duration::from_millis(args.probe_interval_ms.max(100)),
         stop_grace: Duration::from_secs(args.stop_grace),
-        overlay: (!args.no_overlay)
-            .then_some(oak_worker::OverlaySettings { port: args.tunnel_port, advertise: args.advertise_addr }),
+        overlay: (!args.no_overlay).then_some(oak_worker::OverlaySettings {
+            port: args.tunnel_port,
+            advertise: args.advertise_addr,
+            encryption: args.tunnel_encryption == "on",
+        }),
     };
     let runtime = Arc::new(runtime);
     loop {

@@ -36,7 +36,13 @@ pub struct Hub {
     conns: Mutex<HashMap<ClusterId, Conn>>,
     serial: AtomicU64,
     requests: AtomicU64,
+    /// Tunnel keys of the workers that run instances, by cluster, as their reports show
+    /// them: a cluster asks here for a key none of its own workers registered.
+    keys: Mutex<HashMap<String, ClusterId>>,
 }
+
+/// Most tunnel keys the root remembers (one per worker that ran an instance).
+const MAX_KEYS: usize = 1 << 20;
 
 impl Default for Hub {
     fn default() -> Self {
@@ -46,6 +52,7 @@ impl Default for Hub {
             conns: Mutex::new(HashMap::new()),
             serial: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            keys: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -231,6 +238,12 @@ async fn session(state: AppState, socket: WebSocket, token_id: Option<String>) -
                         }
                         None
                     }
+                    Ok(ClusterToRoot::KeyQuery { key }) => {
+                        let known = state.hub.keys.lock().contains_key(&key);
+                        let answer = RootToCluster::KeyAnswer(oak_api::node::KeyAnswer { key, known });
+                        if let Err(e) = sink.send(text(&answer)?).await { break Err(e.to_string()); }
+                        None
+                    }
                     Ok(ClusterToRoot::Hello { .. }) => {
                         tracing::warn!(cluster = %id, "ignoring a second hello");
                         None
@@ -241,6 +254,14 @@ async fn session(state: AppState, socket: WebSocket, token_id: Option<String>) -
                     }
                 };
                 if let Some(report) = report {
+                    {
+                        let mut keys = state.hub.keys.lock();
+                        for k in report.instances.iter().filter_map(|i| i.host_key.as_ref()) {
+                            if keys.len() < MAX_KEYS && oak_api::node::valid_tunnel_key(k) {
+                                keys.insert(k.clone(), id.clone());
+                            }
+                        }
+                    }
                     let cid = id.clone();
                     let (workers, interests) = (report.workers.clone(), report.interests.clone());
                     match state.blocking(move |r| Ok(r.apply_report(&cid, report)?)).await {

@@ -168,6 +168,7 @@ impl Harness {
             overlay: None,
             advertise: Ipv4Addr::LOCALHOST,
             ldp: None,
+            tunnel_key: None,
         };
         let (out_tx, out) = mpsc::channel(1024);
         let (table, rx) = Table::new(config, rt.clone(), out_tx);
@@ -208,7 +209,7 @@ impl Harness {
             match self.next(Duration::from_secs(60)).await {
                 Some(Outbound::Report(info)) => return *info,
                 Some(Outbound::Event(ev)) => panic!("unexpected {ev:?}"),
-                Some(Outbound::Logs(_) | Outbound::Measured(_)) => {}
+                Some(Outbound::Logs(_) | Outbound::Measured(_) | Outbound::KeyQuery(_)) => {}
                 None => panic!("no report"),
             }
         }
@@ -303,7 +304,7 @@ async fn reports_keep_their_schedule_while_a_removal_is_slow() {
         match msg {
             Outbound::Report(info) => reports.push((at, held(&info))),
             Outbound::Event(ev) => events.push((at, ev.service_id.to_string(), ev.status, ev.status_detail)),
-            Outbound::Logs(_) | Outbound::Measured(_) => {}
+            Outbound::Logs(_) | Outbound::Measured(_) | Outbound::KeyQuery(_) => {}
         }
     }
     let running = events.iter().find(|e| e.1 == "fast" && e.2 == Status::Running).unwrap();

@@ -1,6 +1,7 @@
 //! Harness for the end-to-end tests: real `oak` processes on 127.0.0.1 with temporary data.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod capture;
 pub mod conns;
 pub mod latency;
 
