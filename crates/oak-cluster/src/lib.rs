@@ -120,6 +120,8 @@ pub(crate) enum RegError {
     Invalid(oak_api::node::FieldError),
     /// 403: a known node id without the proof that the caller is that node.
     Forbidden(String),
+    /// 401: a new worker without the worker token.
+    Unauthenticated(String),
     /// 500: the store failed; nothing was registered.
     Internal(String),
 }
@@ -129,7 +131,9 @@ fn now() -> f64 {
 }
 
 pub(crate) enum Cmd {
-    Register(RegisterRequest, oneshot::Sender<Result<RegisterResponse, RegError>>),
+    /// A registration, and whether it showed the worker token (a known worker proves itself
+    /// with its node secret instead).
+    Register(RegisterRequest, bool, oneshot::Sender<Result<RegisterResponse, RegError>>),
     Desired(Vec<DesiredInstance>),
     DesiredDelta(Vec<DesiredInstance>, Vec<oak_api::node::InstanceRef>),
     Info(String, NodeInfo),
@@ -546,9 +550,17 @@ impl Cluster {
     fn register_worker(
         &mut self,
         req: RegisterRequest,
+        joined: bool,
         creds: &broker::Credentials,
     ) -> Result<RegisterResponse, RegError> {
         req.validate().map_err(RegError::Invalid)?;
+        // Without the worker token only a known worker, proving itself with its own node
+        // secret, registers (again): the shared token admits new workers, nothing else.
+        let new_without_token = || {
+            RegError::Unauthenticated(
+                "missing or wrong worker token (only a known worker may register with its node secret alone)".into(),
+            )
+        };
         // Every worker holds the same worker token: it proves "may join this cluster", not
         // "is node X". A known id is given back only to the holder of the secret issued with
         // it; anything else is a new node with a new id.
@@ -582,12 +594,15 @@ impl Cluster {
                     };
                     if proved {
                         (id.clone(), None)
+                    } else if !joined {
+                        return Err(new_without_token());
                     } else {
                         tracing::warn!(node = %id, ip = %req.ip, "a registration named an id this cluster did not issue (or cannot prove); it gets a new one");
                         (uuid::Uuid::new_v4().to_string(), Some(oak_store::secret::random_hex(32)))
                     }
                 }
             },
+            None if !joined => return Err(new_without_token()),
             None => (uuid::Uuid::new_v4().to_string(), Some(oak_store::secret::random_hex(32))),
         };
         // A tombstone proved: it goes with this registration.
@@ -670,8 +685,8 @@ impl Cluster {
     /// One input of the event loop; returns the messages to publish.
     fn handle(&mut self, cmd: Cmd, t: f64, creds: &broker::Credentials, pending_logs: &mut PendingLogs) -> Vec<Out> {
         match cmd {
-            Cmd::Register(req, reply) => {
-                let r = self.register_worker(req, creds);
+            Cmd::Register(req, joined, reply) => {
+                let r = self.register_worker(req, joined, creds);
                 let _ = reply.send(r);
                 Vec::new()
             }
@@ -864,9 +879,7 @@ async fn register(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<RegisterResponse>, (StatusCode, Json<serde_json::Value>)> {
     let err = |s: StatusCode, code: &str, m: String| (s, Json(serde_json::json!({"code": code, "message": m})));
-    if !token_ok(&headers, &st.token) {
-        return Err(err(StatusCode::UNAUTHORIZED, "unauthenticated", "missing or wrong worker token".into()));
-    }
+    let joined = token_ok(&headers, &st.token);
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => err(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -883,7 +896,7 @@ async fn register(
     })?;
     let (tx, rx) = oneshot::channel();
     st.tx
-        .send(Cmd::Register(req, tx))
+        .send(Cmd::Register(req, joined, tx))
         .await
         .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the cluster is stopping".into()))?;
     match rx.await {
@@ -897,6 +910,7 @@ async fn register(
             })),
         )),
         Ok(Err(RegError::Forbidden(m))) => Err(err(StatusCode::FORBIDDEN, "forbidden", m)),
+        Ok(Err(RegError::Unauthenticated(m))) => Err(err(StatusCode::UNAUTHORIZED, "unauthenticated", m)),
         Ok(Err(RegError::Internal(m))) => Err(err(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)),
         Err(_) => Err(err(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the cluster is stopping".into())),
     }

@@ -73,33 +73,62 @@ fn an_id_the_cluster_did_not_issue_gets_a_new_one() {
     let mut pending = PendingLogs::new();
     let foreign = "0b2c6f0e-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
     for secret in [None, Some("chosen-by-the-caller")] {
-        let r = c.register_worker(registration(Some(foreign), secret), &creds).unwrap_or_else(|e| panic!("{e:?}"));
+        let r =
+            c.register_worker(registration(Some(foreign), secret), true, &creds).unwrap_or_else(|e| panic!("{e:?}"));
         assert_ne!(r.id, foreign, "an id this cluster never issued is not given back");
         assert!(oak_api::node::valid_node_id(&r.id));
         assert!(r.node_secret.is_some(), "a new id comes with a new secret");
         assert!(!c.core.workers.contains_key(foreign));
     }
     // A worker that reported, then fell silent and was forgotten, keeps its id with its secret.
-    let first = c.register_worker(registration(None, None), &creds).unwrap_or_else(|e| panic!("{e:?}"));
+    let first = c.register_worker(registration(None, None), true, &creds).unwrap_or_else(|e| panic!("{e:?}"));
     let (id, secret) = (first.id.clone(), first.node_secret.clone().unwrap_or_default());
     c.handle(Cmd::Info(id.clone(), reported()), 1.0, &creds, &mut pending);
     let later = 1.0 + c.core.timing.forget_after + 1.0;
     c.handle(Cmd::Tick, later, &creds, &mut pending);
     assert!(!c.core.workers.contains_key(&id), "forgotten");
     // Its id without the secret (or with another) proves nothing.
-    let r = c.register_worker(registration(Some(&id), Some("wrong")), &creds).unwrap_or_else(|e| panic!("{e:?}"));
+    let r = c.register_worker(registration(Some(&id), Some("wrong")), true, &creds).unwrap_or_else(|e| panic!("{e:?}"));
     assert_ne!(r.id, id);
-    let back = c.register_worker(registration(Some(&id), Some(&secret)), &creds).unwrap_or_else(|e| panic!("{e:?}"));
+    let back =
+        c.register_worker(registration(Some(&id), Some(&secret)), true, &creds).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!((back.id.as_str(), back.node_secret.as_deref()), (id.as_str(), None), "the same node, same secret");
     assert!(c.store.get(FORGOTTEN, &id).unwrap_or_default().is_none(), "the tombstone went with it");
     // A registration that never reported leaves no tombstone: it comes back as a new node.
-    let ghost = c.register_worker(registration(None, None), &creds).unwrap_or_else(|e| panic!("{e:?}"));
+    let ghost = c.register_worker(registration(None, None), true, &creds).unwrap_or_else(|e| panic!("{e:?}"));
     c.handle(Cmd::Tick, now() + 601.0, &creds, &mut pending);
     assert!(!c.core.workers.contains_key(&ghost.id));
     let again = c
-        .register_worker(registration(Some(&ghost.id), ghost.node_secret.as_deref()), &creds)
+        .register_worker(registration(Some(&ghost.id), ghost.node_secret.as_deref()), true, &creds)
         .unwrap_or_else(|e| panic!("{e:?}"));
     assert_ne!(again.id, ghost.id);
+}
+
+/// After its first registration a worker proves itself with its own node secret: it needs
+/// the shared worker token no more, and the token alone never makes it.
+#[test]
+fn a_known_worker_registers_again_without_the_worker_token() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let creds = broker::Credentials::default();
+    let mut c = cluster(dir.path());
+    let unauthenticated = |r: Result<RegisterResponse, RegError>| matches!(r, Err(RegError::Unauthenticated(_)));
+    // Nobody new joins without the token.
+    assert!(unauthenticated(c.register_worker(registration(None, None), false, &creds)));
+    let first = c.register_worker(registration(None, None), true, &creds).unwrap_or_else(|e| panic!("{e:?}"));
+    let secret = first.node_secret.clone().unwrap_or_default();
+    // Its own secret is enough.
+    let back = c
+        .register_worker(registration(Some(&first.id), Some(&secret)), false, &creds)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(back.id, first.id);
+    // A wrong secret is refused with or without the token.
+    assert!(matches!(
+        c.register_worker(registration(Some(&first.id), Some("guess")), false, &creds),
+        Err(RegError::Forbidden(_))
+    ));
+    // An id this cluster never issued, without the token: refused, not a new node.
+    let made_up = "0b0e0f00-0000-4000-8000-000000000001";
+    assert!(unauthenticated(c.register_worker(registration(Some(made_up), Some("x")), false, &creds)));
 }
 
 /// A worker's first report is stored: a restarted cluster lists it to the root (which keeps
@@ -111,8 +140,8 @@ fn the_first_report_is_stored() {
     let mut pending = PendingLogs::new();
     let id = {
         let mut c = cluster(dir.path());
-        let r = c.register_worker(registration(None, None), &creds).unwrap_or_else(|e| panic!("{e:?}"));
-        c.register_worker(registration(None, None), &creds).unwrap_or_else(|e| panic!("{e:?}"));
+        let r = c.register_worker(registration(None, None), true, &creds).unwrap_or_else(|e| panic!("{e:?}"));
+        c.register_worker(registration(None, None), true, &creds).unwrap_or_else(|e| panic!("{e:?}"));
         c.handle(Cmd::Info(r.id.clone(), reported()), 1.0, &creds, &mut pending);
         assert_eq!(c.core.report(1.0).workers, std::slice::from_ref(&r.id), "the one that reported");
         r.id

@@ -231,8 +231,13 @@ impl<R: Runtime> Worker<R> {
             .secret;
         let url = format!("{}/api/node/register", config.cluster_url.trim_end_matches('/'));
         let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
+        // A worker that holds its node secret proves itself with it and leaves the shared
+        // worker token out; it shows the token only to join as a new worker.
+        let mut with_token = req.node_secret.is_none();
         let reg: RegisterResponse = loop {
-            match http.post(&url).bearer_auth(&secret).json(&req).send().await {
+            let post = http.post(&url).json(&req);
+            let post = if with_token { post.bearer_auth(&secret) } else { post };
+            match post.send().await {
                 Ok(r) if r.status().is_success() => match r.json().await {
                     Ok(reg) => break reg,
                     Err(e) => tracing::warn!(error = %e, "bad registration answer; retrying"),
@@ -245,6 +250,13 @@ impl<R: Runtime> Worker<R> {
                     tracing::warn!(node = ?req.node_id, answer = %body, "the cluster refused this node id; registering as a new worker");
                     req.node_id = None;
                     req.node_secret = None;
+                    with_token = true;
+                    continue;
+                }
+                // The cluster forgot this node entirely: it joins again with the token.
+                Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED && !with_token => {
+                    tracing::info!(node = ?req.node_id, "the cluster no longer knows this node; registering with the worker token");
+                    with_token = true;
                     continue;
                 }
                 Ok(r) if r.status().is_client_error() => {

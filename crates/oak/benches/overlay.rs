@@ -1,5 +1,6 @@
-//! The overlay's data plane against a direct veth between the same two instance namespaces,
-//! in the same run: TCP throughput (iperf3), UDP and TCP request/response latency (64 B,
+//! The overlay's data plane, with the plaintext and with the encrypted (WireGuard) tunnel,
+//! against a direct veth between the same two instance namespaces, in the same run: TCP
+//! throughput (iperf3), UDP and TCP request/response latency (64 B,
 //! p50/p99), and HTTP request time to a service with 1 and with 9 replicas (paper Fig. 8).
 //! Two workers, each its own network namespace; client and server on different workers.
 //! Needs root, containerd and iperf3.
@@ -153,73 +154,142 @@ fn http_times(client_ns: &str, target: &str, n: usize) -> Vec<f64> {
     .unwrap()
 }
 
+/// Client and server instances on two workers, and a direct veth between their namespaces.
+struct Paths {
+    h: Hierarchy,
+    app: String,
+    cns: String,
+    sns: String,
+}
+
+struct Measured {
+    overlay: f64,
+    direct: f64,
+    overlay_lat: (f64, f64, f64, f64),
+    direct_lat: (f64, f64, f64, f64),
+}
+
+impl Paths {
+    async fn start(tag: &str, worker_args: &[&str]) -> Self {
+        let args: Vec<String> = worker_args.iter().map(|s| s.to_string()).collect();
+        let h =
+            Hierarchy::start_with_workers_opts(tag, vec![args.clone(), args], 500, &["--placement", "spread"]).await;
+        let server_cmd = "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www";
+        let on = |w: &str| json!({"constraints": [{"type": "direct", "node": w}]});
+        let (w0, w1) = (format!("{tag}-w0"), format!("{tag}-w1"));
+        let mut srv = service("srv", "exec sleep 100000", on(&w1));
+        srv["addresses"] = json!({"rr_ip": "10.30.60.60"});
+        let mut one =
+            service("one", server_cmd, json!({"replicas": 1, "constraints": [{"type": "direct", "node": w1}]}));
+        one["addresses"] = json!({"rr_ip": "10.30.60.61"});
+        let mut nine = service("nine", server_cmd, json!({"replicas": 9}));
+        nine["addresses"] = json!({"rr_ip": "10.30.60.69"});
+        let cli = service("cli", "exec sleep 100000", on(&w0));
+        let sla = json!({"sla_version": "v2.0", "customerID": "Admin", "applications": [{
+            "application_name": "perf", "application_namespace": "bench", "application_desc": "",
+            "microservices": [cli, srv, one, nine]}]});
+        let app = h
+            .admin
+            .create_applications(&sla)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|a| a.application_name == "perf")
+            .unwrap();
+        let ids: Vec<String> = app.microservices.iter().map(ToString::to_string).collect();
+        h.admin.request_instance(&ids[0]).await.unwrap();
+        h.admin.request_instance(&ids[1]).await.unwrap();
+        for (id, n) in [(&ids[0], 1), (&ids[1], 1), (&ids[2], 1), (&ids[3], 9)] {
+            h.wait_for(id, 120, "RUNNING", |is| is.len() == n && is.iter().all(|i| i.status == Status::Running)).await;
+        }
+        let (cns, sns) = (netns_of(&h, &ids[0], 0), netns_of(&h, &ids[1], 0));
+        // The direct path: a veth straight between the two instance namespaces.
+        sh(&["ip", "link", "add", "oakbd0", "netns", &cns, "type", "veth", "peer", "name", "oakbd1", "netns", &sns]);
+        sh(&["ip", "-n", &cns, "addr", "add", &format!("{DIRECT_CLIENT}/30"), "dev", "oakbd0"]);
+        sh(&["ip", "-n", &sns, "addr", "add", &format!("{DIRECT_SERVER}/30"), "dev", "oakbd1"]);
+        sh(&["ip", "-n", &cns, "link", "set", "oakbd0", "up"]);
+        sh(&["ip", "-n", &sns, "link", "set", "oakbd1", "up"]);
+        echo_servers(&sns);
+        Paths { h, app: app.id.to_string(), cns, sns }
+    }
+
+    fn measure(&self, secs: u32) -> Measured {
+        // Warm the overlay's tables (and the tunnel's handshake) first.
+        let _ = latency(&self.cns, "10.30.60.60", 10);
+        let (mut ov, mut dir) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            ov.push(iperf(&self.sns, &self.cns, "10.30.60.60", secs));
+            dir.push(iperf(&self.sns, &self.cns, DIRECT_SERVER, secs));
+        }
+        let probes = 5000;
+        Measured {
+            overlay: percentile(&mut ov, 0.5),
+            direct: percentile(&mut dir, 0.5),
+            overlay_lat: latency(&self.cns, "10.30.60.60", probes),
+            direct_lat: latency(&self.cns, DIRECT_SERVER, probes),
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.h.admin.delete_application(&self.app).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !self.h.containers().is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if !common::can_run_containers("overlay bench") {
         return;
     }
     let secs: u32 = std::env::var("OAK_BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let h = Hierarchy::start_opts("ovp", 2, 500, 3000, &["--placement", "spread"]).await;
-    let server_cmd = "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www";
-    let on = |w: &str| json!({"constraints": [{"type": "direct", "node": w}]});
-    let mut srv = service("srv", "exec sleep 100000", on("ovp-w1"));
-    srv["addresses"] = json!({"rr_ip": "10.30.60.60"});
-    let mut one =
-        service("one", server_cmd, json!({"replicas": 1, "constraints": [{"type": "direct", "node": "ovp-w1"}]}));
-    one["addresses"] = json!({"rr_ip": "10.30.60.61"});
-    let mut nine = service("nine", server_cmd, json!({"replicas": 9}));
-    nine["addresses"] = json!({"rr_ip": "10.30.60.69"});
-    let cli = service("cli", "exec sleep 100000", on("ovp-w0"));
-    let sla = json!({"sla_version": "v2.0", "customerID": "Admin", "applications": [{
-        "application_name": "perf", "application_namespace": "bench", "application_desc": "",
-        "microservices": [cli, srv, one, nine]}]});
-    let app =
-        h.admin.create_applications(&sla).await.unwrap().into_iter().find(|a| a.application_name == "perf").unwrap();
-    let ids: Vec<String> = app.microservices.iter().map(ToString::to_string).collect();
-    h.admin.request_instance(&ids[0]).await.unwrap();
-    h.admin.request_instance(&ids[1]).await.unwrap();
-    for (id, n) in [(&ids[0], 1), (&ids[1], 1), (&ids[2], 1), (&ids[3], 9)] {
-        h.wait_for(id, 120, "RUNNING", |is| is.len() == n && is.iter().all(|i| i.status == Status::Running)).await;
-    }
-    let (cns, sns) = (netns_of(&h, &ids[0], 0), netns_of(&h, &ids[1], 0));
-
-    // The direct path: a veth straight between the two instance namespaces.
-    sh(&["ip", "link", "add", "oakbd0", "netns", &cns, "type", "veth", "peer", "name", "oakbd1", "netns", &sns]);
-    sh(&["ip", "-n", &cns, "addr", "add", &format!("{DIRECT_CLIENT}/30"), "dev", "oakbd0"]);
-    sh(&["ip", "-n", &sns, "addr", "add", &format!("{DIRECT_SERVER}/30"), "dev", "oakbd1"]);
-    sh(&["ip", "-n", &cns, "link", "set", "oakbd0", "up"]);
-    sh(&["ip", "-n", &sns, "link", "set", "oakbd1", "up"]);
-
     let date = sh(&["date", "-u", "+%Y-%m-%d"]);
     println!("overlay bench, {} (2 workers, client and server on different workers)\n", date.trim());
-    // Warm the overlay's tables first: the first packet to an address waits for resolution.
-    echo_servers(&sns);
-    let _ = latency(&cns, "10.30.60.60", 10);
-    let (mut ov, mut dir) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        ov.push(iperf(&sns, &cns, "10.30.60.60", secs));
-        dir.push(iperf(&sns, &cns, DIRECT_SERVER, secs));
-    }
-    let (o, d) = (percentile(&mut ov, 0.5), percentile(&mut dir, 0.5));
-    println!("| TCP throughput (iperf3 -t {secs}, median of 3) | Gbit/s |");
-    println!("|---|---|");
-    println!("| direct veth | {d:.2} |");
-    println!("| overlay (RR Service IP, TUN + UDP tunnel) | {o:.2} |");
-    println!("| ratio overlay / direct | {:.0} % |\n", o / d * 100.0);
-
-    let probes = 5000;
-    let ol = latency(&cns, "10.30.60.60", probes);
-    let dl = latency(&cns, DIRECT_SERVER, probes);
-    println!("| 64 B request/response ({probes} probes) | UDP p50 µs | UDP p99 µs | TCP p50 µs | TCP p99 µs |");
-    println!("|---|---|---|---|---|");
-    println!("| direct veth | {:.1} | {:.1} | {:.1} | {:.1} |", dl.0, dl.1, dl.2, dl.3);
-    println!("| overlay | {:.1} | {:.1} | {:.1} | {:.1} |", ol.0, ol.1, ol.2, ol.3);
+    // The same run, side by side: the plaintext tunnel first (its hierarchy is then gone),
+    // then the encrypted one (the default), each against its own direct veth.
+    let plain = {
+        let p = Paths::start("ovq", &["--tunnel-encryption", "off"]).await;
+        let r = p.measure(secs);
+        p.stop().await;
+        r
+    };
+    let p = Paths::start("ovp", &[]).await;
+    let enc = p.measure(secs);
+    let (cns, sns) = (p.cns.clone(), p.sns.clone());
+    println!("| TCP throughput (iperf3 -t {secs}, median of 3) | Gbit/s | of the veth |");
+    println!("|---|---|---|");
+    println!("| direct veth (plaintext run) | {:.2} | |", plain.direct);
     println!(
-        "| added by the overlay | {:+.1} | {:+.1} | {:+.1} | {:+.1} |\n",
-        ol.0 - dl.0,
-        ol.1 - dl.1,
-        ol.2 - dl.2,
-        ol.3 - dl.3
+        "| overlay, plaintext tunnel (`--tunnel-encryption off`) | {:.2} | {:.0} % |",
+        plain.overlay,
+        plain.overlay / plain.direct * 100.0
+    );
+    println!("| direct veth (encrypted run) | {:.2} | |", enc.direct);
+    println!(
+        "| overlay, encrypted tunnel (WireGuard, default) | {:.2} | {:.0} % |",
+        enc.overlay,
+        enc.overlay / enc.direct * 100.0
+    );
+    println!("| encrypted / plaintext tunnel | {:.0} % | |\n", enc.overlay / plain.overlay * 100.0);
+    println!("| 64 B request/response | UDP p50 µs | UDP p99 µs | TCP p50 µs | TCP p99 µs |");
+    println!("|---|---|---|---|---|");
+    for (name, l) in [
+        ("direct veth (plaintext run)", plain.direct_lat),
+        ("overlay, plaintext tunnel", plain.overlay_lat),
+        ("direct veth (encrypted run)", enc.direct_lat),
+        ("overlay, encrypted tunnel", enc.overlay_lat),
+    ] {
+        println!("| {name} | {:.1} | {:.1} | {:.1} | {:.1} |", l.0, l.1, l.2, l.3);
+    }
+    let (e, q) = (enc.overlay_lat, plain.overlay_lat);
+    println!(
+        "| added by encryption | {:+.1} | {:+.1} | {:+.1} | {:+.1} |\n",
+        e.0 - q.0,
+        e.1 - q.1,
+        e.2 - q.2,
+        e.3 - q.3
     );
 
     let n = 1000;

@@ -512,7 +512,17 @@ impl Hierarchy {
 
     /// A hierarchy whose worker `i` runs with the extra arguments `worker_args[i]`.
     pub async fn start_with_workers(tag: &str, worker_args: Vec<Vec<String>>, report_ms: u64) -> Self {
-        let mut h = Self::start_full(tag, 0, report_ms, report_ms * 6, &[], RootProcess::start().await).await;
+        Self::start_with_workers_opts(tag, worker_args, report_ms, &[]).await
+    }
+
+    /// [`start_with_workers`](Self::start_with_workers) with extra `oak cluster` flags.
+    pub async fn start_with_workers_opts(
+        tag: &str,
+        worker_args: Vec<Vec<String>>,
+        report_ms: u64,
+        cluster_args: &[&str],
+    ) -> Self {
+        let mut h = Self::start_full(tag, 0, report_ms, report_ms * 6, cluster_args, RootProcess::start().await).await;
         h.worker_args = worker_args;
         for i in 0..h.worker_args.len() {
             let p = h.spawn_worker(i);
