@@ -175,8 +175,9 @@ pub struct Cluster {
     key_queries: Option<mpsc::Sender<String>>,
 }
 
-/// Most tunnel keys waiting for the root's answer at once.
+/// Most tunnel keys waiting for the root's answer at once, and first asked by one worker.
 const MAX_PENDING_KEYS: usize = 1024;
+const MAX_PENDING_KEYS_PER_NODE: usize = 16;
 /// A key question unanswered this long is dropped (the worker asks again at the next
 /// handshake, which WireGuard retries every 5 s).
 const KEY_QUERY_TIMEOUT_S: f64 = 10.0;
@@ -226,18 +227,16 @@ impl Cluster {
         };
         let pin = ca.as_ref().map(|c| c.hash());
         let worker_token = match &config.worker_token {
-            Some(t) => oak_tls::pki::JoinToken::parse(t).map(|t| t.secret).unwrap_or(t.clone()),
+            Some(t) => oak_tls::pki::JoinToken::parse(t)
+                .map(|t| t.secret)
+                .map_err(|reason| ClusterError::Broker(format!("--worker-token: {reason}")))?,
             None => {
                 // The file holds the whole token (K10 form when the cluster serves TLS); its
                 // secret is kept across restarts.
-                let path = config.data_dir.join("worker-token");
-                let text = oak_store::secret::read_or_create(&path).map_err(dd)?;
-                let secret = oak_tls::pki::JoinToken::parse(&text).map(|t| t.secret).unwrap_or(text.clone());
-                let rendered = oak_tls::pki::JoinToken { ca_hash: pin, secret: secret.clone() }.render();
-                if rendered != text {
-                    oak_store::datadir::write_private(&path, rendered.as_bytes()).map_err(dd)?;
-                }
-                secret
+                oak_store::secret::token_file(&config.data_dir.join("worker-token"), |secret| {
+                    oak_tls::pki::JoinToken { ca_hash: pin, secret: secret.to_owned() }.render()
+                })
+                .map_err(dd)?
             }
         };
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("cluster.redb"), TABLES)?);
@@ -334,6 +333,11 @@ impl Cluster {
             };
             tokio::spawn(guard::serve(guard_listener, internal, creds.clone(), tls));
             internal_broker = Some(internal);
+        }
+        if external.is_some() {
+            tracing::warn!(
+                "workers use the external broker of --mqtt-url as given (plain MQTT unless the broker itself is fronted by TLS), with its shared credentials"
+            );
         }
         self.external_mqtt = external.clone();
 
@@ -554,6 +558,20 @@ impl Cluster {
         creds: &broker::Credentials,
     ) -> Result<RegisterResponse, RegError> {
         req.validate().map_err(RegError::Invalid)?;
+        // A tunnel key names one worker: another worker's key is refused (else peers would
+        // send that worker's traffic to whoever claimed it).
+        if let Some(k) = &req.tunnel_key
+            && self
+                .core
+                .workers
+                .values()
+                .any(|w| w.reg.tunnel_key.as_ref() == Some(k) && Some(&w.id) != req.node_id.as_ref())
+        {
+            return Err(RegError::Invalid(oak_api::node::FieldError {
+                field: "tunnel_key".into(),
+                message: "is already the key of another worker of this cluster".into(),
+            }));
+        }
         // Without the worker token only a known worker, proving itself with its own node
         // secret, registers (again): the shared token admits new workers, nothing else.
         let new_without_token = || {
@@ -661,17 +679,31 @@ impl Cluster {
         if !self.core.workers.contains_key(&node) || !oak_api::node::valid_tunnel_key(&key) {
             return Vec::new();
         }
-        if self.core.workers.values().any(|w| w.reg.tunnel_key.as_deref() == Some(key.as_str())) {
+        // Vouched for: a worker of this cluster that reports and is not lost, not a mere
+        // registration (anyone with the worker token can register a key).
+        if self
+            .core
+            .workers
+            .values()
+            .any(|w| w.reg.tunnel_key.as_deref() == Some(key.as_str()) && w.reported && self.core.active(w, t))
+        {
             return key_answer(&node, &key, true).into_iter().collect();
         }
         self.pending_keys.retain(|_, (_, since)| t - *since < KEY_QUERY_TIMEOUT_S);
         if let Some((nodes, _)) = self.pending_keys.get_mut(&key) {
-            if !nodes.contains(&node) && nodes.len() < 64 {
-                nodes.push(node);
+            if nodes.contains(&node) {
+                return Vec::new();
             }
-            return Vec::new();
+            if nodes.len() < 64 {
+                nodes.push(node);
+                return Vec::new();
+            }
+            return key_answer(&node, &key, false).into_iter().collect();
         }
-        let asked = self.pending_keys.len() < MAX_PENDING_KEYS
+        // One worker cannot hold everyone's questions.
+        let mine = self.pending_keys.values().filter(|(nodes, _)| nodes.first() == Some(&node)).count();
+        let asked = mine < MAX_PENDING_KEYS_PER_NODE
+            && self.pending_keys.len() < MAX_PENDING_KEYS
             && self.key_queries.as_ref().is_some_and(|q| q.try_send(key.clone()).is_ok());
         if asked {
             self.pending_keys.insert(key, (vec![node], t));

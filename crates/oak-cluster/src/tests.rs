@@ -131,6 +131,28 @@ fn a_known_worker_registers_again_without_the_worker_token() {
     assert!(unauthenticated(c.register_worker(registration(Some(made_up), Some("x")), false, &creds)));
 }
 
+/// A tunnel key names one worker: a second worker cannot claim it (peers would send the first
+/// one's traffic to it); the worker that holds it keeps it when it registers again.
+#[test]
+fn a_tunnel_key_belongs_to_one_worker() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let creds = broker::Credentials::default();
+    let mut c = cluster(dir.path());
+    let key = Some(format!("{}A=", "B".repeat(42)));
+    let with_key = |id: Option<&str>, secret: Option<&str>| RegisterRequest {
+        tunnel_key: key.clone(),
+        ..registration(id, secret)
+    };
+    let first = c.register_worker(with_key(None, None), true, &creds).unwrap_or_else(|e| panic!("{e:?}"));
+    match c.register_worker(with_key(None, None), true, &creds) {
+        Err(RegError::Invalid(f)) => assert_eq!(f.field, "tunnel_key"),
+        other => panic!("a second worker got the key: {other:?}"),
+    }
+    let secret = first.node_secret.clone().unwrap_or_default();
+    let again = c.register_worker(with_key(Some(&first.id), Some(&secret)), true, &creds);
+    assert_eq!(again.map(|r| r.id).ok(), Some(first.id));
+}
+
 /// A worker's first report is stored: a restarted cluster lists it to the root (which keeps
 /// its subnet) before it reports again.
 #[test]

@@ -46,7 +46,7 @@ pub struct RootConfig {
     /// Named areas for `latency` constraints (`--areas FILE`, read with
     /// [`registry::parse_areas`]).
     pub areas: std::collections::BTreeMap<String, oak_api::ldp::AreaDef>,
-    /// The hash of the CA the root serves with (its own, or the last certificate of an
+    /// The hash of the CA the root serves with (its own, or the leaf certificate of an
     /// operator's chain): cluster tokens carry it (`K10<hash>::<secret>`), so a joining
     /// cluster can check the root with no CA file. `None` when the root serves plain HTTP.
     pub tls_pin: Option<oak_tls::pki::CaHash>,
@@ -83,6 +83,8 @@ pub enum RootError {
     Auth(#[from] auth::AuthError),
     #[error("http server failed: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A root orchestrator with its store open, ready to serve.
@@ -142,18 +144,16 @@ impl Root {
         }
         let dd = |source| RootError::DataDir { path: config.data_dir.display().to_string(), source };
         let cluster_token = match &config.cluster_token {
-            Some(t) if !t.is_empty() => t.clone(),
+            Some(t) if !t.is_empty() => oak_tls::pki::JoinToken::parse(t)
+                .map(|t| t.secret)
+                .map_err(|e| RootError::Config(format!("--cluster-token (OAK_CLUSTER_TOKEN): {e}")))?,
             _ => {
                 // The file holds the whole token, K10 form included; its secret is kept across
                 // restarts, its CA hash follows the certificate the root serves with now.
-                let path = config.data_dir.join("cluster-token");
-                let text = oak_store::secret::read_or_create(&path).map_err(dd)?;
-                let secret = oak_tls::pki::JoinToken::parse(&text).map(|t| t.secret).unwrap_or(text.clone());
-                let rendered = oak_tls::pki::JoinToken { ca_hash: config.tls_pin, secret: secret.clone() }.render();
-                if rendered != text {
-                    oak_store::datadir::write_private(&path, rendered.as_bytes()).map_err(dd)?;
-                }
-                secret
+                oak_store::secret::token_file(&config.data_dir.join("cluster-token"), |secret| {
+                    oak_tls::pki::JoinToken { ca_hash: config.tls_pin, secret: secret.to_owned() }.render()
+                })
+                .map_err(dd)?
             }
         };
         // A token given with its K10 prefix is checked by its secret.

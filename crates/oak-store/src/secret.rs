@@ -24,6 +24,23 @@ pub fn read_or_create(path: &Path) -> std::io::Result<String> {
     Ok(s)
 }
 
+/// A join token kept in `path` in the form `render` gives its secret (e.g. a K10 token that
+/// also names the server's CA): the secret of the token already there (the text after the
+/// last `::`, or all of it), else a new random one; the file is rewritten, in one step and
+/// mode 0600, only when its text changes. Returns the secret.
+pub fn token_file(path: &Path, render: impl Fn(&str) -> String) -> std::io::Result<String> {
+    let old = std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let secret = match &old {
+        Some(t) => t.rsplit("::").next().unwrap_or(t).to_owned(),
+        None => random_hex(24),
+    };
+    let text = render(&secret);
+    if old.as_deref() != Some(text.as_str()) {
+        crate::datadir::write_private(path, text.as_bytes())?;
+    }
+    Ok(secret)
+}
+
 /// sha256 of `secret`, lowercase hex: how every tier keeps a secret it only has to check
 /// (join tokens, node and cluster secrets, MQTT passwords).
 pub fn sha256_hex(secret: &str) -> String {
@@ -53,6 +70,14 @@ mod tests {
             let mode = std::fs::metadata(&p).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
             assert_eq!(mode, 0o600);
         }
+        // A token file: written once in its final form, its secret kept when the form changes.
+        let t = dir.path().join("join");
+        let s1 = token_file(&t, |s| format!("K10aa::{s}")).unwrap_or_default();
+        assert_eq!(std::fs::read_to_string(&t).unwrap_or_default(), format!("K10aa::{s1}"));
+        let s2 = token_file(&t, |s| format!("K10bb::{s}")).unwrap_or_default();
+        assert_eq!(s1, s2);
+        assert_eq!(std::fs::read_to_string(&t).unwrap_or_default(), format!("K10bb::{s1}"));
+        assert_eq!(token_file(&t, str::to_owned).unwrap_or_default(), s1, "a bare form keeps the secret too");
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"abcd"));

@@ -77,10 +77,12 @@ pub fn client_config(ca_pem: &[u8]) -> Result<Arc<ClientConfig>, String> {
 }
 
 /// What a join token pins for a server that serves `chain_pem` (an operator's certificate
-/// chain): its last certificate (the CA, when the chain holds it; else the leaf itself).
+/// chain): the leaf itself. Never a CA of the chain: an operator's CA may be a public one,
+/// and a pinned client does not check names, so any certificate that CA signs would pass.
+/// (A renewed certificate makes new tokens.)
 pub fn chain_pin(chain_pem: &[u8]) -> Result<Option<pki::CaHash>, String> {
     let chain = certs(chain_pem, "certificate")?;
-    Ok(chain.last().map(|c| pki::cert_hash(c)))
+    Ok(chain.first().map(|c| pki::cert_hash(c)))
 }
 
 /// [`client_config`] from a file.

@@ -5,11 +5,10 @@
 //! with that hash ([`pinned_client_config`]); no CA file is copied anywhere.
 //!
 //! A pinned client does not check the server's name: the CA is private to one server and
-//! signs nothing but that server's certificates (and, for a cluster, its workers' client
-//! certificates, which are not server certificates: their extended key usage is client
-//! authentication only, which the chain check refuses for a server), so the chain alone
-//! proves who answers, whatever address the client used (a NAT, a port forward, a DNS
-//! name the operator never listed).
+//! signs nothing but that server's certificates, so the chain alone proves who answers,
+//! whatever address the client used (a NAT, a port forward, a DNS name the operator never
+//! listed). For an operator's own certificates the token pins the leaf itself
+//! ([`crate::chain_pin`]), never a CA that may sign for others.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -29,9 +28,11 @@ pub const TOKEN_PREFIX: &str = "K10";
 /// The CA's certificate and key in a data dir.
 pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca-key.pem";
-/// A CA lives 10 years; the serving certificate is made again at every start.
+/// A CA lives 10 years; the serving certificate is made again at every start, and lives as
+/// long (a long-running server must not lose its clients when a short-lived leaf expires;
+/// the CA is private to this server and pinned, so no browser rule applies).
 const CA_DAYS: i64 = 3650;
-const LEAF_DAYS: i64 = 397;
+const LEAF_DAYS: i64 = 3650;
 
 /// sha256 of a certificate's DER: what a join token pins.
 pub type CaHash = [u8; 32];
@@ -123,6 +124,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
+    // A leftover from a crash keeps its mode when opened: start afresh.
+    let _ = std::fs::remove_file(&tmp);
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -141,7 +144,7 @@ impl Authority {
     /// `name` goes into the CA's common name (e.g. "oak root", "oak cluster edge1").
     pub fn load_or_create(dir: &Path, name: &str) -> Result<Self, String> {
         let (cert_path, key_path) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
-        if cert_path.exists() || key_path.exists() {
+        if cert_path.exists() && key_path.exists() {
             let pem = std::fs::read_to_string(&cert_path)
                 .map_err(|e| format!("cannot read the CA certificate {}: {e}", cert_path.display()))?;
             let key_pem = std::fs::read_to_string(&key_path)
@@ -166,6 +169,8 @@ impl Authority {
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - days(1);
         params.not_after = now + days(CA_DAYS);
+        // Half a pair (a crash between the two writes) is made anew: nothing can have pinned
+        // a CA whose certificate was never complete next to its key.
         let cert = params.self_signed(&key).map_err(|e| format!("cannot sign the CA certificate: {e}"))?;
         write_private(&key_path, key.serialize_pem().as_bytes())?;
         write_private(&cert_path, cert.pem().as_bytes())?;

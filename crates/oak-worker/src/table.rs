@@ -95,8 +95,9 @@ pub(crate) enum Command {
     KeyAnswer(oak_api::node::KeyAnswer),
 }
 
-/// Most unknown tunnel keys asked about at once.
+/// Most unknown tunnel keys asked about at once, and how long a question waits.
 const MAX_UNKNOWN_PEERS: usize = 64;
+const UNKNOWN_PEER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the table sends to its cluster.
 #[derive(Debug)]
@@ -177,8 +178,8 @@ pub(crate) struct Table<R: Runtime> {
     overlay_starting: bool,
     /// Digest of the overlay tables last applied (of none, at first).
     tables_digest: u64,
-    /// Tunnel keys asked about, with the address their handshake came from.
-    unknown_peers: HashMap<String, std::net::SocketAddrV4>,
+    /// Tunnel keys asked about, with the address their handshake came from and when.
+    unknown_peers: HashMap<String, (std::net::SocketAddrV4, std::time::Instant)>,
 }
 
 impl<R: Runtime> Table<R> {
@@ -363,14 +364,18 @@ impl<R: Runtime> Table<R> {
             }
             Command::Miss => self.report().await,
             Command::UnknownPeer(key, from) => {
+                // An unanswered question expires (the peer's handshake, retried every 5 s,
+                // asks again).
+                let now = std::time::Instant::now();
+                self.unknown_peers.retain(|_, (_, at)| now.duration_since(*at) < UNKNOWN_PEER_TIMEOUT);
                 if self.unknown_peers.len() >= MAX_UNKNOWN_PEERS && !self.unknown_peers.contains_key(&key) {
                     return;
                 }
-                self.unknown_peers.insert(key.clone(), from);
+                self.unknown_peers.insert(key.clone(), (from, now));
                 let _ = self.out.send(Outbound::KeyQuery(oak_api::node::KeyQuery { key })).await;
             }
             Command::KeyAnswer(a) => {
-                let Some(from) = self.unknown_peers.remove(&a.key) else { return };
+                let Some((from, _)) = self.unknown_peers.remove(&a.key) else { return };
                 match (&self.overlay, a.known) {
                     (Some(ov), true) => {
                         if let Err(e) = ov.trust_peer(&a.key, from) {

@@ -167,6 +167,13 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     };
+    if config.root_url.starts_with("http://")
+        && oak_tls::pki::JoinToken::parse(&config.root_token).is_ok_and(|t| t.ca_hash.is_some())
+    {
+        anyhow::bail!(
+            "the token pins the root's CA, but --root is http://: use https:// (a plain root gives tokens without a CA hash)"
+        );
+    }
     let cluster = oak_cluster::Cluster::open(config.clone())?;
     let listener = oak_cluster::bind(config.listen).await?;
     tracing::info!(

@@ -118,6 +118,21 @@ async fn wait_ready(url: &str, ca_hash: [u8; 32]) -> anyhow::Result<()> {
     anyhow::bail!("the root at {url} did not come up; see its log")
 }
 
+/// A K10 token once its file holds one (the secret is written first, then the whole token).
+fn read_pinned_token(path: &Path) -> anyhow::Result<(String, [u8; 32])> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let token = read_secret(path)?;
+        if let Some(h) = oak_tls::pki::JoinToken::parse(&token).ok().and_then(|t| t.ca_hash) {
+            return Ok((token, h));
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{} holds no K10 token", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn read_secret(path: &Path) -> anyhow::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -163,11 +178,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     )?;
     // The root writes its token (K10<ca-hash>::<secret>) before it serves: the hash is how
     // everything here trusts it, with no CA file passed around.
-    let cluster_token = read_secret(&dir.join("root").join("cluster-token"))?;
-    let ca_hash = oak_tls::pki::JoinToken::parse(&cluster_token)
-        .ok()
-        .and_then(|t| t.ca_hash)
-        .ok_or_else(|| anyhow::anyhow!("the root's cluster token pins no CA"))?;
+    let (cluster_token, ca_hash) = read_pinned_token(&dir.join("root").join("cluster-token"))?;
     wait_ready(&url, ca_hash).await?;
     if is_root {
         oak_runtime::testimage::import("oak").map_err(anyhow::Error::msg).context("cannot load the sample image")?;
@@ -199,7 +210,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             ],
             &[("OAK_CLUSTER_TOKEN", &cluster_token)],
         )?;
-        let worker_token = read_secret(&cdir.join("worker-token"))?;
+        let (worker_token, _) = read_pinned_token(&cdir.join("worker-token"))?;
         for w in 1..=args.workers {
             let name = format!("c{c}-w{w}");
             let mut wargs: Vec<String> = vec![

@@ -38,11 +38,20 @@ pub struct Hub {
     requests: AtomicU64,
     /// Tunnel keys of the workers that run instances, by cluster, as their reports show
     /// them: a cluster asks here for a key none of its own workers registered.
-    keys: Mutex<HashMap<String, ClusterId>>,
+    keys: Mutex<Keys>,
 }
 
-/// Most tunnel keys the root remembers (one per worker that ran an instance).
+/// Tunnel keys → the cluster that reported them, and how many each cluster holds.
+#[derive(Default)]
+struct Keys {
+    owner: HashMap<String, ClusterId>,
+    per_cluster: HashMap<ClusterId, usize>,
+}
+
+/// Most tunnel keys the root remembers (one per worker that ran an instance), in all and
+/// from one cluster.
 const MAX_KEYS: usize = 1 << 20;
+const MAX_KEYS_PER_CLUSTER: usize = 1 << 16;
 
 impl Default for Hub {
     fn default() -> Self {
@@ -52,7 +61,7 @@ impl Default for Hub {
             conns: Mutex::new(HashMap::new()),
             serial: AtomicU64::new(0),
             requests: AtomicU64::new(0),
-            keys: Mutex::new(HashMap::new()),
+            keys: Mutex::new(Keys::default()),
         }
     }
 }
@@ -239,7 +248,7 @@ async fn session(state: AppState, socket: WebSocket, token_id: Option<String>) -
                         None
                     }
                     Ok(ClusterToRoot::KeyQuery { key }) => {
-                        let known = state.hub.keys.lock().contains_key(&key);
+                        let known = state.hub.keys.lock().owner.contains_key(&key);
                         let answer = RootToCluster::KeyAnswer(oak_api::node::KeyAnswer { key, known });
                         if let Err(e) = sink.send(text(&answer)?).await { break Err(e.to_string()); }
                         None
@@ -254,18 +263,29 @@ async fn session(state: AppState, socket: WebSocket, token_id: Option<String>) -
                     }
                 };
                 if let Some(report) = report {
-                    {
-                        let mut keys = state.hub.keys.lock();
-                        for k in report.instances.iter().filter_map(|i| i.host_key.as_ref()) {
-                            if keys.len() < MAX_KEYS && oak_api::node::valid_tunnel_key(k) {
-                                keys.insert(k.clone(), id.clone());
-                            }
-                        }
-                    }
+                    // Keys of workers that run instances, taken once the report is applied;
+                    // one cluster holds at most MAX_KEYS_PER_CLUSTER of them.
+                    let reported_keys: Vec<String> = report
+                        .instances
+                        .iter()
+                        .filter_map(|i| i.host_key.clone())
+                        .filter(|k| oak_api::node::valid_tunnel_key(k))
+                        .collect();
                     let cid = id.clone();
                     let (workers, interests) = (report.workers.clone(), report.interests.clone());
                     match state.blocking(move |r| Ok(r.apply_report(&cid, report)?)).await {
                         Ok(outcome) => {
+                            if !reported_keys.is_empty() {
+                                let mut keys = state.hub.keys.lock();
+                                let Keys { owner, per_cluster } = &mut *keys;
+                                let held = per_cluster.entry(id.clone()).or_insert(0);
+                                for k in reported_keys {
+                                    if owner.len() < MAX_KEYS && *held < MAX_KEYS_PER_CLUSTER && !owner.contains_key(&k) {
+                                        owner.insert(k, id.clone());
+                                        *held += 1;
+                                    }
+                                }
+                            }
                             if outcome.rescheduled { state.hub.kick(); }
                             // Other clusters may hold flows to what changed here.
                             // (And instances waiting for an S2S target to run may go now.)
