@@ -102,7 +102,12 @@ pub enum InstanceCommand {
 #[derive(clap::Subcommand, Debug)]
 pub enum TokenCommand {
     /// Create a join token; its secret is shown once.
-    Create { name: String },
+    Create {
+        name: String,
+        /// Seconds the token admits clusters (default: until revoked).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
     /// List join tokens (without secrets).
     List,
     /// Revoke a join token: clusters that joined with it are disconnected.
@@ -651,8 +656,8 @@ pub async fn token(global: Global, cmd: TokenCommand) -> anyhow::Result<()> {
     use reqwest::Method;
     let mut s = Session::open(&global)?;
     let v: serde_json::Value = match &cmd {
-        TokenCommand::Create { name } => {
-            let body = serde_json::json!({ "name": name });
+        TokenCommand::Create { name, ttl } => {
+            let body = serde_json::json!({ "name": name, "ttl_seconds": ttl });
             s.call(|c| {
                 let body = body.clone();
                 async move { c.request(Method::POST, "/api/tokens", Some(&body)).await }

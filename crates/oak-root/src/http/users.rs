@@ -396,6 +396,9 @@ pub(super) async fn delete_org(
 pub(super) struct TokenRequest {
     /// A label for the token (e.g. the site it is for).
     name: String,
+    /// The token admits clusters for this many seconds (default: until revoked).
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
 }
 
 /// Create a join token for clusters (Admin only). The secret is shown only in this answer.
@@ -407,7 +410,7 @@ pub(super) async fn create_token(
     JsonBody(req): JsonBody<TokenRequest>,
 ) -> Result<Json<crate::registry::NewJoinToken>, ApiError> {
     caller.require_admin()?;
-    let mut t = state.blocking(move |r| Ok(r.create_join_token(&req.name)?)).await?;
+    let mut t = state.blocking(move |r| Ok(r.create_join_token(&req.name, req.ttl_seconds)?)).await?;
     t.secret = state.join_token(&t.secret);
     Ok(Json(t))
 }

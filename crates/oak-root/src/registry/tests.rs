@@ -496,3 +496,26 @@ fn a_clusters_instance_report_is_bounded() {
     assert!(i.status_detail.len() <= oak_api::node::MAX_STATUS_DETAIL, "{}", i.status_detail.len());
     assert_eq!((i.cpu_percent, i.memory_mb), (None, None));
 }
+
+/// A join token with a lifetime admits clusters until it ends; without one, until revoked.
+#[test]
+fn join_tokens_expire_and_are_revoked() {
+    let (_store, clock, r, _admin) = setup();
+    let short = r.create_join_token("site-a", Some(60)).unwrap_or_else(|e| panic!("{e}"));
+    let forever = r.create_join_token("site-b", None).unwrap_or_else(|e| panic!("{e}"));
+    assert!(short.token.expires_at.is_some() && forever.token.expires_at.is_none());
+    let id = |s: &str| r.join_token_id(s).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(id(&short.secret), Some(short.token.id.clone()));
+    *clock.0.lock() += 61.0;
+    assert_eq!(id(&short.secret), None, "an expired token admits nobody");
+    assert_eq!(id(&forever.secret), Some(forever.token.id.clone()));
+    r.revoke_join_token(&forever.token.id).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(id(&forever.secret), None, "a revoked token admits nobody");
+    // A lifetime out of bounds is refused by name.
+    for ttl in [0, super::tokens::MAX_TOKEN_TTL_S + 1] {
+        match r.create_join_token("x", Some(ttl)) {
+            Err(e) => assert!(e.to_string().contains("ttl_seconds"), "{e}"),
+            Ok(_) => panic!("ttl {ttl} accepted"),
+        }
+    }
+}
