@@ -69,22 +69,17 @@ impl RootClient {
 
     /// A client that trusts only the CA certificates in `ca_pem` for an `https://` root.
     pub fn with_ca(base: &str, ca_pem: &[u8]) -> Result<Self, ClientError> {
-        let tls = oak_tls::client_config(ca_pem).map_err(ClientError::Tls)?;
-        let http = oak_tls::http_client_builder()
-            .use_preconfigured_tls((*tls).clone())
-            .build()
-            .map_err(|e| ClientError::Tls(e.to_string()))?;
-        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), token: None })
+        Self::with_tls(base, &*oak_tls::client_config(ca_pem).map_err(ClientError::Tls)?)
     }
 
     /// A client that trusts only a root whose chain holds the CA with sha256 `ca_hash` (what
     /// the root's K10 tokens pin; printed at its start, and in `<data dir>/ca.pem`).
     pub fn with_ca_hash(base: &str, ca_hash: [u8; 32]) -> Result<Self, ClientError> {
-        let tls = oak_tls::pki::pinned_client_config(ca_hash).map_err(ClientError::Tls)?;
-        let http = oak_tls::http_client_builder()
-            .use_preconfigured_tls((*tls).clone())
-            .build()
-            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        Self::with_tls(base, &*oak_tls::pki::pinned_client_config(ca_hash).map_err(ClientError::Tls)?)
+    }
+
+    fn with_tls(base: &str, tls: &oak_tls::ClientConfig) -> Result<Self, ClientError> {
+        let http = oak_tls::http_client_trusting(tls).build().map_err(|e| ClientError::Tls(e.to_string()))?;
         Ok(Self { http, base: base.trim_end_matches('/').to_owned(), token: None })
     }
 

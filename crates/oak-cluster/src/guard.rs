@@ -257,10 +257,12 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _ = client.set_nodelay(true);
+            // The TLS handshake and the login share one time limit.
+            let deadline = tokio::time::Instant::now() + LOGIN_TIMEOUT;
             let r = match acceptor {
-                None => relay(client, upstream, login, creds).await,
-                Some(a) => match tokio::time::timeout(LOGIN_TIMEOUT, a.accept(client)).await {
-                    Ok(Ok(tls)) => relay(tls, upstream, login, creds).await,
+                None => relay(client, upstream, login, creds, deadline).await,
+                Some(a) => match tokio::time::timeout_at(deadline, a.accept(client)).await {
+                    Ok(Ok(tls)) => relay(tls, upstream, login, creds, deadline).await,
                     Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
                     Err(_) => Err(format!("no TLS handshake within {} s", LOGIN_TIMEOUT.as_secs())),
                 },
@@ -302,11 +304,11 @@ async fn relay<S>(
     upstream: SocketAddr,
     login: impl Send + 'static,
     creds: crate::broker::Credentials,
+    deadline: tokio::time::Instant,
 ) -> Result<(), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let deadline = tokio::time::Instant::now() + LOGIN_TIMEOUT;
     let broker = tokio::time::timeout_at(deadline, TcpStream::connect(upstream))
         .await
         .map_err(|_| "the broker did not answer".to_owned())?

@@ -144,14 +144,16 @@ impl Ldp {
         let near: Vec<String> = match (me, self.near.get(node)) {
             (_, Some((e, ids))) if *e == near_epoch => ids.clone(),
             (Some(c), _) => {
-                let mut by_rtt: Vec<(f64, &str)> = workers
+                let by_rtt: Vec<(f64, &str)> = workers
                     .iter()
                     .filter(|w| w.id != node && probe_of(w).is_some())
                     .filter_map(|w| Some((coord_of(w)?.rtt(&c), w.id.as_str())))
                     .filter(|(d, _)| d.is_finite())
                     .collect();
-                by_rtt.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
-                let ids: Vec<String> = by_rtt.iter().take(NEAR_PEERS).map(|(_, id)| (*id).to_owned()).collect();
+                let ids: Vec<String> = oak_ldp::least_k(by_rtt, NEAR_PEERS, |a, b| a.cmp(b))
+                    .into_iter()
+                    .map(|(_, id)| id.to_owned())
+                    .collect();
                 self.near.insert(node.to_owned(), (near_epoch, ids.clone()));
                 ids
             }
@@ -373,15 +375,13 @@ impl Ldp {
     ) -> (Vec<Out>, bool) {
         let Some(u) = self.users.get(&user) else { return (Vec::new(), false) };
         let Some(uc) = u.coord else { return (Vec::new(), false) };
-        let mut near: Vec<(f64, &str)> = workers
+        let near: Vec<(f64, &str)> = workers
             .filter_map(|w| Some((coord_of(w)?.rtt(&uc), w.id.as_str())))
             .filter(|(d, _)| d.is_finite())
             .collect();
-        near.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
-        let missing: Vec<String> = near
-            .iter()
-            .take(REFINERS)
-            .map(|(_, id)| *id)
+        let missing: Vec<String> = oak_ldp::least_k(near, REFINERS, |a, b| a.cmp(b))
+            .into_iter()
+            .map(|(_, id)| id)
             .filter(|id| !u.obs.contains_key(*id))
             .map(str::to_owned)
             .collect();

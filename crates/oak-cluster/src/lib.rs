@@ -219,6 +219,12 @@ impl Cluster {
             reason: e.to_string(),
         })?;
         let ca = if config.insecure_plain_http && (config.insecure_plain_mqtt || config.mqtt_url.is_some()) {
+            if !config.tls_san.is_empty() {
+                return Err(ClusterError::Broker(
+                    "--tls-san names the cluster's certificate: it has no effect when nothing is served over TLS"
+                        .into(),
+                ));
+            }
             None
         } else {
             let ca = oak_tls::pki::Authority::load_or_create(&config.data_dir, &format!("oak cluster {}", config.name))

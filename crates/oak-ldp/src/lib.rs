@@ -24,5 +24,5 @@ pub mod vivaldi;
 pub use locate::{geometric_median, multilaterate};
 pub use rng::{next_f64, next_u64};
 pub use space::{Space, SpaceParams};
-pub use summary::{best_km, best_rtt, summarize};
+pub use summary::{best_km, best_rtt, least_k, summarize};
 pub use vivaldi::{Config, Vivaldi};

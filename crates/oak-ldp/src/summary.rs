@@ -182,5 +182,19 @@ fn spherical_mean(points: &[(f64, f64)]) -> Option<(f64, f64)> {
     valid_location((lat, lon)).then_some((lat, lon))
 }
 
+/// The `k` entries with the least distance, ties broken by `tie` (e.g. a worker's id, so that
+/// the order is the same everywhere), in that order. A partial selection: linear in the
+/// number of entries, not a sort of all of them (the cluster picks a few nearest among
+/// thousands of workers, for every worker, every epoch).
+pub fn least_k<T>(mut v: Vec<(f64, T)>, k: usize, tie: impl Fn(&T, &T) -> std::cmp::Ordering) -> Vec<(f64, T)> {
+    let cmp = |a: &(f64, T), b: &(f64, T)| a.0.total_cmp(&b.0).then_with(|| tie(&a.1, &b.1));
+    if v.len() > k {
+        v.select_nth_unstable_by(k, cmp);
+        v.truncate(k);
+    }
+    v.sort_by(cmp);
+    v
+}
+
 #[cfg(test)]
 mod tests;

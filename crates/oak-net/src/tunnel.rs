@@ -866,4 +866,4 @@ pub fn looks_encrypted(datagram: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -264,14 +264,8 @@ fn random_order(me: usize, n: usize, k: usize, s: &mut u64) -> Vec<usize> {
 
 /// The `k` of `candidates` with the least `key`, ties by worker id as a string (as the
 /// cluster sorts), in that order.
-fn least_k(mut candidates: Vec<(f64, usize)>, k: usize, ids: &[String]) -> Vec<usize> {
-    let cmp = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0).then_with(|| ids[a.1].cmp(&ids[b.1]));
-    if candidates.len() > k {
-        candidates.select_nth_unstable_by(k, cmp);
-        candidates.truncate(k);
-    }
-    candidates.sort_by(cmp);
-    candidates.into_iter().map(|(_, j)| j).collect()
+fn least_k(candidates: Vec<(f64, usize)>, k: usize, ids: &[String]) -> Vec<usize> {
+    oak_ldp::least_k(candidates, k, |a, b| ids[*a].cmp(&ids[*b])).into_iter().map(|(_, j)| j).collect()
 }
 
 /// The cluster's choice of each worker's same-cluster peers (`Ldp::peers_for`), with what it

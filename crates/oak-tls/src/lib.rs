@@ -28,6 +28,12 @@ pub fn http_client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
 }
 
+/// [`http_client_builder`] that trusts what `tls` trusts (a CA file's [`client_config`], or a
+/// pinned CA's [`pki::pinned_client_config`]) and nothing else.
+pub fn http_client_trusting(tls: &ClientConfig) -> reqwest::ClientBuilder {
+    http_client_builder().use_preconfigured_tls(tls.clone())
+}
+
 /// [`http_client_builder`] with the defaults.
 pub fn http_client() -> reqwest::Client {
     // Building with defaults fails only without a usable TLS backend, which ring provides.
@@ -53,6 +59,14 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Strin
     let chain = certs(&read(cert, "certificate")?, "certificate")?;
     let key = PrivateKeyDer::from_pem_slice(&read(key, "private key")?)
         .map_err(|e| format!("the private key {} is not a PEM private key: {e}", key.display()))?;
+    server_config_from(chain, key)
+}
+
+/// A server configuration serving `chain` with `key` (ring, TLS 1.2 and 1.3, no client auth).
+pub fn server_config_from(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, String> {
     let cfg = ServerConfig::builder_with_provider(Arc::new(default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

@@ -45,7 +45,8 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Option<CaHash> {
+/// A CA hash as 64 hex digits (as `hex` writes it, and K10 tokens carry it).
+pub fn parse_hash(s: &str) -> Option<CaHash> {
     if s.len() != 64 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
@@ -79,7 +80,7 @@ impl JoinToken {
         if let Some(rest) = token.strip_prefix(TOKEN_PREFIX)
             && let Some((hash, secret)) = rest.split_once("::")
         {
-            let ca_hash = unhex(hash).ok_or_else(|| {
+            let ca_hash = parse_hash(hash).ok_or_else(|| {
                 format!(
                     "the join token's CA hash must be 64 hex digits after {TOKEN_PREFIX} (got {} characters)",
                     hash.len()
@@ -218,13 +219,7 @@ impl Authority {
     /// A server configuration with a fresh serving certificate for `names`.
     pub fn server_config(&self, names: &[String]) -> Result<Arc<ServerConfig>, String> {
         let (chain, key) = self.serving(names)?;
-        let cfg = ServerConfig::builder_with_provider(Arc::new(default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|e| format!("the serving certificate is not usable: {e}"))?;
-        Ok(Arc::new(cfg))
+        crate::server_config_from(chain, key)
     }
 }
 

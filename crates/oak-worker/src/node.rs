@@ -215,8 +215,7 @@ impl<R: Runtime> Worker<R> {
         let mut req = req;
         let session = req.session.clone();
         let http = match &config.tls {
-            Some(tls) => oak_tls::http_client_builder()
-                .use_preconfigured_tls((**tls).clone())
+            Some(tls) => oak_tls::http_client_trusting(tls)
                 .build()
                 .map_err(|e| WorkerError::Refused(format!("cannot build an HTTPS client: {e}")))?,
             None if config.cluster_url.starts_with("https://") => {

@@ -49,9 +49,9 @@ fn root_client(root: &str, trust: &Trust) -> anyhow::Result<RootClient> {
         return Ok(RootClient::with_ca(root, &pem)?);
     }
     if let Some(h) = &trust.ca_hash {
-        let t = oak_tls::pki::JoinToken::parse(&format!("{}{}::x", oak_tls::pki::TOKEN_PREFIX, h.trim()))
-            .map_err(|_| anyhow::anyhow!("--ca-hash must be 64 hex digits (got {:?})", h))?;
-        return Ok(RootClient::with_ca_hash(root, t.ca_hash.unwrap_or_default())?);
+        let hash = oak_tls::pki::parse_hash(h.trim())
+            .ok_or_else(|| anyhow::anyhow!("--ca-hash must be 64 hex digits (got {:?})", h))?;
+        return Ok(RootClient::with_ca_hash(root, hash)?);
     }
     if root.starts_with("https://") {
         anyhow::bail!(
@@ -191,12 +191,14 @@ struct Session {
 impl Session {
     fn open(global: &Global) -> anyhow::Result<Self> {
         let root = settings::resolve_root(global.root.as_deref())?;
+        let stored = settings::read_credentials().filter(|c| c.root == root);
+        // The trust kept with the login holds even when OAK_TOKEN replaces its token.
+        let trust = Trust::of(global, stored.as_ref());
         let creds = std::env::var("OAK_TOKEN")
             .ok()
             .filter(|t| !t.is_empty())
             .map(|token| Credentials { root: root.clone(), token, ..Credentials::default() })
-            .or_else(|| settings::read_credentials().filter(|c| c.root == root));
-        let trust = Trust::of(global, settings::read_credentials().filter(|c| c.root == root).as_ref());
+            .or(stored);
         Ok(Self { root, creds, trust })
     }
 

@@ -176,6 +176,11 @@ async fn run_root(args: RootArgs) -> anyhow::Result<()> {
             oak_root::registry::parse_areas(&text).map_err(|e| anyhow::anyhow!("--areas {}: {e}", path.display()))?;
         tracing::info!(areas = config.areas.len(), "named areas loaded");
     }
+    if !args.tls_san.is_empty() && (args.insecure_plain_http || args.tls_cert.is_some()) {
+        anyhow::bail!(
+            "--tls-san names the root's own certificate: it has no effect with --tls-cert or --insecure-plain-http"
+        );
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         _ if args.insecure_plain_http => {
             if args.tls_cert.is_some() {

@@ -261,11 +261,7 @@ fn body(v: &serde_json::Value) -> Option<Vec<u8>> {
 /// A login from `from` (any 127.0.0.0/8 address reaches a root on 127.0.0.1).
 async fn login_from(root: &RootProcess, from: [u8; 4], user: &str, password: &str) -> u16 {
     let tls = oak_tls::pki::pinned_client_config(root.ca_hash.unwrap()).unwrap();
-    let c = oak_tls::http_client_builder()
-        .use_preconfigured_tls((*tls).clone())
-        .local_address(std::net::IpAddr::from(from))
-        .build()
-        .unwrap();
+    let c = oak_tls::http_client_trusting(&tls).local_address(std::net::IpAddr::from(from)).build().unwrap();
     let r = c
         .post(format!("{}/api/auth/login", root.url))
         .json(&serde_json::json!({"username": user, "password": password}))
@@ -315,8 +311,7 @@ async fn logins_are_bounded_and_an_attacker_elsewhere_cannot_lock_out_admin() {
     assert_eq!(login_from(&root, [127, 0, 0, 2], "Admin", "Admin").await, 429);
     assert_eq!(login_from(&root, [127, 0, 0, 1], "Admin", "Admin").await, 200, "the owner, elsewhere");
     let tls = oak_tls::pki::pinned_client_config(root.ca_hash.unwrap()).unwrap();
-    let r = oak_tls::http_client_builder()
-        .use_preconfigured_tls((*tls).clone())
+    let r = oak_tls::http_client_trusting(&tls)
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
         .build()
         .unwrap()

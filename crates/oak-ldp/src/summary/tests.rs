@@ -149,3 +149,14 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn least_k_is_the_head_of_the_full_sort() {
+    let v: Vec<(f64, u32)> = (0..200u32).map(|i| (f64::from((i * 37) % 50), i)).collect();
+    let mut sorted = v.clone();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    for k in [0, 1, 4, 8, 199, 200, 500] {
+        let got = least_k(v.clone(), k, |a, b| a.cmp(b));
+        assert_eq!(got, sorted[..k.min(200)].to_vec(), "k = {k}");
+    }
+}

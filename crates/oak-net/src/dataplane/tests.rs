@@ -47,12 +47,7 @@ fn ingress(to: &End, encrypted: bool) -> Vec<(VnetHdr, Vec<u8>)> {
 
 /// A TCP super-packet from a semantic source to an instance of the subnet 10.18.0.64/26.
 fn super_packet(payload: usize) -> Vec<u8> {
-    let len = 40 + payload;
-    let mut p: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-    p[..20].copy_from_slice(&[0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 30, 0, 1, 10, 18, 0, 66]);
-    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    p[20..40].copy_from_slice(&[0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
-    p
+    crate::tunnel::tests::tcp_super_packet(payload, false)
 }
 
 #[test]

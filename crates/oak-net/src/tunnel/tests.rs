@@ -277,14 +277,21 @@ fn an_authenticated_packet_from_a_new_address_moves_the_endpoint() {
     assert_eq!(b.tunnel.peers()[0].endpoint, v4(moved.local_addr().unwrap()));
 }
 
-/// A TCP super-packet: 20-byte IP and TCP headers, `payload` bytes of data.
-fn super_packet(payload: usize) -> Vec<u8> {
+/// A TCP super-packet (ACK, and PSH when `push`) from the semantic source 10.30.0.1 to
+/// 10.18.0.66: 20-byte IP and TCP headers, `payload` bytes of data. Shared with the data
+/// plane's tests.
+pub(crate) fn tcp_super_packet(payload: usize, push: bool) -> Vec<u8> {
     let len = 40 + payload;
     let mut p: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
     p[..20].copy_from_slice(&[0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 30, 0, 1, 10, 18, 0, 66]);
     p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    p[20..40].copy_from_slice(&[0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+    let flags = if push { 0x18 } else { 0x10 };
+    p[20..40].copy_from_slice(&[0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
     p
+}
+
+fn super_packet(payload: usize) -> Vec<u8> {
+    tcp_super_packet(payload, true)
 }
 
 #[test]

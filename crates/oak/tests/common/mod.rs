@@ -724,7 +724,7 @@ pub fn http() -> reqwest::Client {
 /// A client that trusts only a server proving itself with the CA whose hash is `ca_hash`.
 pub fn pinned_http(ca_hash: [u8; 32]) -> reqwest::Client {
     let tls = oak_tls::pki::pinned_client_config(ca_hash).unwrap();
-    oak_tls::http_client_builder().use_preconfigured_tls((*tls).clone()).build().unwrap()
+    oak_tls::http_client_trusting(&tls).build().unwrap()
 }
 
 /// A TLS connection to `127.0.0.1:port`, trusting only the CA whose hash is `ca_hash`.
